@@ -1,0 +1,241 @@
+//! JMESPath with the MedTech custom functions: `add`, `subtract`, `multiply`, `divide`,
+//! `pow` (results must fit a 64-bit integer's range; division by zero and overflow are
+//! errors), `insertString(original, toInsert, pos)`, `fromUnixTimestamp(seconds)` and
+//! `fromUnixTimestampMs(ms)` (return RFC 3339 UTC strings).
+
+use std::sync::{Arc, OnceLock};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use jmespath::functions::{ArgumentType, CustomFunction, Signature};
+use jmespath::{Context, ErrorReason, JmespathError, Rcvar, Runtime, Variable};
+use serde_json::Value;
+
+/// A compiled JMESPath expression, bound to the shared runtime with custom functions.
+pub type JmesExpression = jmespath::Expression<'static>;
+
+fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let mut rt = Runtime::new();
+        rt.register_builtin_functions();
+        register_custom_functions(&mut rt);
+        rt
+    })
+}
+
+/// Compiles a JMESPath expression with the custom functions available.
+///
+/// ```
+/// let e = normalizer::jmes::compile("multiply(to_number(h), `0.0254`)").unwrap();
+/// let doc = normalizer::jmes::to_variable(&serde_json::json!({"h": "100"}));
+/// let r = e.search(&doc).unwrap();
+/// assert_eq!(r.as_number(), Some(2.54));
+/// ```
+pub fn compile(expression: &str) -> Result<JmesExpression, JmespathError> {
+    runtime().compile(expression)
+}
+
+/// The message of an evaluation error (custom-function errors verbatim).
+pub fn error_message(e: &JmespathError) -> String {
+    match &e.reason {
+        ErrorReason::Parse(m) => m.clone(),
+        ErrorReason::Runtime(r) => r.to_string(),
+    }
+}
+
+/// Converts a JSON value to a JMESPath variable (once per document).
+pub fn to_variable(v: &Value) -> Rcvar {
+    Arc::new(match v {
+        Value::Null => Variable::Null,
+        Value::Bool(b) => Variable::Bool(*b),
+        Value::Number(n) => Variable::Number(n.clone()),
+        Value::String(s) => Variable::String(s.clone()),
+        Value::Array(a) => Variable::Array(a.iter().map(to_variable).collect()),
+        Value::Object(m) => {
+            Variable::Object(m.iter().map(|(k, x)| (k.clone(), to_variable(x))).collect())
+        }
+    })
+}
+
+/// Converts a JMESPath result back to JSON.
+pub fn to_value(v: &Variable) -> Value {
+    match v {
+        Variable::Null => Value::Null,
+        Variable::String(s) => Value::String(s.clone()),
+        Variable::Bool(b) => Value::Bool(*b),
+        Variable::Number(n) => Value::Number(n.clone()),
+        Variable::Array(a) => Value::Array(a.iter().map(|x| to_value(x)).collect()),
+        Variable::Object(m) => {
+            Value::Object(m.iter().map(|(k, x)| (k.clone(), to_value(x))).collect())
+        }
+        Variable::Expref(_) => Value::Null,
+    }
+}
+
+fn fail(ctx: &Context<'_>, message: String) -> JmespathError {
+    JmespathError::from_ctx(ctx, ErrorReason::Parse(message))
+}
+
+fn number_var(x: f64) -> Rcvar {
+    let n = if x.fract() == 0.0 && x.abs() < 9.007_199_254_740_992e15 {
+        serde_json::Number::from(x as i64)
+    } else {
+        serde_json::Number::from_f64(x).unwrap_or_else(|| serde_json::Number::from(0))
+    };
+    Arc::new(Variable::Number(n))
+}
+
+fn arith(name: &'static str, op: fn(f64, f64) -> Option<f64>) -> Box<CustomFunction> {
+    Box::new(CustomFunction::new(
+        Signature::new(vec![ArgumentType::Number, ArgumentType::Number], None),
+        Box::new(move |args: &[Rcvar], ctx: &mut Context<'_>| {
+            let (a, b) = (
+                args[0].as_number().unwrap_or(f64::NAN),
+                args[1].as_number().unwrap_or(f64::NAN),
+            );
+            match op(a, b) {
+                None => Err(fail(ctx, format!("{name}({a}, {b}): division by zero"))),
+                Some(r) if !r.is_finite() || r.abs() > i64::MAX as f64 => Err(fail(
+                    ctx,
+                    format!("{name}({a}, {b}): overflow, the result does not fit a 64-bit integer's range"),
+                )),
+                Some(r) => Ok(number_var(r)),
+            }
+        }),
+    ))
+}
+
+fn from_unix(name: &'static str, per_second: f64) -> Box<CustomFunction> {
+    Box::new(CustomFunction::new(
+        Signature::new(vec![ArgumentType::Number], None),
+        Box::new(move |args: &[Rcvar], ctx: &mut Context<'_>| {
+            let x = args[0].as_number().unwrap_or(f64::NAN);
+            let nanos = x / per_second * 1e9;
+            if !nanos.is_finite() || nanos.abs() > i64::MAX as f64 {
+                return Err(fail(ctx, format!("{name}({x}): timestamp out of range")));
+            }
+            let t = DateTime::<Utc>::from_timestamp_nanos(nanos.round() as i64);
+            Ok(Arc::new(Variable::String(
+                t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            )))
+        }),
+    ))
+}
+
+fn register_custom_functions(rt: &mut Runtime) {
+    rt.register_function("add", arith("add", |a, b| Some(a + b)));
+    rt.register_function("subtract", arith("subtract", |a, b| Some(a - b)));
+    rt.register_function("multiply", arith("multiply", |a, b| Some(a * b)));
+    rt.register_function(
+        "divide",
+        arith("divide", |a, b| if b == 0.0 { None } else { Some(a / b) }),
+    );
+    rt.register_function("pow", arith("pow", |a, b| Some(a.powf(b))));
+    rt.register_function("fromUnixTimestamp", from_unix("fromUnixTimestamp", 1.0));
+    rt.register_function(
+        "fromUnixTimestampMs",
+        from_unix("fromUnixTimestampMs", 1000.0),
+    );
+    rt.register_function(
+        "insertString",
+        Box::new(CustomFunction::new(
+            Signature::new(
+                vec![ArgumentType::String, ArgumentType::String, ArgumentType::Number],
+                None,
+            ),
+            Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
+                let original = args[0].as_string().cloned().unwrap_or_default();
+                let insert = args[1].as_string().cloned().unwrap_or_default();
+                let pos = args[2].as_number().unwrap_or(f64::NAN);
+                let len = original.chars().count();
+                if pos.fract() != 0.0 || pos < 0.0 || pos > len as f64 {
+                    return Err(fail(
+                        ctx,
+                        format!(
+                            "insertString: position {pos} is out of range for a string of length {len}"
+                        ),
+                    ));
+                }
+                let at = original
+                    .char_indices()
+                    .nth(pos as usize)
+                    .map(|(i, _)| i)
+                    .unwrap_or(original.len());
+                let mut s = original;
+                s.insert_str(at, &insert);
+                Ok(Arc::new(Variable::String(s)))
+            }),
+        )),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(expr: &str, doc: Value) -> Result<Value, String> {
+        let e = compile(expr).map_err(|e| e.to_string())?;
+        e.search(to_variable(&doc))
+            .map(|v| to_value(&v))
+            .map_err(|e| error_message(&e))
+    }
+
+    #[test]
+    fn custom_functions_as_documented() {
+        assert_eq!(run("add(`10`, `10`)", json!(null)), Ok(json!(20)));
+        assert_eq!(
+            run("divide(left, right)", json!({"left": 40, "right": 50})),
+            Ok(json!(0.8))
+        );
+        assert_eq!(
+            run("subtract(left, right)", json!({"left": 40, "right": 50})),
+            Ok(json!(-10))
+        );
+        assert_eq!(run("multiply(`10`, `10`)", json!(null)), Ok(json!(100)));
+        assert_eq!(
+            run("pow(`10`, `10`)", json!(null)),
+            Ok(json!(10_000_000_000i64))
+        );
+        assert_eq!(run("pow(`100`, `0.5`)", json!(null)), Ok(json!(10)));
+        assert_eq!(
+            run(
+                "insertString(original, toInsert, pos)",
+                json!({"original": "suess", "toInsert": "cc", "pos": 2})
+            ),
+            Ok(json!("success"))
+        );
+        assert_eq!(
+            run(
+                "insertString(original, toInsert, length(original))",
+                json!({"original": "myString", "toInsert": "!!"})
+            ),
+            Ok(json!("myString!!"))
+        );
+        assert_eq!(
+            run("fromUnixTimestamp(unix)", json!({"unix": 1625677200})),
+            Ok(json!("2021-07-07T17:00:00Z"))
+        );
+        assert_eq!(
+            run(
+                "fromUnixTimestampMs(unix)",
+                json!({"unix": 1626799080000i64})
+            ),
+            Ok(json!("2021-07-20T16:38:00Z"))
+        );
+    }
+
+    #[test]
+    fn custom_function_errors_are_clear() {
+        let e = run("divide(left, right)", json!({"left": 50, "right": 0})).unwrap_err();
+        assert!(e.contains("division by zero"), "{e}");
+        let e = run("pow(left, right)", json!({"left": 40, "right": 50})).unwrap_err();
+        assert!(e.contains("overflow"), "{e}");
+        let e = run("insertString(o, i, `100`)", json!({"o": "ab", "i": "c"})).unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = run("insertString(o, i, `-1`)", json!({"o": "ab", "i": "c"})).unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = run("add(a, `1`)", json!({"a": "x"})).unwrap_err();
+        assert!(e.contains("number"), "{e}");
+    }
+}

@@ -1,0 +1,525 @@
+//! Evaluating a device mapping against one event: the pure core of the normalizer.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use jmespath::{Rcvar, Variable};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::jmes;
+use crate::jsonpath::Scope;
+use crate::measurement::{Measurement, MeasurementProperty};
+use crate::template::{Compiled, ContentTemplate, DeviceMapping, Expression, TemplateKind};
+use crate::value::{parse_timestamp, value_text, ValueText};
+
+/// The reference's exception type for a per-event error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ErrorType {
+    /// The event body is not JSON (or not usable as a document).
+    InvalidDataFormatException,
+    /// The data does not satisfy the template.
+    IncompatibleDataException,
+}
+
+impl ErrorType {
+    /// The name as the reference spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::InvalidDataFormatException => "InvalidDataFormatException",
+            ErrorType::IncompatibleDataException => "IncompatibleDataException",
+        }
+    }
+}
+
+/// Which template an error came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRef {
+    /// Index in the collection.
+    pub index: usize,
+    /// Template kind.
+    pub kind: TemplateKind,
+    /// `typeName`.
+    pub type_name: String,
+}
+
+/// Why one event could not be normalized. The event is skipped; nothing else stops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(rename_all = "camelCase")]
+#[error("{message}")]
+pub struct NormalizeError {
+    /// The reference's exception type.
+    #[serde(rename = "type")]
+    pub error_type: ErrorType,
+    /// The reference's message text (e.g. `Unable to extract required value for [hr] ...`).
+    pub reason: String,
+    /// The full message: reason plus the template, field and value involved.
+    pub message: String,
+    /// Which template, field, expression and value were involved.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Box<ErrorContext>>,
+}
+
+/// Where an evaluation error happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorContext {
+    /// The template.
+    pub template: TemplateRef,
+    /// The expression field (`DeviceIdExpression`, ...) or value name involved.
+    pub field: String,
+    /// The expression text involved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    /// The offending value (truncated), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+impl NormalizeError {
+    /// An event whose body is not valid JSON.
+    pub fn invalid_format(detail: impl std::fmt::Display) -> Self {
+        let reason = format!("The event body is not valid JSON: {detail}");
+        NormalizeError {
+            error_type: ErrorType::InvalidDataFormatException,
+            message: reason.clone(),
+            reason,
+            context: None,
+        }
+    }
+
+    fn incompatible(
+        t: &ContentTemplate,
+        field: &str,
+        expr: Option<&Expression>,
+        value: Option<String>,
+        reason: String,
+    ) -> Self {
+        let mut message = format!(
+            "{reason} [{} template {} '{}'",
+            t.kind.as_str(),
+            t.index,
+            t.type_name
+        );
+        if let Some(e) = expr {
+            message.push_str(&format!(", expression {:?}", e.source));
+        }
+        if let Some(v) = &value {
+            message.push_str(&format!(", value {v:?}"));
+        }
+        message.push(']');
+        NormalizeError {
+            error_type: ErrorType::IncompatibleDataException,
+            reason,
+            message,
+            context: Some(Box::new(ErrorContext {
+                template: TemplateRef {
+                    index: t.index,
+                    kind: t.kind,
+                    type_name: t.type_name.clone(),
+                },
+                field: field.to_string(),
+                expression: expr.map(|e| e.source.clone()),
+                value,
+            })),
+        }
+    }
+
+    /// The reference's exception type name.
+    pub fn type_name(&self) -> &'static str {
+        self.error_type.as_str()
+    }
+}
+
+fn shorten(s: &str) -> String {
+    const MAX: usize = 120;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => shorten(s),
+        other => shorten(&other.to_string()),
+    }
+}
+
+/// The normalizer: a compiled device mapping, evaluated against documents.
+#[derive(Debug, Clone, Default)]
+pub struct Normalizer {
+    mapping: DeviceMapping,
+}
+
+/// Per-document state: the document, and its JMESPath form built at most once.
+struct Doc<'a> {
+    value: &'a Value,
+    var: OnceCell<Rcvar>,
+}
+
+impl Doc<'_> {
+    fn var(&self) -> &Rcvar {
+        self.var.get_or_init(|| jmes::to_variable(self.value))
+    }
+}
+
+/// One match of `typeMatchExpression`.
+struct Match<'a> {
+    value: Cow<'a, Value>,
+    var: OnceCell<Rcvar>,
+}
+
+impl Match<'_> {
+    fn var(&self) -> &Rcvar {
+        self.var.get_or_init(|| jmes::to_variable(&self.value))
+    }
+}
+
+/// What an expression selected, for a single-value field.
+enum One<'a> {
+    Missing,
+    Found(Cow<'a, Value>),
+}
+
+impl Normalizer {
+    /// A normalizer for a loaded (valid) device mapping.
+    pub fn new(mapping: DeviceMapping) -> Self {
+        Normalizer { mapping }
+    }
+
+    /// The mapping.
+    pub fn mapping(&self) -> &DeviceMapping {
+        &self.mapping
+    }
+
+    /// Wraps a device message in the reference's envelope and normalizes it.
+    ///
+    /// ```
+    /// let text = r#"{"templateType": "CollectionContent", "template": [{
+    ///   "templateType": "CalculatedContent",
+    ///   "template": {"typeName": "heartrate", "typeMatchExpression": "$..[?(@heartRate)]",
+    ///                "deviceIdExpression": "$.matchedToken.deviceId",
+    ///                "timestampExpression": "$.matchedToken.endDate",
+    ///                "values": [{"valueName": "hr", "valueExpression": "$.matchedToken.heartRate", "required": true}]}
+    /// }]}"#;
+    /// let n = normalizer::Normalizer::new(normalizer::load_device_mapping(text).into_result().unwrap());
+    /// let body = br#"{"heartRate": 78, "deviceId": "d1", "endDate": "2019-02-01T22:46:01.875Z"}"#;
+    /// let ms = n.normalize(body, &Default::default(), &Default::default(), None).unwrap();
+    /// assert_eq!(ms[0].properties[0].value, "78");
+    /// assert_eq!(ms[0].device_id, "d1");
+    /// ```
+    pub fn normalize(
+        &self,
+        body: &[u8],
+        properties: &Map<String, Value>,
+        system_properties: &Map<String, Value>,
+        ingestion_time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Measurement>, NormalizeError> {
+        let body: Value = serde_json::from_slice(body).map_err(NormalizeError::invalid_format)?;
+        let doc = envelope(body, properties.clone(), system_properties.clone());
+        self.normalize_document(&doc, ingestion_time)
+    }
+
+    /// Normalizes a whole document (what templates see). One failing template match
+    /// fails the whole document, as in the reference; no match at all is `Ok(vec![])`.
+    pub fn normalize_document(
+        &self,
+        doc: &Value,
+        ingestion_time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Measurement>, NormalizeError> {
+        let doc = Doc {
+            value: doc,
+            var: OnceCell::new(),
+        };
+        let mut out = Vec::new();
+        for t in &self.mapping.templates {
+            for m in type_matches(t, &doc)? {
+                out.push(measurement(t, &doc, &m, ingestion_time)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Builds the reference's document `{Body, Properties, SystemProperties}`.
+pub fn envelope(
+    body: Value,
+    properties: Map<String, Value>,
+    system_properties: Map<String, Value>,
+) -> Value {
+    let mut m = Map::with_capacity(3);
+    m.insert("Body".into(), body);
+    m.insert("Properties".into(), Value::Object(properties));
+    m.insert("SystemProperties".into(), Value::Object(system_properties));
+    Value::Object(m)
+}
+
+fn unset(t: &ContentTemplate, field: &str) -> NormalizeError {
+    NormalizeError::incompatible(
+        t,
+        field,
+        None,
+        None,
+        format!("An expression must be set for [{field}]"),
+    )
+}
+
+fn type_matches<'a>(
+    t: &ContentTemplate,
+    doc: &'a Doc<'a>,
+) -> Result<Vec<Match<'a>>, NormalizeError> {
+    let e = &t.type_match;
+    match &e.compiled {
+        Compiled::Empty => Err(unset(t, "TypeMatchExpression")),
+        Compiled::JsonPath(p) => Ok(p
+            .select(Scope::new(doc.value))
+            .into_iter()
+            .map(|value| Match {
+                value,
+                var: OnceCell::new(),
+            })
+            .collect()),
+        Compiled::JmesPath(j) => {
+            let r = j.search(doc.var()).map_err(|err| {
+                NormalizeError::incompatible(
+                    t,
+                    "TypeMatchExpression",
+                    Some(e),
+                    None,
+                    format!(
+                        "Unable to evaluate [TypeMatchExpression]: {}",
+                        jmes::error_message(&err)
+                    ),
+                )
+            })?;
+            let items: Vec<Rcvar> = match &*r {
+                Variable::Null => Vec::new(),
+                Variable::Array(a) => a.iter().filter(|v| !v.is_null()).cloned().collect(),
+                _ => vec![r.clone()],
+            };
+            Ok(items
+                .into_iter()
+                .map(|v| Match {
+                    value: Cow::Owned(jmes::to_value(&v)),
+                    var: OnceCell::from(v),
+                })
+                .collect())
+        }
+    }
+}
+
+/// Evaluates a single-value expression for one match.
+fn select_one<'a>(
+    t: &ContentTemplate,
+    field: &str,
+    e: &Expression,
+    doc: &'a Doc<'a>,
+    m: &'a Match<'a>,
+) -> Result<One<'a>, NormalizeError> {
+    let legacy = t.kind != TemplateKind::CalculatedContent;
+    match &e.compiled {
+        Compiled::Empty => Err(unset(t, field)),
+        Compiled::JsonPath(p) => {
+            let scope = if legacy {
+                Scope::new(&m.value)
+            } else {
+                Scope::with_match(doc.value, &m.value)
+            };
+            let mut found = p.select(scope);
+            match found.len() {
+                0 => Ok(One::Missing),
+                1 => Ok(One::Found(found.remove(0))),
+                n => Err(NormalizeError::incompatible(
+                    t,
+                    field,
+                    Some(e),
+                    None,
+                    format!(
+                        "Expression for [{field}] returned {n} tokens; a single token is expected"
+                    ),
+                )),
+            }
+        }
+        Compiled::JmesPath(j) => {
+            let root: Rcvar = if legacy {
+                m.var().clone()
+            } else {
+                let mut map: BTreeMap<String, Rcvar> = match &**doc.var() {
+                    Variable::Object(o) => o.clone(),
+                    _ => BTreeMap::new(),
+                };
+                map.insert("matchedToken".into(), m.var().clone());
+                Arc::new(Variable::Object(map))
+            };
+            let r = j.search(root).map_err(|err| {
+                NormalizeError::incompatible(
+                    t,
+                    field,
+                    Some(e),
+                    None,
+                    format!(
+                        "Unable to evaluate [{field}]: {}",
+                        jmes::error_message(&err)
+                    ),
+                )
+            })?;
+            match &*r {
+                Variable::Null => Ok(One::Missing),
+                Variable::Array(a) if a.is_empty() => Ok(One::Missing),
+                Variable::Array(a) if a.len() == 1 => {
+                    Ok(One::Found(Cow::Owned(jmes::to_value(&a[0]))))
+                }
+                Variable::Array(a) => Err(NormalizeError::incompatible(
+                    t,
+                    field,
+                    Some(e),
+                    None,
+                    format!(
+                        "Expression for [{field}] returned {} tokens; a single token is expected",
+                        a.len()
+                    ),
+                )),
+                other => Ok(One::Found(Cow::Owned(jmes::to_value(other)))),
+            }
+        }
+    }
+}
+
+fn required_missing(t: &ContentTemplate, field: &str, e: &Expression) -> NormalizeError {
+    NormalizeError::incompatible(
+        t,
+        field,
+        Some(e),
+        None,
+        format!(
+            "Unable to extract required value for [{field}] using {}",
+            e.source
+        ),
+    )
+}
+
+/// A string field: `Ok(None)` when missing.
+fn string_field(
+    t: &ContentTemplate,
+    field: &str,
+    e: &Expression,
+    doc: &Doc<'_>,
+    m: &Match<'_>,
+) -> Result<Option<String>, NormalizeError> {
+    match select_one(t, field, e, doc, m)? {
+        One::Missing => Ok(None),
+        One::Found(v) => match value_text(&v) {
+            ValueText::Missing => Ok(None),
+            ValueText::Text(s) => Ok(Some(s)),
+            ValueText::NotScalar(what) => Err(NormalizeError::incompatible(
+                t,
+                field,
+                Some(e),
+                Some(describe(&v)),
+                format!("Value for [{field}] is {what}; a string, number or boolean is expected"),
+            )),
+        },
+    }
+}
+
+fn timestamp_field(
+    t: &ContentTemplate,
+    e: &Expression,
+    doc: &Doc<'_>,
+    m: &Match<'_>,
+) -> Result<Option<DateTime<Utc>>, NormalizeError> {
+    const FIELD: &str = "TimestampExpression";
+    match select_one(t, FIELD, e, doc, m)? {
+        One::Missing => Ok(None),
+        One::Found(v) => match &*v {
+            Value::Null => Ok(None),
+            Value::String(s) if s.trim().is_empty() => Ok(None),
+            Value::String(s) => parse_timestamp(s).map(Some).ok_or_else(|| {
+                NormalizeError::incompatible(t, FIELD, Some(e), Some(shorten(s)), format!("Unable to convert the value of [{FIELD}] to a date and time"))
+            }),
+            other => Err(NormalizeError::incompatible(t, FIELD, Some(e), Some(describe(other)), format!("Unable to convert the value of [{FIELD}] to a date and time: expected an ISO 8601 string, found {}", kind_name(other)))),
+        },
+    }
+}
+
+fn kind_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn measurement(
+    t: &ContentTemplate,
+    doc: &Doc<'_>,
+    m: &Match<'_>,
+    ingestion_time: Option<DateTime<Utc>>,
+) -> Result<Measurement, NormalizeError> {
+    const DEVICE: &str = "DeviceIdExpression";
+    const TIME: &str = "TimestampExpression";
+    let device_expr = t.device_id.as_ref().ok_or_else(|| unset(t, DEVICE))?;
+    let device_id = string_field(t, DEVICE, device_expr, doc, m)?
+        .ok_or_else(|| required_missing(t, DEVICE, device_expr))?;
+
+    let time_expr = t.timestamp.as_ref().ok_or_else(|| unset(t, TIME))?;
+    let mut time = timestamp_field(t, time_expr, doc, m)?;
+    if time.is_none() {
+        if let Some(fallback) = &t.timestamp_fallback {
+            time = timestamp_field(t, fallback, doc, m)?;
+        }
+    }
+    let occurrence_time_utc = time.ok_or_else(|| required_missing(t, TIME, time_expr))?;
+
+    let correlation_id = match &t.correlation_id {
+        Some(e) => Some(
+            string_field(t, "CorrelationIdExpression", e, doc, m)?
+                .ok_or_else(|| required_missing(t, "CorrelationIdExpression", e))?,
+        ),
+        None => None,
+    };
+    let patient_id = match &t.patient_id {
+        Some(e) => string_field(t, "PatientIdExpression", e, doc, m)?,
+        None => None,
+    };
+    let encounter_id = match &t.encounter_id {
+        Some(e) => string_field(t, "EncounterIdExpression", e, doc, m)?,
+        None => None,
+    };
+    let mut properties = Vec::with_capacity(t.values.len());
+    for v in &t.values {
+        let found = if matches!(v.expression.compiled, Compiled::Empty) && !v.required {
+            None
+        } else {
+            string_field(t, &v.name, &v.expression, doc, m)?
+        };
+        match found {
+            Some(value) => properties.push(MeasurementProperty {
+                name: v.name.clone(),
+                value,
+            }),
+            None if v.required => return Err(required_missing(t, &v.name, &v.expression)),
+            None => {}
+        }
+    }
+    Ok(Measurement {
+        type_name: t.type_name.clone(),
+        occurrence_time_utc,
+        ingestion_time_utc: ingestion_time,
+        device_id,
+        patient_id,
+        encounter_id,
+        correlation_id,
+        properties,
+    })
+}

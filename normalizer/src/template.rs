@@ -1,0 +1,909 @@
+//! Loading device-mapping templates: `CollectionContent` of `JsonPathContent`,
+//! `IotJsonPathContent`, `IotCentralJsonPathContent` and `CalculatedContent`.
+//!
+//! Loading collects every error (each with the template's index and type, a JSON
+//! pointer and a line:column) and still builds the valid entries, as the reference does.
+//! Expressions are compiled here, once.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::jmes::{self, JmesExpression};
+use crate::jsonpath::JsonPath;
+use crate::position::{escape_token, LineCol, Positions};
+
+/// The kind of a content template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TemplateKind {
+    /// `JsonPathContent`: JSONPath, all expressions relative to the matched token.
+    JsonPathContent,
+    /// `IotJsonPathContent`: device id and time implied by IoT Hub properties.
+    IotJsonPathContent,
+    /// `IotCentralJsonPathContent`: device id and time from an IoT Central export.
+    IotCentralJsonPathContent,
+    /// `CalculatedContent`: JSONPath or JMESPath against the document plus `matchedToken`.
+    CalculatedContent,
+}
+
+impl TemplateKind {
+    /// The type name as templates spell it (short form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TemplateKind::JsonPathContent => "JsonPathContent",
+            TemplateKind::IotJsonPathContent => "IotJsonPathContent",
+            TemplateKind::IotCentralJsonPathContent => "IotCentralJsonPathContent",
+            TemplateKind::CalculatedContent => "CalculatedContent",
+        }
+    }
+
+    /// The name the reference registers the factory under.
+    fn registered(self) -> &'static str {
+        match self {
+            TemplateKind::JsonPathContent => "JsonPathContentTemplate",
+            TemplateKind::IotJsonPathContent => "IotJsonPathContentTemplate",
+            TemplateKind::IotCentralJsonPathContent => "IotCentralJsonPathContent",
+            TemplateKind::CalculatedContent => "CalculatedContent",
+        }
+    }
+
+    const ALL: [TemplateKind; 4] = [
+        TemplateKind::JsonPathContent,
+        TemplateKind::IotJsonPathContent,
+        TemplateKind::IotCentralJsonPathContent,
+        TemplateKind::CalculatedContent,
+    ];
+}
+
+/// The reference's name rule: equal to the registered name, or equal to it once
+/// "Template" is appended; case-insensitive.
+fn name_matches(given: &str, registered: &str) -> bool {
+    given.eq_ignore_ascii_case(registered)
+        || format!("{given}Template").eq_ignore_ascii_case(registered)
+}
+
+/// An expression language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Language {
+    /// Json.NET-dialect JSONPath.
+    JsonPath,
+    /// JMESPath with the custom functions.
+    JmesPath,
+}
+
+impl Language {
+    fn parse(s: &str) -> Option<Language> {
+        if s.eq_ignore_ascii_case("JsonPath") {
+            Some(Language::JsonPath)
+        } else if s.eq_ignore_ascii_case("JmesPath") {
+            Some(Language::JmesPath)
+        } else {
+            None
+        }
+    }
+}
+
+/// A compiled expression with where it came from.
+#[derive(Debug, Clone)]
+pub struct Expression {
+    /// The expression text as written.
+    pub source: String,
+    /// Its language.
+    pub language: Language,
+    pub(crate) compiled: Compiled,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Compiled {
+    /// Empty text: an error when evaluated ("An expression must be set").
+    Empty,
+    JsonPath(JsonPath),
+    JmesPath(Box<JmesExpression>),
+}
+
+impl Expression {
+    fn compile(source: &str, language: Language) -> Result<Expression, String> {
+        let compiled = if source.trim().is_empty() {
+            Compiled::Empty
+        } else {
+            match language {
+                Language::JsonPath => {
+                    Compiled::JsonPath(JsonPath::compile(source).map_err(|e| e.to_string())?)
+                }
+                Language::JmesPath => Compiled::JmesPath(Box::new(
+                    jmes::compile(source).map_err(|e| format!("invalid JMESPath: {e}"))?,
+                )),
+            }
+        };
+        Ok(Expression {
+            source: source.to_string(),
+            language,
+            compiled,
+        })
+    }
+
+    fn fixed(path: &str) -> Expression {
+        // Fixed, known-good paths of the IoT template kinds.
+        let compiled = JsonPath::compile(path)
+            .map(Compiled::JsonPath)
+            .unwrap_or(Compiled::Empty);
+        Expression {
+            source: path.to_string(),
+            language: Language::JsonPath,
+            compiled,
+        }
+    }
+}
+
+/// One value of a template.
+#[derive(Debug, Clone)]
+pub struct ValueTemplate {
+    /// `valueName`.
+    pub name: String,
+    /// `valueExpression`.
+    pub expression: Expression,
+    /// `required`.
+    pub required: bool,
+}
+
+/// One content template of the collection, compiled.
+#[derive(Debug, Clone)]
+pub struct ContentTemplate {
+    /// Index in the collection.
+    pub index: usize,
+    /// Template kind.
+    pub kind: TemplateKind,
+    /// `typeName`.
+    pub type_name: String,
+    /// `typeMatchExpression`.
+    pub type_match: Expression,
+    /// `deviceIdExpression` (or the implied one).
+    pub device_id: Option<Expression>,
+    /// `timestampExpression` (or the implied one).
+    pub timestamp: Option<Expression>,
+    /// IoT Hub's fallback when the creation time is missing.
+    pub timestamp_fallback: Option<Expression>,
+    /// `patientIdExpression`.
+    pub patient_id: Option<Expression>,
+    /// `encounterIdExpression`.
+    pub encounter_id: Option<Expression>,
+    /// `correlationIdExpression`.
+    pub correlation_id: Option<Expression>,
+    /// `values`.
+    pub values: Vec<ValueTemplate>,
+}
+
+impl ContentTemplate {
+    /// Whether any expression is JMESPath.
+    pub fn uses_jmespath(&self) -> bool {
+        let exprs = [
+            Some(&self.type_match),
+            self.device_id.as_ref(),
+            self.timestamp.as_ref(),
+            self.patient_id.as_ref(),
+            self.encounter_id.as_ref(),
+            self.correlation_id.as_ref(),
+        ];
+        exprs
+            .into_iter()
+            .flatten()
+            .chain(self.values.iter().map(|v| &v.expression))
+            .any(|e| e.language == Language::JmesPath)
+    }
+}
+
+/// A loaded device mapping: the valid templates of the collection, in order.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceMapping {
+    /// The compiled templates.
+    pub templates: Vec<ContentTemplate>,
+}
+
+/// One problem found while loading a template file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(rename_all = "camelCase")]
+#[error("{}", self.display())]
+pub struct TemplateError {
+    /// Index of the template in the collection, if the error is inside one.
+    pub template_index: Option<usize>,
+    /// Its `templateType`, if known.
+    pub template_type: Option<String>,
+    /// JSON pointer of the offending element.
+    pub pointer: String,
+    /// Where it is in the file.
+    pub line: usize,
+    /// Where it is in the file (1-based, characters).
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl TemplateError {
+    fn display(&self) -> String {
+        let at = match (&self.template_index, &self.template_type) {
+            (Some(i), Some(t)) => format!("template {i} ({t}) "),
+            (Some(i), None) => format!("template {i} "),
+            _ => String::new(),
+        };
+        let ptr = if self.pointer.is_empty() {
+            "/"
+        } else {
+            &self.pointer
+        };
+        format!(
+            "{}:{}: {at}at {ptr}: {}",
+            self.line, self.column, self.message
+        )
+    }
+}
+
+/// The result of loading: the usable templates and every error found.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The valid templates (usable even when `errors` is not empty, as in the reference).
+    pub mapping: DeviceMapping,
+    /// Every error; the mapping is valid when this is empty.
+    pub errors: Vec<TemplateError>,
+}
+
+impl Loaded {
+    /// The mapping when it has no errors, or every error.
+    pub fn into_result(self) -> Result<DeviceMapping, Vec<TemplateError>> {
+        if self.errors.is_empty() {
+            Ok(self.mapping)
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+struct Ctx<'a> {
+    pos: &'a Positions,
+    errors: Vec<TemplateError>,
+    index: Option<usize>,
+    ttype: Option<String>,
+}
+
+impl Ctx<'_> {
+    fn err_at(&mut self, pointer: &str, key: bool, message: impl Into<String>) {
+        let lc = if key {
+            self.pos.key(pointer)
+        } else {
+            self.pos.value(pointer)
+        }
+        .unwrap_or(LineCol { line: 1, column: 1 });
+        self.errors.push(TemplateError {
+            template_index: self.index,
+            template_type: self.ttype.clone(),
+            pointer: pointer.to_string(),
+            line: lc.line,
+            column: lc.column,
+            message: message.into(),
+        });
+    }
+}
+
+/// Case-insensitive member lookup (Json.NET's default), returning the key as written.
+fn get_ci<'a>(m: &'a Map<String, Value>, name: &str) -> Option<(&'a String, &'a Value)> {
+    m.get_key_value(name)
+        .or_else(|| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Loads a device-mapping template from its file text.
+///
+/// ```
+/// let text = r#"{"templateType": "CollectionContent", "template": [{
+///   "templateType": "JsonPathContent",
+///   "template": {"typeName": "hr", "typeMatchExpression": "$..[?(@heartRate)]",
+///                "deviceIdExpression": "$.deviceId", "timestampExpression": "$.t",
+///                "values": [{"valueName": "hr", "valueExpression": "$.heartRate", "required": true}]}
+/// }]}"#;
+/// let loaded = normalizer::load_device_mapping(text);
+/// assert!(loaded.errors.is_empty());
+/// assert_eq!(loaded.mapping.templates[0].type_name, "hr");
+/// ```
+pub fn load_device_mapping(text: &str) -> Loaded {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let pos = Positions::index(text);
+    let mut cx = Ctx {
+        pos: &pos,
+        errors: Vec::new(),
+        index: None,
+        ttype: None,
+    };
+    let root: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            cx.errors.push(TemplateError {
+                template_index: None,
+                template_type: None,
+                pointer: String::new(),
+                line: e.line(),
+                column: e.column(),
+                message: format!("Invalid JSON: {e}"),
+            });
+            return Loaded {
+                mapping: DeviceMapping::default(),
+                errors: cx.errors,
+            };
+        }
+    };
+    let templates = load_collection(&root, &mut cx);
+    Loaded {
+        mapping: DeviceMapping { templates },
+        errors: cx.errors,
+    }
+}
+
+/// Loads a single content template container (`{"templateType": "CalculatedContent",
+/// "template": {...}}`), as the reference's per-type factories do; the result is a
+/// one-template mapping. Device mappings themselves must be a `CollectionContent`.
+pub fn load_content_template(text: &str) -> Loaded {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let pos = Positions::index(text);
+    let mut cx = Ctx {
+        pos: &pos,
+        errors: Vec::new(),
+        index: Some(0),
+        ttype: None,
+    };
+    let root: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Loaded {
+                mapping: DeviceMapping::default(),
+                errors: vec![TemplateError {
+                    template_index: None,
+                    template_type: None,
+                    pointer: String::new(),
+                    line: e.line(),
+                    column: e.column(),
+                    message: format!("Invalid JSON: {e}"),
+                }],
+            }
+        }
+    };
+    let templates = load_container(&root, "", 0, &mut cx).into_iter().collect();
+    Loaded {
+        mapping: DeviceMapping { templates },
+        errors: cx.errors,
+    }
+}
+
+fn load_collection(root: &Value, cx: &mut Ctx<'_>) -> Vec<ContentTemplate> {
+    const COLLECTION: &str = "CollectionContentTemplate";
+    let Some(obj) = root.as_object() else {
+        cx.err_at(
+            "",
+            false,
+            format!(
+                "Expected TemplateType value {COLLECTION}, actual {}.",
+                kind_of(root)
+            ),
+        );
+        return Vec::new();
+    };
+    let ttype = get_ci(obj, "templateType").map(|(_, v)| v);
+    match ttype {
+        Some(Value::String(t)) if name_matches(t, COLLECTION) => {}
+        Some(Value::String(t)) => {
+            cx.err_at(
+                "/templateType",
+                false,
+                format!("Expected TemplateType value {COLLECTION}, actual {t}."),
+            );
+            return Vec::new();
+        }
+        Some(other) => {
+            cx.err_at(
+                "/templateType",
+                false,
+                format!(
+                    "Expected TemplateType value {COLLECTION}, actual {}.",
+                    kind_of(other)
+                ),
+            );
+            return Vec::new();
+        }
+        None => {
+            cx.err_at("", false, format!("Required property 'TemplateType' not found in JSON. Expected TemplateType value {COLLECTION}."));
+            return Vec::new();
+        }
+    }
+    let Some((tkey, Value::Array(items))) = get_ci(obj, "template") else {
+        let p = get_ci(obj, "template")
+            .map(|(k, _)| format!("/{}", escape_token(k)))
+            .unwrap_or_default();
+        cx.err_at(
+            &p,
+            false,
+            format!(
+                "Expected an array for the template property value for template type {COLLECTION}."
+            ),
+        );
+        return Vec::new();
+    };
+    let base = format!("/{}", escape_token(tkey));
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let ptr = format!("{base}/{i}");
+        cx.index = Some(i);
+        cx.ttype = None;
+        if let Some(t) = load_container(item, &ptr, i, cx) {
+            out.push(t);
+        }
+    }
+    cx.index = None;
+    cx.ttype = None;
+    out
+}
+
+fn load_container(
+    item: &Value,
+    ptr: &str,
+    index: usize,
+    cx: &mut Ctx<'_>,
+) -> Option<ContentTemplate> {
+    let Some(obj) = item.as_object() else {
+        cx.err_at(
+            ptr,
+            false,
+            format!(
+                "Expected a template object {{\"templateType\", \"template\"}}, found {}.",
+                kind_of(item)
+            ),
+        );
+        return None;
+    };
+    let ttype = match get_ci(obj, "templateType") {
+        Some((_, Value::String(t))) => t.clone(),
+        Some((k, v)) => {
+            cx.err_at(
+                &format!("{ptr}/{}", escape_token(k)),
+                false,
+                format!("Expected a string for TemplateType, found {}.", kind_of(v)),
+            );
+            return None;
+        }
+        None => {
+            cx.err_at(
+                ptr,
+                false,
+                "Required property 'TemplateType' not found in JSON.",
+            );
+            return None;
+        }
+    };
+    cx.ttype = Some(ttype.clone());
+    let Some(kind) = TemplateKind::ALL
+        .into_iter()
+        .find(|k| name_matches(&ttype, k.registered()))
+    else {
+        let hint = if ttype.eq_ignore_ascii_case("IotCentralJsonPathContentTemplate")
+            || ttype.eq_ignore_ascii_case("CalculatedContentTemplate")
+        {
+            format!(
+                " (the reference only accepts '{}' for this type)",
+                &ttype[..ttype.len() - "Template".len()]
+            )
+        } else {
+            String::new()
+        };
+        cx.err_at(
+            &format!("{ptr}/templateType"),
+            false,
+            format!("No match found for template type {ttype}{hint}."),
+        );
+        return None;
+    };
+    let body_ptr;
+    let body = match get_ci(obj, "template") {
+        Some((k, Value::Object(b))) => {
+            body_ptr = format!("{ptr}/{}", escape_token(k));
+            b
+        }
+        Some((k, v)) => {
+            cx.err_at(
+                &format!("{ptr}/{}", escape_token(k)),
+                false,
+                format!(
+                    "Expected an object for the template property value, found {}.",
+                    kind_of(v)
+                ),
+            );
+            return None;
+        }
+        None => {
+            cx.err_at(
+                ptr,
+                false,
+                "Required property 'Template' not found in JSON.",
+            );
+            return None;
+        }
+    };
+    load_body(kind, body, &body_ptr, index, cx)
+}
+
+const FIELDS: [(&str, &str); 8] = [
+    ("typeName", "TypeName"),
+    ("typeMatchExpression", "TypeMatchExpression"),
+    ("deviceIdExpression", "DeviceIdExpression"),
+    ("timestampExpression", "TimestampExpression"),
+    ("patientIdExpression", "PatientIdExpression"),
+    ("encounterIdExpression", "EncounterIdExpression"),
+    ("correlationIdExpression", "CorrelationIdExpression"),
+    ("values", "Values"),
+];
+
+fn load_body(
+    kind: TemplateKind,
+    body: &Map<String, Value>,
+    ptr: &str,
+    index: usize,
+    cx: &mut Ctx<'_>,
+) -> Option<ContentTemplate> {
+    let errors_before = cx.errors.len();
+    let calculated = kind == TemplateKind::CalculatedContent;
+    // Unknown members are errors (MissingMemberHandling.Error).
+    for key in body.keys() {
+        let known = FIELDS.iter().any(|(f, _)| f.eq_ignore_ascii_case(key))
+            || (calculated && key.eq_ignore_ascii_case("defaultExpressionLanguage"));
+        if !known {
+            cx.err_at(
+                &format!("{ptr}/{}", escape_token(key)),
+                true,
+                format!(
+                    "Could not find member '{key}' on object of type '{}'.",
+                    kind.as_str()
+                ),
+            );
+        }
+    }
+    let default_language = match get_ci(body, "defaultExpressionLanguage") {
+        None | Some((_, Value::Null)) => Language::JsonPath,
+        Some((k, Value::String(s))) => match Language::parse(s) {
+            Some(l) => l,
+            None => {
+                cx.err_at(
+                    &format!("{ptr}/{}", escape_token(k)),
+                    false,
+                    format!("Unknown expression language '{s}': expected JsonPath or JmesPath."),
+                );
+                Language::JsonPath
+            }
+        },
+        Some((k, v)) => {
+            cx.err_at(
+                &format!("{ptr}/{}", escape_token(k)),
+                false,
+                format!(
+                    "Expected a string for DefaultExpressionLanguage, found {}.",
+                    kind_of(v)
+                ),
+            );
+            Language::JsonPath
+        }
+    };
+    let type_name = match get_ci(body, "typeName") {
+        Some((_, Value::String(s))) => Some(s.clone()),
+        Some((k, Value::Null)) => {
+            cx.err_at(
+                &format!("{ptr}/{}", escape_token(k)),
+                false,
+                "Required property 'TypeName' expects a value but got null.",
+            );
+            None
+        }
+        Some((k, v)) => {
+            cx.err_at(
+                &format!("{ptr}/{}", escape_token(k)),
+                false,
+                format!("Expected a string for TypeName, found {}.", kind_of(v)),
+            );
+            None
+        }
+        None => {
+            cx.err_at(
+                ptr,
+                false,
+                "Required property 'TypeName' not found in JSON.",
+            );
+            None
+        }
+    };
+    let expr = |name: &str, pascal: &str, required: bool, cx: &mut Ctx<'_>| -> Option<Expression> {
+        match get_ci(body, name) {
+            None => {
+                if required {
+                    cx.err_at(
+                        ptr,
+                        false,
+                        format!("Required property '{pascal}' not found in JSON."),
+                    );
+                }
+                None
+            }
+            Some((_, Value::Null)) if !required => None,
+            Some((k, v)) => load_expression(
+                v,
+                &format!("{ptr}/{}", escape_token(k)),
+                pascal,
+                calculated,
+                default_language,
+                cx,
+            ),
+        }
+    };
+    let type_match = expr("typeMatchExpression", "TypeMatchExpression", true, cx);
+    let (device_id, timestamp, timestamp_fallback) = match kind {
+        TemplateKind::IotJsonPathContent => (
+            Some(Expression::fixed(
+                "$.SystemProperties.iothub-connection-device-id",
+            )),
+            Some(Expression::fixed("$.Properties.iothub-creation-time-utc")),
+            Some(Expression::fixed("$.SystemProperties.iothub-enqueuedtime")),
+        ),
+        TemplateKind::IotCentralJsonPathContent => (
+            Some(Expression::fixed("$.deviceId")),
+            Some(Expression::fixed("$.enqueuedTime")),
+            None,
+        ),
+        _ => (
+            expr("deviceIdExpression", "DeviceIdExpression", true, cx),
+            expr("timestampExpression", "TimestampExpression", true, cx),
+            None,
+        ),
+    };
+    let patient_id = expr("patientIdExpression", "PatientIdExpression", false, cx);
+    let encounter_id = expr("encounterIdExpression", "EncounterIdExpression", false, cx);
+    let correlation_id = expr(
+        "correlationIdExpression",
+        "CorrelationIdExpression",
+        false,
+        cx,
+    );
+    let mut values = Vec::new();
+    match get_ci(body, "values") {
+        None | Some((_, Value::Null)) => {}
+        Some((k, Value::Array(items))) => {
+            let vptr = format!("{ptr}/{}", escape_token(k));
+            for (i, item) in items.iter().enumerate() {
+                if let Some(v) = load_value(
+                    item,
+                    &format!("{vptr}/{i}"),
+                    calculated,
+                    default_language,
+                    cx,
+                ) {
+                    values.push(v);
+                }
+            }
+        }
+        Some((k, v)) => cx.err_at(
+            &format!("{ptr}/{}", escape_token(k)),
+            false,
+            format!("Expected an array for Values, found {}.", kind_of(v)),
+        ),
+    }
+    if cx.errors.len() > errors_before {
+        return None;
+    }
+    Some(ContentTemplate {
+        index,
+        kind,
+        type_name: type_name?,
+        type_match: type_match?,
+        device_id,
+        timestamp,
+        timestamp_fallback,
+        patient_id,
+        encounter_id,
+        correlation_id,
+        values,
+    })
+}
+
+fn load_expression(
+    v: &Value,
+    ptr: &str,
+    pascal: &str,
+    calculated: bool,
+    default: Language,
+    cx: &mut Ctx<'_>,
+) -> Option<Expression> {
+    let (source, language, src_ptr) = match v {
+        Value::String(s) => (s.as_str(), default, ptr.to_string()),
+        Value::Object(o) if calculated => {
+            for key in o.keys() {
+                if !key.eq_ignore_ascii_case("value") && !key.eq_ignore_ascii_case("language") {
+                    cx.err_at(
+                        &format!("{ptr}/{}", escape_token(key)),
+                        true,
+                        format!(
+                            "Could not find member '{key}' on object of type 'TemplateExpression'."
+                        ),
+                    );
+                }
+            }
+            let language = match get_ci(o, "language") {
+                None | Some((_, Value::Null)) => default,
+                Some((k, Value::String(s))) => match Language::parse(s) {
+                    Some(l) => l,
+                    None => {
+                        cx.err_at(&format!("{ptr}/{}", escape_token(k)), false, format!("Unknown expression language '{s}' for {pascal}: expected JsonPath or JmesPath."));
+                        return None;
+                    }
+                },
+                Some((k, other)) => {
+                    cx.err_at(
+                        &format!("{ptr}/{}", escape_token(k)),
+                        false,
+                        format!(
+                            "Expected a string for the language of {pascal}, found {}.",
+                            kind_of(other)
+                        ),
+                    );
+                    return None;
+                }
+            };
+            match get_ci(o, "value") {
+                Some((k, Value::String(s))) => {
+                    (s.as_str(), language, format!("{ptr}/{}", escape_token(k)))
+                }
+                Some((k, other)) => {
+                    cx.err_at(
+                        &format!("{ptr}/{}", escape_token(k)),
+                        false,
+                        format!(
+                            "Expected a string for the value of {pascal}, found {}.",
+                            kind_of(other)
+                        ),
+                    );
+                    return None;
+                }
+                None => {
+                    cx.err_at(
+                        ptr,
+                        false,
+                        format!(
+                            "Required property 'Value' not found in JSON (expression {pascal})."
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        Value::Null => {
+            cx.err_at(
+                ptr,
+                false,
+                format!("Required property '{pascal}' expects a value but got null."),
+            );
+            return None;
+        }
+        other => {
+            let expected = if calculated {
+                "a string or an object {\"value\", \"language\"}"
+            } else {
+                "a string"
+            };
+            cx.err_at(
+                ptr,
+                false,
+                format!(
+                    "Expected {expected} for {pascal}, found {}.",
+                    kind_of(other)
+                ),
+            );
+            return None;
+        }
+    };
+    match Expression::compile(source, language) {
+        Ok(e) => Some(e),
+        Err(msg) => {
+            cx.err_at(
+                &src_ptr,
+                false,
+                format!("{pascal} '{source}' does not compile: {msg}"),
+            );
+            None
+        }
+    }
+}
+
+fn load_value(
+    item: &Value,
+    ptr: &str,
+    calculated: bool,
+    default: Language,
+    cx: &mut Ctx<'_>,
+) -> Option<ValueTemplate> {
+    let Some(o) = item.as_object() else {
+        cx.err_at(ptr, false, format!("Expected an object {{\"valueName\", \"valueExpression\", \"required\"}}, found {}.", kind_of(item)));
+        return None;
+    };
+    for key in o.keys() {
+        if !["valueName", "valueExpression", "required"]
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(key))
+        {
+            let ty = if calculated {
+                "CalculatedFunctionValueExpression"
+            } else {
+                "JsonPathValueExpression"
+            };
+            cx.err_at(
+                &format!("{ptr}/{}", escape_token(key)),
+                true,
+                format!("Could not find member '{key}' on object of type '{ty}'."),
+            );
+        }
+    }
+    let name = match get_ci(o, "valueName") {
+        Some((_, Value::String(s))) => Some(s.clone()),
+        Some((k, v)) => {
+            cx.err_at(
+                &format!("{ptr}/{}", escape_token(k)),
+                false,
+                format!("Expected a string for ValueName, found {}.", kind_of(v)),
+            );
+            None
+        }
+        None => {
+            cx.err_at(
+                ptr,
+                false,
+                "Required property 'ValueName' not found in JSON.",
+            );
+            None
+        }
+    };
+    let expression = match get_ci(o, "valueExpression") {
+        Some((k, v)) => load_expression(
+            v,
+            &format!("{ptr}/{}", escape_token(k)),
+            "ValueExpression",
+            calculated,
+            default,
+            cx,
+        ),
+        None => {
+            cx.err_at(
+                ptr,
+                false,
+                "Required property 'ValueExpression' not found in JSON.",
+            );
+            None
+        }
+    };
+    let required = match get_ci(o, "required") {
+        None | Some((_, Value::Null)) => false,
+        Some((_, Value::Bool(b))) => *b,
+        Some((_, Value::String(s))) if s.trim().eq_ignore_ascii_case("true") => true,
+        Some((_, Value::String(s))) if s.trim().eq_ignore_ascii_case("false") => false,
+        Some((k, v)) => {
+            cx.err_at(
+                &format!("{ptr}/{}", escape_token(k)),
+                false,
+                format!("Expected true or false for Required, found {v}."),
+            );
+            false
+        }
+    };
+    Some(ValueTemplate {
+        name: name?,
+        expression: expression?,
+        required,
+    })
+}

@@ -1,0 +1,184 @@
+//! How selected tokens become measurement values and timestamps, as the reference
+//! (Newtonsoft.Json on .NET) renders them.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde_json::{Number, Value};
+
+/// Renders a JSON number as .NET renders the parsed value: integers in full,
+/// floating-point numbers as the shortest round-trip text, switching to `E+XX`/`E-XX`
+/// notation outside `1e-4 <= |x| < 1e15` (`double.ToString()` on .NET Core 3.0+).
+pub fn format_number(n: &Number) -> String {
+    if let Some(i) = n.as_i64() {
+        return i.to_string();
+    }
+    if let Some(u) = n.as_u64() {
+        return u.to_string();
+    }
+    format_double(n.as_f64().unwrap_or(f64::NAN))
+}
+
+/// `double.ToString(CultureInfo.InvariantCulture)` on .NET Core 3.0+.
+pub fn format_double(x: f64) -> String {
+    if x.is_nan() {
+        return "NaN".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "∞".into() } else { "-∞".into() };
+    }
+    if x == 0.0 {
+        return if x.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
+    }
+    // Shortest round-trip digits and exponent, from Rust's `{:e}` formatting.
+    let e = format!("{x:e}");
+    let (mantissa, exp) = e.split_once('e').unwrap_or((e.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let neg = mantissa.starts_with('-');
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let sign = if neg { "-" } else { "" };
+    if (-4..15).contains(&exp) {
+        // Fixed-point.
+        let n = digits.len() as i32;
+        if exp >= 0 {
+            let int_len = exp + 1;
+            if n <= int_len {
+                format!("{sign}{digits}{}", "0".repeat((int_len - n) as usize))
+            } else {
+                let (a, b) = digits.split_at(int_len as usize);
+                format!("{sign}{a}.{b}")
+            }
+        } else {
+            format!("{sign}0.{}{digits}", "0".repeat((-exp - 1) as usize))
+        }
+    } else {
+        let (first, rest) = digits.split_at(1);
+        let frac = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(".{rest}")
+        };
+        let esign = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{first}{frac}E{esign}{:02}", exp.abs())
+    }
+}
+
+/// What a selected token is, as a measurement value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueText {
+    /// Missing: null, or a string that is empty or only white space.
+    Missing,
+    /// The value's text.
+    Text(String),
+    /// An object or array, which has no string form.
+    NotScalar(&'static str),
+}
+
+/// Converts a selected token to the measurement's string value.
+///
+/// Numbers as [`format_number`]; booleans as .NET's `True`/`False`; strings unchanged
+/// (date-like strings keep their original text, where the reference would re-render
+/// them in a culture format).
+pub fn value_text(v: &Value) -> ValueText {
+    match v {
+        Value::Null => ValueText::Missing,
+        Value::String(s) if s.trim().is_empty() => ValueText::Missing,
+        Value::String(s) => ValueText::Text(s.clone()),
+        Value::Number(n) => ValueText::Text(format_number(n)),
+        Value::Bool(b) => ValueText::Text(if *b { "True" } else { "False" }.into()),
+        Value::Array(_) => ValueText::NotScalar("an array"),
+        Value::Object(_) => ValueText::NotScalar("an object"),
+    }
+}
+
+/// Parses a timestamp string the way the reference accepts it, to UTC.
+///
+/// ISO 8601 / RFC 3339 with `Z` or an offset (converted to UTC exactly), with or without
+/// fractional seconds (any number of digits), `T` or a space between date and time; a
+/// date and time without offset is taken as UTC; a bare date is midnight UTC.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let with_t = if s.len() > 10 && s.as_bytes().get(10) == Some(&b' ') {
+        let mut t = s.to_string();
+        t.replace_range(10..11, "T");
+        t
+    } else {
+        s.to_string()
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(&with_t) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M%:z",
+    ] {
+        if let Ok(t) = DateTime::parse_from_str(&with_t, fmt) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(&with_t, fmt) {
+            return Some(t.and_utc());
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotnet_double_formatting() {
+        let cases = [
+            (7.0, "7"),
+            (98.43639286275842, "98.43639286275842"),
+            (1.9812, "1.9812"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1e15, "1E+15"),
+            (1e14, "100000000000000"),
+            (123456789012345680000.0, "1.2345678901234568E+20"),
+            (0.0001, "0.0001"),
+            (0.00001, "1E-05"),
+            (-2.5e-7, "-2.5E-07"),
+            (1.5e300, "1.5E+300"),
+            (-12.25, "-12.25"),
+        ];
+        for (x, want) in cases {
+            assert_eq!(format_double(x), want, "{x}");
+        }
+    }
+
+    #[test]
+    fn timestamps_to_utc() {
+        let t = |s: &str| parse_timestamp(s).map(|t| crate::measurement::format_utc(&t));
+        assert_eq!(
+            t("2019-01-30T22:45:02.6073744Z").as_deref(),
+            Some("2019-01-30T22:45:02.607374400Z")
+        );
+        assert_eq!(
+            t("2023-05-01T12:20:30+02:00").as_deref(),
+            Some("2023-05-01T10:20:30Z")
+        );
+        assert_eq!(
+            t("2023-05-01T05:20:30.5-05:00").as_deref(),
+            Some("2023-05-01T10:20:30.500Z")
+        );
+        assert_eq!(
+            t("2023-05-01 10:20:30").as_deref(),
+            Some("2023-05-01T10:20:30Z")
+        );
+        assert_eq!(t("2023-05-01").as_deref(), Some("2023-05-01T00:00:00Z"));
+        assert_eq!(t("yesterday"), None);
+        assert_eq!(t("2023-13-01T00:00:00Z"), None);
+    }
+}

@@ -1,0 +1,3 @@
+//! Whole-program tests: the `iomt` binary as scripts and users run it.
+
+mod cli_normalize;
