@@ -38,6 +38,9 @@ enum Command {
         /// Device-mapping template (CollectionContent).
         #[arg(long, value_name = "FILE")]
         device_mapping: PathBuf,
+        /// FHIR-mapping template (CollectionFhir).
+        #[arg(long, value_name = "FILE")]
+        fhir_mapping: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
@@ -66,6 +69,23 @@ enum Command {
         #[arg(long)]
         skip_invalid_templates: bool,
     },
+    /// Run normalization, grouping and FHIR conversion offline on one batch (prints JSON):
+    /// the local twin of the MedTech mapping debugger.
+    Map {
+        /// Device-mapping template (CollectionContent).
+        #[arg(long, value_name = "FILE")]
+        device_mapping: PathBuf,
+        /// FHIR-mapping template (CollectionFhir).
+        #[arg(long, value_name = "FILE")]
+        fhir_mapping: PathBuf,
+        /// A JSON array of events ({"body"|"bodyText", "properties", "systemProperties"}).
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// Set `issued` on every Observation (RFC 3339); left out by default so output is
+        /// reproducible.
+        #[arg(long, value_name = "TIME")]
+        issued: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,8 +103,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Validate {
             device_mapping,
+            fhir_mapping,
             format,
-        } => validate(&device_mapping, format),
+        } => validate(&device_mapping, fhir_mapping.as_deref(), format),
+        Command::Map {
+            device_mapping,
+            fhir_mapping,
+            events,
+            issued,
+        } => map(&device_mapping, &fhir_mapping, &events, issued.as_deref()),
         Command::Normalize {
             device_mapping,
             input,
@@ -118,26 +145,52 @@ fn print_template_errors(file: &Path, errors: &[TemplateError], out: &mut dyn Wr
     Ok(())
 }
 
-fn validate(device_mapping: &Path, format: Format) -> Result<ExitCode> {
+fn validate(
+    device_mapping: &Path,
+    fhir_mapping: Option<&Path>,
+    format: Format,
+) -> Result<ExitCode> {
     let loaded = load_device_mapping(&read_text(device_mapping)?);
-    let valid = loaded.errors.is_empty();
+    let fhir = match fhir_mapping {
+        Some(p) => Some((p, fhir_writer::FhirTemplates::load(&read_text(p)?))),
+        None => None,
+    };
+    let fhir_errors = fhir.as_ref().map(|(_, (_, e))| e.len()).unwrap_or(0);
+    let valid = loaded.errors.is_empty() && fhir_errors == 0;
     let stdout = &mut std::io::stdout().lock();
     match format {
         Format::Json => {
-            let errors: Vec<Value> = loaded
+            let mut errors: Vec<Value> = loaded
                 .errors
                 .iter()
                 .map(|e| error_json(device_mapping, e))
                 .collect();
-            let report = json!({
+            if let Some((p, (_, errs))) = &fhir {
+                for e in errs {
+                    let mut v = serde_json::to_value(e.to_record())?;
+                    v["file"] = json!(p.display().to_string());
+                    errors.push(v);
+                }
+            }
+            let mut report = json!({
                 "valid": valid,
                 "deviceMapping": {"file": device_mapping.display().to_string(), "templates": loaded.mapping.templates.len()},
                 "errors": errors,
             });
+            if let Some((p, (t, _))) = &fhir {
+                report["fhirMapping"] =
+                    json!({"file": p.display().to_string(), "templates": t.templates().len()});
+            }
             writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
         }
         Format::Text => {
             print_template_errors(device_mapping, &loaded.errors, stdout)?;
+            if let Some((p, (_, errs))) = &fhir {
+                for e in errs {
+                    let at = e.location();
+                    writeln!(stdout, "{}:{}:{}: {e}", p.display(), at.line, at.column)?;
+                }
+            }
             if valid {
                 writeln!(
                     stdout,
@@ -145,8 +198,16 @@ fn validate(device_mapping: &Path, format: Format) -> Result<ExitCode> {
                     device_mapping.display(),
                     loaded.mapping.templates.len()
                 )?;
+                if let Some((p, (t, _))) = &fhir {
+                    writeln!(
+                        stdout,
+                        "{}: valid ({} templates)",
+                        p.display(),
+                        t.templates().len()
+                    )?;
+                }
             } else {
-                writeln!(stdout, "{} error(s)", loaded.errors.len())?;
+                writeln!(stdout, "{} error(s)", loaded.errors.len() + fhir_errors)?;
             }
         }
     }
@@ -157,48 +218,23 @@ fn validate(device_mapping: &Path, format: Format) -> Result<ExitCode> {
     })
 }
 
-fn normalize(
-    device_mapping: &Path,
-    input: Option<&Path>,
-    events: Option<&Path>,
+/// Normalizes every event; measurements carry their event index.
+struct Normalized {
+    measurements: Vec<(usize, normalizer::Measurement)>,
+    errors: Vec<Value>,
+    dropped: Vec<usize>,
+}
+
+fn normalize_events(
+    normalizer: &Normalizer,
+    events: &[events::Event],
     document: bool,
-    skip_invalid: bool,
-) -> Result<ExitCode> {
-    let loaded = load_device_mapping(&read_text(device_mapping)?);
-    if !loaded.errors.is_empty() {
-        print_template_errors(
-            device_mapping,
-            &loaded.errors,
-            &mut std::io::stderr().lock(),
-        )?;
-        if !skip_invalid {
-            eprintln!(
-                "{}: the device mapping is invalid ({} error(s)); nothing was normalized",
-                device_mapping.display(),
-                loaded.errors.len()
-            );
-            return Ok(ExitCode::from(1));
-        }
-    }
-    let normalizer = Normalizer::new(loaded.mapping);
-    let events = match (input, events) {
-        (Some(p), _) => {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            let bytes = bytes
-                .strip_prefix(b"\xEF\xBB\xBF")
-                .map(<[u8]>::to_vec)
-                .unwrap_or(bytes);
-            vec![events::Event {
-                body: bytes,
-                ..Default::default()
-            }]
-        }
-        (None, Some(p)) => events::read_events(p)?,
-        (None, None) => anyhow::bail!("give --input or --events"),
+) -> Result<Normalized> {
+    let mut out = Normalized {
+        measurements: Vec::new(),
+        errors: Vec::new(),
+        dropped: Vec::new(),
     };
-    let mut measurements = Vec::new();
-    let mut errors = Vec::new();
-    let mut dropped = Vec::new();
     for (i, ev) in events.iter().enumerate() {
         let result = if document {
             match serde_json::from_slice::<Value>(&ev.body) {
@@ -214,23 +250,134 @@ fn normalize(
             )
         };
         match result {
-            Ok(ms) if ms.is_empty() => dropped.push(i),
-            Ok(ms) => {
-                for m in ms {
-                    let mut v = serde_json::to_value(&m)?;
-                    v["event"] = json!(i);
-                    measurements.push(v);
-                }
-            }
+            Ok(ms) if ms.is_empty() => out.dropped.push(i),
+            Ok(ms) => out.measurements.extend(ms.into_iter().map(|m| (i, m))),
             Err(e) => {
                 let mut v = serde_json::to_value(&e)?;
                 v["event"] = json!(i);
-                errors.push(v);
+                v["stage"] = json!("normalize");
+                out.errors.push(v);
             }
         }
     }
-    let report = json!({"measurements": measurements, "errors": errors, "dropped": dropped});
-    let stdout = &mut std::io::stdout().lock();
-    writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
+    Ok(out)
+}
+
+fn measurement_json(list: &[(usize, normalizer::Measurement)]) -> Result<Vec<Value>> {
+    list.iter()
+        .map(|(i, m)| {
+            let mut v = serde_json::to_value(m)?;
+            v["event"] = json!(i);
+            Ok(v)
+        })
+        .collect()
+}
+
+/// Loads a device mapping, printing its errors; `None` when it is invalid.
+fn load_normalizer(device_mapping: &Path, skip_invalid: bool) -> Result<Option<Normalizer>> {
+    let loaded = load_device_mapping(&read_text(device_mapping)?);
+    if !loaded.errors.is_empty() {
+        print_template_errors(
+            device_mapping,
+            &loaded.errors,
+            &mut std::io::stderr().lock(),
+        )?;
+        if !skip_invalid {
+            eprintln!(
+                "{}: the device mapping is invalid ({} error(s))",
+                device_mapping.display(),
+                loaded.errors.len()
+            );
+            return Ok(None);
+        }
+    }
+    Ok(Some(Normalizer::new(loaded.mapping)))
+}
+
+fn map(
+    device_mapping: &Path,
+    fhir_mapping: &Path,
+    events: &Path,
+    issued: Option<&str>,
+) -> Result<ExitCode> {
+    let Some(normalizer) = load_normalizer(device_mapping, false)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let (templates, errors) = fhir_writer::FhirTemplates::load(&read_text(fhir_mapping)?);
+    if !errors.is_empty() {
+        for e in &errors {
+            let at = e.location();
+            eprintln!("{}:{}:{}: {e}", fhir_mapping.display(), at.line, at.column);
+        }
+        eprintln!(
+            "{}: the FHIR mapping is invalid ({} error(s))",
+            fhir_mapping.display(),
+            errors.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let issued = issued
+        .map(|s| {
+            normalizer::value::parse_timestamp(s)
+                .with_context(|| format!("--issued {s:?} is not an RFC 3339 time"))
+        })
+        .transpose()?;
+    let events = events::read_events(events)?;
+    let n = normalize_events(&normalizer, &events, false)?;
+    let report = fhir_writer::map_batch(&templates, &n.measurements, issued);
+    let mut errors = n.errors;
+    for e in &report.errors {
+        let mut v = serde_json::to_value(e)?;
+        v["event"] = json!(e.events.first());
+        v["stage"] = json!("fhir");
+        errors.push(v);
+    }
+    let out = json!({
+        "measurements": measurement_json(&n.measurements)?,
+        "groups": report.groups,
+        "observations": report.observations,
+        "errors": errors,
+        "dropped": n.dropped,
+    });
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(&out)?
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn normalize(
+    device_mapping: &Path,
+    input: Option<&Path>,
+    events: Option<&Path>,
+    document: bool,
+    skip_invalid: bool,
+) -> Result<ExitCode> {
+    let Some(normalizer) = load_normalizer(device_mapping, skip_invalid)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let events = match (input, events) {
+        (Some(p), _) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let bytes = bytes
+                .strip_prefix(b"\xEF\xBB\xBF")
+                .map(<[u8]>::to_vec)
+                .unwrap_or(bytes);
+            vec![events::Event {
+                body: bytes,
+                ..Default::default()
+            }]
+        }
+        (None, Some(p)) => events::read_events(p)?,
+        (None, None) => anyhow::bail!("give --input or --events"),
+    };
+    let n = normalize_events(&normalizer, &events, document)?;
+    let report = json!({"measurements": measurement_json(&n.measurements)?, "errors": n.errors, "dropped": n.dropped});
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(&report)?
+    )?;
     Ok(ExitCode::SUCCESS)
 }

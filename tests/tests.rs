@@ -1,3 +1,4 @@
 //! Whole-program tests: the `iomt` binary as scripts and users run it.
 
 mod cli_normalize;
+mod golden;

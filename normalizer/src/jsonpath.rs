@@ -323,7 +323,7 @@ fn slice<'a>(
         let e = end.map(norm).unwrap_or(len);
         while i < e {
             out.push(Node::Value(&a[i as usize]));
-            i += step;
+            i = i.saturating_add(step);
         }
     } else {
         let mut i = start
@@ -334,7 +334,7 @@ fn slice<'a>(
             if i < len {
                 out.push(Node::Value(&a[i as usize]));
             }
-            i += step;
+            i = i.saturating_add(step);
         }
     }
 }

@@ -1,0 +1,255 @@
+//! Errors: [`TemplateError`] (loading a FHIR mapping) and [`MappingError`] (building one
+//! Observation). Each names the reference's exception type through `type_name()`.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Where in a template file something is: JSON pointer plus 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Location {
+    /// RFC 6901 JSON pointer (`""` is the document root).
+    pub pointer: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (characters).
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pointer = if self.pointer.is_empty() {
+            "(root)"
+        } else {
+            &self.pointer
+        };
+        write!(
+            f,
+            "line {}, column {}, at {}",
+            self.line, self.column, pointer
+        )
+    }
+}
+
+/// A problem in a FHIR mapping (`CollectionFhir` / `CodeValueFhir`) found while loading it.
+/// Loading reports every problem at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// The file is not JSON.
+    #[error("{at}: invalid JSON: {message}")]
+    InvalidJson {
+        /// What the parser found.
+        message: String,
+        /// Where.
+        at: Location,
+    },
+    /// The container's `templateType` is not the expected one.
+    #[error("{at}: expected templateType value {expected}, actual {actual}")]
+    WrongTemplateType {
+        /// The expected type, e.g. `CollectionFhirTemplate`.
+        expected: String,
+        /// What the file says.
+        actual: String,
+        /// Where.
+        at: Location,
+    },
+    /// An entry of the collection has a template type no factory knows.
+    #[error("{at}: no match found for template type {template_type}")]
+    UnknownTemplateType {
+        /// The entry's `templateType`.
+        template_type: String,
+        /// Where.
+        at: Location,
+    },
+    /// A value has the wrong JSON type (e.g. `template` is not an array).
+    #[error("{at}: expected {expected} for \"{member}\", found {found}")]
+    WrongType {
+        /// The member (or `template`).
+        member: String,
+        /// What was expected, e.g. `an array`.
+        expected: String,
+        /// What was found, e.g. `an object`.
+        found: String,
+        /// Where.
+        at: Location,
+    },
+    /// A required member is missing or null.
+    #[error("{at}: required member \"{member}\" is missing")]
+    MissingMember {
+        /// The member's name.
+        member: String,
+        /// The object that lacks it.
+        at: Location,
+    },
+    /// A member the template type does not have.
+    #[error("{at}: unknown member \"{member}\"")]
+    UnknownMember {
+        /// The member's name as written.
+        member: String,
+        /// Where the member name is.
+        at: Location,
+    },
+    /// A value is of the right JSON type but not allowed.
+    #[error("{at}: invalid value {value} for \"{member}\": {reason}")]
+    InvalidValue {
+        /// The member.
+        member: String,
+        /// The value as written.
+        value: String,
+        /// Why it is not allowed.
+        reason: String,
+        /// Where.
+        at: Location,
+    },
+    /// Two templates have the same `typeName` (compared case-insensitively).
+    #[error("{at}: duplicate template defined for type name '{type_name}'")]
+    DuplicateTypeName {
+        /// The repeated type name.
+        type_name: String,
+        /// Where the second one is.
+        at: Location,
+    },
+    /// A template's `typeName` is empty or whitespace.
+    #[error("{at}: empty type name is not allowed")]
+    EmptyTypeName {
+        /// Where.
+        at: Location,
+    },
+    /// A `valueType` that is not SampledData, Quantity, String or CodeableConcept.
+    #[error(
+        "{at}: unknown valueType \"{value_type}\" (expected SampledData, Quantity, String or \
+         CodeableConcept)"
+    )]
+    UnknownValueType {
+        /// The value type as written.
+        value_type: String,
+        /// Where.
+        at: Location,
+    },
+}
+
+impl TemplateError {
+    /// The reference's exception name (MedTech log type) for template problems.
+    pub fn type_name(&self) -> &'static str {
+        "InvalidTemplateException"
+    }
+
+    /// Where the problem is.
+    pub fn location(&self) -> &Location {
+        match self {
+            TemplateError::InvalidJson { at, .. }
+            | TemplateError::WrongTemplateType { at, .. }
+            | TemplateError::UnknownTemplateType { at, .. }
+            | TemplateError::WrongType { at, .. }
+            | TemplateError::MissingMember { at, .. }
+            | TemplateError::UnknownMember { at, .. }
+            | TemplateError::InvalidValue { at, .. }
+            | TemplateError::DuplicateTypeName { at, .. }
+            | TemplateError::EmptyTypeName { at }
+            | TemplateError::UnknownValueType { at, .. } => at,
+        }
+    }
+
+    /// A serializable record for `iomt validate --format json`.
+    pub fn to_record(&self) -> TemplateErrorRecord {
+        let at = self.location();
+        TemplateErrorRecord {
+            error_type: self.type_name(),
+            message: self.to_string(),
+            pointer: at.pointer.clone(),
+            line: at.line,
+            column: at.column,
+        }
+    }
+}
+
+/// [`TemplateError`] as printed by the CLI (camelCase JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateErrorRecord {
+    /// The reference's exception name.
+    #[serde(rename = "type")]
+    pub error_type: &'static str,
+    /// Human message including position.
+    pub message: String,
+    /// JSON pointer.
+    pub pointer: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+/// Why one observation group could not become an Observation. The rest of the batch still maps.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    /// No FHIR template has the measurement's type.
+    #[error("no FHIR mapping template has typeName \"{type_name}\" (measurement of device \"{device_id}\")")]
+    TemplateNotFound {
+        /// The measurement type.
+        type_name: String,
+        /// The device.
+        device_id: String,
+    },
+    /// The template groups by correlation id (periodInterval -1) but the measurement has none.
+    #[error(
+        "FHIR template \"{type_name}\" groups by correlation id (periodInterval -1) but the \
+         measurement of device \"{device_id}\" has no correlation id"
+    )]
+    CorrelationIdNotDefined {
+        /// The template / measurement type.
+        type_name: String,
+        /// The device.
+        device_id: String,
+    },
+    /// A Quantity value is not a decimal number.
+    #[error(
+        "FHIR template \"{template}\": value \"{value}\" of \"{value_name}\" is not a valid \
+         Quantity value (expected a decimal number)"
+    )]
+    InvalidQuantityValue {
+        /// The template's typeName.
+        template: String,
+        /// The template value's valueName.
+        value_name: String,
+        /// The offending value.
+        value: String,
+    },
+    /// The existing Observation has a shape the merge cannot handle (e.g. a value of another
+    /// type than the template's, or SampledData with more than one dimension).
+    #[error("FHIR template \"{template}\": cannot merge into the existing Observation: {reason}")]
+    NotSupported {
+        /// The template's typeName.
+        template: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The SampledData stream would exceed the size limit.
+    #[error(
+        "FHIR template \"{template}\": SampledData for \"{value_name}\" would need {slots} slots \
+         (limit {limit})"
+    )]
+    TooManySamples {
+        /// The template's typeName.
+        template: String,
+        /// The value's valueName.
+        value_name: String,
+        /// Slots needed.
+        slots: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl MappingError {
+    /// The reference's exception name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            MappingError::TemplateNotFound { .. } => "TemplateNotFoundException",
+            MappingError::CorrelationIdNotDefined { .. } => "CorrelationIdNotDefinedException",
+            MappingError::InvalidQuantityValue { .. } => "InvalidQuantityFhirValueException",
+            MappingError::NotSupported { .. } => "NotSupportedException",
+            MappingError::TooManySamples { .. } => "FhirDataMappingException",
+        }
+    }
+}
