@@ -86,6 +86,81 @@ enum Command {
         #[arg(long, value_name = "TIME")]
         issued: Option<String>,
     },
+    /// Run the full pipeline into a FHIR server as one batch and print the report.
+    Replay {
+        /// Device-mapping template (CollectionContent).
+        #[arg(long, value_name = "FILE")]
+        device_mapping: PathBuf,
+        /// FHIR-mapping template (CollectionFhir).
+        #[arg(long, value_name = "FILE")]
+        fhir_mapping: PathBuf,
+        /// A JSON array of events ({"body"|"bodyText", "properties", "systemProperties"}).
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        #[command(flatten)]
+        fhir: FhirArgs,
+    },
+}
+
+/// Where and how to reach the FHIR server. Secrets come from the environment only.
+#[derive(clap::Args, Debug, Clone)]
+struct FhirArgs {
+    /// FHIR R4 base URL, e.g. http://127.0.0.1:8080/fhir/R4.
+    #[arg(long, value_name = "URL", env = "IOMT_FHIR_URL")]
+    fhir_url: String,
+    /// Identity resolution: Create, Lookup or LookupWithEncounter.
+    #[arg(long, default_value = "Lookup")]
+    resolution: fhir_writer::ResolutionMode,
+    /// System of Device identifiers (MedTech's DefaultDeviceIdentifierSystem).
+    #[arg(long, value_name = "URI", env = "IOMT_DEVICE_IDENTIFIER_SYSTEM")]
+    device_identifier_system: Option<String>,
+    /// Give up on a request after this many seconds of retries.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    retry_deadline: u64,
+    /// Devices written in parallel.
+    #[arg(long, default_value_t = 10)]
+    max_concurrency: usize,
+}
+
+impl FhirArgs {
+    /// Auth from the environment: IOMT_FHIR_BEARER_TOKEN, or IOMT_FHIR_TOKEN_URL +
+    /// IOMT_FHIR_CLIENT_ID + IOMT_FHIR_CLIENT_SECRET (+ IOMT_FHIR_SCOPE or IOMT_FHIR_RESOURCE).
+    fn auth() -> Result<fhir_writer::auth::Auth> {
+        use fhir_writer::auth::{Auth, ClientCredentials};
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(t) = var("IOMT_FHIR_BEARER_TOKEN") {
+            return Ok(Auth::Bearer(t));
+        }
+        match (var("IOMT_FHIR_TOKEN_URL"), var("IOMT_FHIR_CLIENT_ID"), var("IOMT_FHIR_CLIENT_SECRET")) {
+            (Some(token_url), Some(client_id), Some(client_secret)) => Ok(Auth::ClientCredentials(ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope: var("IOMT_FHIR_SCOPE"),
+                resource: var("IOMT_FHIR_RESOURCE"),
+            })),
+            (None, None, None) => Ok(Auth::None),
+            _ => anyhow::bail!("OAuth2 needs IOMT_FHIR_TOKEN_URL, IOMT_FHIR_CLIENT_ID and IOMT_FHIR_CLIENT_SECRET together"),
+        }
+    }
+
+    fn writer(&self, templates: fhir_writer::FhirTemplates) -> Result<fhir_writer::FhirWriter> {
+        let mut cc = fhir_writer::FhirClientConfig::new(self.fhir_url.clone());
+        cc.auth = Self::auth()?;
+        cc.retry.deadline = std::time::Duration::from_secs(self.retry_deadline);
+        let client = fhir_writer::FhirClient::new(cc).context("building the HTTP client")?;
+        let config = fhir_writer::WriterConfig {
+            resolution: self.resolution,
+            device_identifier_system: self.device_identifier_system.clone(),
+            max_concurrency: self.max_concurrency,
+            ..Default::default()
+        };
+        Ok(fhir_writer::FhirWriter::new(
+            client,
+            std::sync::Arc::new(templates),
+            config,
+        ))
+    }
 }
 
 fn main() -> ExitCode {
@@ -112,6 +187,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             events,
             issued,
         } => map(&device_mapping, &fhir_mapping, &events, issued.as_deref()),
+        Command::Replay {
+            device_mapping,
+            fhir_mapping,
+            events,
+            fhir,
+        } => replay(&device_mapping, &fhir_mapping, &events, &fhir),
         Command::Normalize {
             device_mapping,
             input,
@@ -292,6 +373,95 @@ fn load_normalizer(device_mapping: &Path, skip_invalid: bool) -> Result<Option<N
         }
     }
     Ok(Some(Normalizer::new(loaded.mapping)))
+}
+
+fn load_fhir_mapping(fhir_mapping: &Path) -> Result<Option<fhir_writer::FhirTemplates>> {
+    let (templates, errors) = fhir_writer::FhirTemplates::load(&read_text(fhir_mapping)?);
+    if errors.is_empty() {
+        return Ok(Some(templates));
+    }
+    for e in &errors {
+        let at = e.location();
+        eprintln!("{}:{}:{}: {e}", fhir_mapping.display(), at.line, at.column);
+    }
+    eprintln!(
+        "{}: the FHIR mapping is invalid ({} error(s))",
+        fhir_mapping.display(),
+        errors.len()
+    );
+    Ok(None)
+}
+
+fn replay(
+    device_mapping: &Path,
+    fhir_mapping: &Path,
+    events: &Path,
+    fhir: &FhirArgs,
+) -> Result<ExitCode> {
+    init_logging();
+    let Some(normalizer) = load_normalizer(device_mapping, false)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let Some(templates) = load_fhir_mapping(fhir_mapping)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let events = events::read_events(events)?;
+    let n = normalize_events(&normalizer, &events, false)?;
+    let normalized = events.len() - n.dropped.len() - n.errors.len();
+    let writer = fhir.writer(templates)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report =
+        runtime.block_on(writer.write_batch(n.measurements.clone(), Some(chrono::Utc::now())));
+    let mut errors = n.errors;
+    for e in &report.errors {
+        let mut v = serde_json::to_value(e)?;
+        v["event"] = json!(e.events.first());
+        v["stage"] = json!("fhir");
+        errors.push(v);
+    }
+    let mut by_type: std::collections::BTreeMap<String, u64> = Default::default();
+    for e in &errors {
+        *by_type
+            .entry(e["type"].as_str().unwrap_or("Unknown").to_string())
+            .or_default() += 1;
+    }
+    let stats = writer.client().stats();
+    let out = json!({
+        "measurements": measurement_json(&n.measurements)?,
+        "observations": report.observations,
+        "errors": errors,
+        "dropped": n.dropped,
+        "incoming": events.len(),
+        "normalized": normalized,
+        "errorsByType": by_type,
+        "observationsCreated": report.observations_created,
+        "observationsUpdated": report.observations_updated,
+        "observationsUnchanged": report.observations_unchanged,
+        "fhirRequests": stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+        "fhirRetries": stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(&out)?
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr; `RUST_LOG` sets the level (default warn), `IOMT_LOG_FORMAT=json` for JSON.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("IOMT_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn map(

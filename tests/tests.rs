@@ -2,3 +2,5 @@
 
 mod cli_normalize;
 mod golden;
+
+mod replay;

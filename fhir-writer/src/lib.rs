@@ -54,15 +54,24 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod auth;
 mod batch;
+mod cache;
+pub mod client;
 mod error;
+pub mod identity;
 mod json;
 mod observation;
+pub mod retry;
 pub mod sampled;
 mod template;
+mod writer;
 
 pub use batch::{map_batch, GroupRecord, MapReport, MappingErrorRecord};
+pub use cache::{CacheConfig, TtlCache};
+pub use client::{FhirClient, FhirClientConfig, Versioned, WriteError};
 pub use error::{Location, MappingError, TemplateError, TemplateErrorRecord};
+pub use identity::{IdentityError, ResolutionMode, ResolvedIdentity};
 pub use observation::{
     build_observation, identifier_value, logical_id, merge_observation, observation_groups,
     parse_fhir_datetime, to_observation, Merged, ObservationIdentity, Outcome, SERVICE_SYSTEM,
@@ -70,4 +79,7 @@ pub use observation::{
 pub use template::{
     CodeValueFhirTemplate, FhirCode, FhirCodeableConcept, FhirComponent, FhirTemplates, FhirValue,
     FhirValueKind,
+};
+pub use writer::{
+    request_error_type, FhirWriter, WriteErrorRecord, WriteReport, WriterConfig, WriterStats,
 };

@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use jmespath::ast::{Ast, Comparator};
 use jmespath::functions::{ArgumentType, CustomFunction, Signature};
 use jmespath::{Context, ErrorReason, JmespathError, Rcvar, Runtime, Variable};
 use serde_json::Value;
@@ -33,6 +34,164 @@ fn runtime() -> &'static Runtime {
 /// ```
 pub fn compile(expression: &str) -> Result<JmesExpression, JmespathError> {
     runtime().compile(expression)
+}
+
+/// Evaluates a compiled expression against a variable.
+///
+/// Unlike `Expression::search`, which serializes its argument into a fresh copy (the
+/// `jmespath` crate only skips that with a nightly-only feature), this shares `data`.
+pub fn search(e: &JmesExpression, data: &Rcvar) -> Result<Rcvar, JmespathError> {
+    jmespath::interpret(data, e.as_ast(), &mut Context::new(e.as_str(), runtime()))
+}
+
+/// Member names that must occur somewhere in a document (as the key of some object, at
+/// any depth) for a `typeMatchExpression` to match anything: when one is missing, the
+/// expression yields null or an empty array, without error. Conservative: only filter
+/// projections over `@`, fields and `to_array` (`to_array(@)[?Body.weight]`,
+/// `Body.readings[?hr && hr > \`0\`]`), field paths and what follows an error-free
+/// source are analysed; anything else contributes no name.
+///
+/// ```
+/// let e = normalizer::jmes::compile("to_array(@)[?Body.weight && Body.kind == 'scale']").unwrap();
+/// assert_eq!(normalizer::jmes::required_names(&e), ["Body", "kind", "weight"]);
+/// let e = normalizer::jmes::compile("to_array(@)[?!Body.weight]").unwrap();
+/// assert!(normalizer::jmes::required_names(&e).is_empty());
+/// ```
+pub fn required_names(e: &JmesExpression) -> Vec<&str> {
+    let mut names = Vec::new();
+    result_names(e.as_ast(), &mut names);
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Names without which `ast`, on any input, yields null or an empty array without error.
+fn result_names<'a>(ast: &'a Ast, out: &mut Vec<&'a str>) {
+    match ast {
+        Ast::Field { name, .. } => out.push(name),
+        // A null or empty left side gives null or `[]`; the right side is not evaluated.
+        Ast::Projection { lhs, rhs, .. } => {
+            result_names(lhs, out);
+            if let Ast::Condition { predicate, .. } = &**rhs {
+                if is_source(lhs) {
+                    truthy_names(predicate, out);
+                }
+            }
+        }
+        Ast::Flatten { node, .. } => result_names(node, out),
+        Ast::Subexpr { lhs, rhs, .. } => {
+            if is_source(lhs) {
+                result_names(rhs, out);
+            }
+            if is_path(rhs) {
+                result_names(lhs, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Never fails, and yields only parts of its input (possibly gathered in new arrays), so
+/// a name absent from the input is absent from the result.
+fn is_source(ast: &Ast) -> bool {
+    match ast {
+        Ast::Identity { .. } | Ast::Field { .. } | Ast::Index { .. } => true,
+        Ast::Subexpr { lhs, rhs, .. } | Ast::Projection { lhs, rhs, .. } => {
+            is_source(lhs) && is_source(rhs)
+        }
+        Ast::Flatten { node, .. } | Ast::ObjectValues { node, .. } => is_source(node),
+        Ast::Condition {
+            predicate, then, ..
+        } => never_fails(predicate) && is_source(then),
+        Ast::Function { name, args, .. } => {
+            name == "to_array" && args.len() == 1 && is_source(&args[0])
+        }
+        _ => false,
+    }
+}
+
+/// Field paths (`a.b[0].c`): null on null, on arrays (for names) and on missing members.
+fn is_path(ast: &Ast) -> bool {
+    match ast {
+        Ast::Field { .. } | Ast::Index { .. } => true,
+        Ast::Subexpr { lhs, rhs, .. } => is_path(lhs) && is_path(rhs),
+        _ => false,
+    }
+}
+
+/// Evaluates without error on any input (no function calls, no slices).
+fn never_fails(ast: &Ast) -> bool {
+    match ast {
+        Ast::Identity { .. } | Ast::Field { .. } | Ast::Index { .. } | Ast::Literal { .. } => true,
+        Ast::Subexpr { lhs, rhs, .. }
+        | Ast::Projection { lhs, rhs, .. }
+        | Ast::And { lhs, rhs, .. }
+        | Ast::Or { lhs, rhs, .. }
+        | Ast::Comparison { lhs, rhs, .. } => never_fails(lhs) && never_fails(rhs),
+        Ast::Condition {
+            predicate, then, ..
+        } => never_fails(predicate) && never_fails(then),
+        Ast::Not { node, .. } | Ast::Flatten { node, .. } | Ast::ObjectValues { node, .. } => {
+            never_fails(node)
+        }
+        _ => false,
+    }
+}
+
+/// Names without which the predicate is falsy, without error, on any input.
+fn truthy_names<'a>(ast: &'a Ast, out: &mut Vec<&'a str>) {
+    match ast {
+        _ if is_path(ast) => path_names(ast, out),
+        Ast::And { lhs, rhs, .. } => {
+            truthy_names(lhs, out);
+            if never_fails(lhs) {
+                truthy_names(rhs, out);
+            }
+        }
+        Ast::Comparison {
+            comparator,
+            lhs,
+            rhs,
+            ..
+        } => match comparator {
+            // Ordering needs two numbers: a null side makes the comparison null.
+            Comparator::LessThan
+            | Comparator::LessThanEqual
+            | Comparator::GreaterThan
+            | Comparator::GreaterThanEqual => {
+                if never_fails(lhs) && never_fails(rhs) {
+                    if is_path(lhs) {
+                        path_names(lhs, out);
+                    }
+                    if is_path(rhs) {
+                        path_names(rhs, out);
+                    }
+                }
+            }
+            // A missing path is null, which equals no literal but null.
+            Comparator::Equal => match (&**lhs, &**rhs) {
+                (p, Ast::Literal { value, .. }) | (Ast::Literal { value, .. }, p)
+                    if is_path(p) && !value.is_null() =>
+                {
+                    path_names(p, out)
+                }
+                _ => {}
+            },
+            Comparator::NotEqual => {}
+        },
+        _ => {}
+    }
+}
+
+fn path_names<'a>(ast: &'a Ast, out: &mut Vec<&'a str>) {
+    match ast {
+        Ast::Field { name, .. } => out.push(name),
+        Ast::Subexpr { lhs, rhs, .. } => {
+            path_names(lhs, out);
+            path_names(rhs, out);
+        }
+        _ => {}
+    }
 }
 
 /// The message of an evaluation error (custom-function errors verbatim).

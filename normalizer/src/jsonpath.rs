@@ -21,6 +21,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::ops::ControlFlow;
 
 use serde_json::{Map, Value};
 
@@ -138,50 +139,46 @@ enum Node<'a> {
 const MATCHED_TOKEN: &str = "matchedToken";
 
 impl<'a> Node<'a> {
-    fn child(self, name: &str, out: &mut Vec<Node<'a>>) {
+    /// The member `name`, if any.
+    fn child(self, name: &str) -> Option<Node<'a>> {
+        match self {
+            Node::Value(Value::Object(m)) => member(m, name).map(Node::Value),
+            Node::Value(_) => None,
+            Node::Root { matched, .. } if name == MATCHED_TOKEN => Some(Node::Value(matched)),
+            Node::Root {
+                doc: Value::Object(m),
+                ..
+            } => member(m, name).map(Node::Value),
+            Node::Root { .. } => None,
+        }
+    }
+
+    /// Calls `f` on each child (object members, array items) in order.
+    fn for_each_child(self, f: &mut dyn FnMut(Node<'a>) -> Flow) -> Flow {
         match self {
             Node::Value(Value::Object(m)) => {
-                if let Some(v) = m.get(name) {
-                    out.push(Node::Value(v));
+                for v in m.values() {
+                    f(Node::Value(v))?;
                 }
+                Flow::Continue(())
             }
-            Node::Value(_) => {}
-            Node::Root { doc, matched } => {
-                if name == MATCHED_TOKEN {
-                    out.push(Node::Value(matched));
-                } else if let Value::Object(m) = doc {
-                    if let Some(v) = m.get(name) {
-                        out.push(Node::Value(v));
-                    }
+            Node::Value(Value::Array(a)) => {
+                for v in a {
+                    f(Node::Value(v))?;
                 }
+                Flow::Continue(())
             }
-        }
-    }
-
-    fn children(self, out: &mut Vec<Node<'a>>) {
-        match self {
-            Node::Value(Value::Object(m)) => out.extend(m.values().map(Node::Value)),
-            Node::Value(Value::Array(a)) => out.extend(a.iter().map(Node::Value)),
-            Node::Value(_) => {}
+            Node::Value(_) => Flow::Continue(()),
             Node::Root { doc, matched } => {
                 if let Value::Object(m) = doc {
-                    out.extend(
-                        m.iter()
-                            .filter(|(k, _)| k.as_str() != MATCHED_TOKEN)
-                            .map(|(_, v)| Node::Value(v)),
-                    );
+                    for (k, v) in m {
+                        if k.as_str() != MATCHED_TOKEN {
+                            f(Node::Value(v))?;
+                        }
+                    }
                 }
-                out.push(Node::Value(matched));
+                f(Node::Value(matched))
             }
-        }
-    }
-
-    fn descendants_and_self(self, out: &mut Vec<Node<'a>>) {
-        out.push(self);
-        let mut kids = Vec::new();
-        self.children(&mut kids);
-        for k in kids {
-            k.descendants_and_self(out);
         }
     }
 
@@ -214,6 +211,19 @@ impl<'a> Node<'a> {
     }
 }
 
+/// A member of an object. Device messages have few members, and comparing a handful of
+/// short keys is cheaper than hashing the name.
+fn member<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if m.len() <= 8 {
+        m.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+    } else {
+        m.get(name)
+    }
+}
+
+/// Whether a visit goes on; `Break` once the caller has what it needs.
+type Flow = ControlFlow<()>;
+
 impl JsonPath {
     /// Compiles an expression.
     ///
@@ -239,70 +249,176 @@ impl JsonPath {
 
     /// Every token the path selects, in document order.
     pub fn select<'a>(&self, scope: Scope<'a>) -> Vec<Cow<'a, Value>> {
-        run_steps(&self.steps, vec![scope.root()], scope)
-            .into_iter()
-            .map(Node::into_value)
-            .collect()
+        let mut out = Vec::new();
+        let _ = visit(&self.steps, scope.root(), scope, &mut |n| {
+            out.push(n.into_value());
+            Flow::Continue(())
+        });
+        out
     }
-}
 
-fn run_steps<'a>(steps: &[Step], mut current: Vec<Node<'a>>, scope: Scope<'a>) -> Vec<Node<'a>> {
-    for step in steps {
-        if current.is_empty() {
-            break;
-        }
-        let mut next = Vec::new();
-        for node in current {
-            apply(step, node, scope, &mut next);
-        }
-        current = next;
-    }
-    current
-}
-
-fn apply<'a>(step: &Step, node: Node<'a>, scope: Scope<'a>, out: &mut Vec<Node<'a>>) {
-    match step {
-        Step::Child(name) => node.child(name, out),
-        Step::Children(names) => {
-            for n in names {
-                node.child(n, out);
+    /// The token the path selects when it selects exactly one: `Ok(None)` for none,
+    /// `Err(n)` when it selects `n > 1` tokens. Builds no list.
+    ///
+    /// ```
+    /// use normalizer::jsonpath::{JsonPath, Scope};
+    /// let doc = serde_json::json!({"a": [1, 2]});
+    /// assert_eq!(JsonPath::compile("$.a[1]").unwrap().select_one(Scope::new(&doc)).unwrap().unwrap().as_ref(), &serde_json::json!(2));
+    /// assert_eq!(JsonPath::compile("$.a[*]").unwrap().select_one(Scope::new(&doc)), Err(2));
+    /// ```
+    pub fn select_one<'a>(&self, scope: Scope<'a>) -> Result<Option<Cow<'a, Value>>, usize> {
+        let mut first = None;
+        let mut n = 0usize;
+        let _ = visit(&self.steps, scope.root(), scope, &mut |node| {
+            if n == 0 {
+                first = Some(node);
             }
+            n += 1;
+            Flow::Continue(())
+        });
+        match n {
+            0 | 1 => Ok(first.map(Node::into_value)),
+            n => Err(n),
         }
-        Step::Wildcard => node.children(out),
+    }
+}
+
+impl JsonPath {
+    /// Member names that must occur somewhere in a document (as the key of some object,
+    /// at any depth) for the path to select anything from it; a cheap test that lets a
+    /// normalizer skip templates whose `typeMatchExpression` cannot match. Conservative:
+    /// a name under `||` counts only when both sides need it, names of a `['a','b']`
+    /// union not at all. Valid for a plain document (not a `matchedToken` scope).
+    ///
+    /// ```
+    /// use normalizer::jsonpath::JsonPath;
+    /// let p = JsonPath::compile("$..[?(@Body.heartRate && @Body.x > 1 || @y)]").unwrap();
+    /// assert!(p.required_names().is_empty());
+    /// let p = JsonPath::compile("$..[?(@Body.heartRate && @Body.x > 1)]").unwrap();
+    /// assert_eq!(p.required_names(), ["Body", "heartRate", "x"]);
+    /// ```
+    pub fn required_names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        steps_names(&self.steps, &mut names);
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+fn steps_names<'p>(steps: &'p [Step], out: &mut Vec<&'p str>) {
+    for step in steps {
+        step_names(step, out);
+    }
+}
+
+fn step_names<'p>(step: &'p Step, out: &mut Vec<&'p str>) {
+    match step {
+        Step::Child(name) => out.push(name),
+        Step::Filter(e) | Step::ScanFilter(e) => expr_names(e, out),
+        Step::Scan(inner) => step_names(inner, out),
+        Step::Children(_) | Step::Wildcard | Step::Index(_) | Step::Slice(..) => {}
+    }
+}
+
+fn expr_names<'p>(expr: &'p Expr, out: &mut Vec<&'p str>) {
+    let operand = |op: &'p Operand, out: &mut Vec<&'p str>| match op {
+        Operand::Current(steps) | Operand::Root(steps) => steps_names(steps, out),
+        Operand::Literal(_) => {}
+    };
+    match expr {
+        Expr::And(a, b) => {
+            expr_names(a, out);
+            expr_names(b, out);
+        }
+        Expr::Or(a, b) => {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            expr_names(a, &mut x);
+            expr_names(b, &mut y);
+            out.extend(x.into_iter().filter(|n| y.contains(n)));
+        }
+        Expr::Exists(op) | Expr::Matches(op, _) => operand(op, out),
+        Expr::Compare(l, _, r) => {
+            operand(l, out);
+            operand(r, out);
+        }
+    }
+}
+
+/// Calls `f` on every node `steps` select from `node`, in document order, without
+/// building intermediate lists; stops early when `f` breaks.
+fn visit<'a>(
+    steps: &[Step],
+    node: Node<'a>,
+    scope: Scope<'a>,
+    f: &mut dyn FnMut(Node<'a>) -> Flow,
+) -> Flow {
+    match steps.split_first() {
+        None => f(node),
+        Some((step, rest)) => visit_step(step, rest, node, scope, f),
+    }
+}
+
+/// Applies `step` to `node`, then `rest` to each result.
+fn visit_step<'a>(
+    step: &Step,
+    rest: &[Step],
+    node: Node<'a>,
+    scope: Scope<'a>,
+    f: &mut dyn FnMut(Node<'a>) -> Flow,
+) -> Flow {
+    match step {
+        Step::Child(name) => match node.child(name) {
+            Some(n) => visit(rest, n, scope, f),
+            None => Flow::Continue(()),
+        },
+        Step::Children(names) => {
+            for name in names {
+                if let Some(n) = node.child(name) {
+                    visit(rest, n, scope, f)?;
+                }
+            }
+            Flow::Continue(())
+        }
+        Step::Wildcard => node.for_each_child(&mut |n| visit(rest, n, scope, f)),
         Step::Index(indexes) => {
             if let Some(a) = node.array() {
                 for &i in indexes {
-                    if i >= 0 {
-                        if let Some(v) = usize::try_from(i).ok().and_then(|i| a.get(i)) {
-                            out.push(Node::Value(v));
-                        }
+                    if let Some(v) = usize::try_from(i).ok().and_then(|i| a.get(i)) {
+                        visit(rest, Node::Value(v), scope, f)?;
                     }
                 }
             }
+            Flow::Continue(())
         }
-        Step::Slice(start, end, step) => {
-            if let Some(a) = node.array() {
-                slice(a, *start, *end, *step, out);
+        Step::Slice(start, end, step) => match node.array() {
+            Some(a) => slice(a, *start, *end, *step, &mut |v| {
+                visit(rest, Node::Value(v), scope, f)
+            }),
+            None => Flow::Continue(()),
+        },
+        Step::Filter(expr) => node.for_each_child(&mut |k| {
+            if eval(expr, k, scope) {
+                visit(rest, k, scope, f)
+            } else {
+                Flow::Continue(())
             }
-        }
-        Step::Filter(expr) => {
-            let mut kids = Vec::new();
-            node.children(&mut kids);
-            out.extend(kids.into_iter().filter(|k| eval(expr, *k, scope)));
-        }
-        Step::Scan(inner) => {
-            let mut all = Vec::new();
-            node.descendants_and_self(&mut all);
-            for d in all {
-                apply(inner, d, scope, out);
+        }),
+        Step::Scan(inner) => walk(node, &mut |d| visit_step(inner, rest, d, scope, f)),
+        Step::ScanFilter(expr) => walk(node, &mut |d| {
+            if eval(expr, d, scope) {
+                visit(rest, d, scope, f)
+            } else {
+                Flow::Continue(())
             }
-        }
-        Step::ScanFilter(expr) => {
-            let mut all = Vec::new();
-            node.descendants_and_self(&mut all);
-            out.extend(all.into_iter().filter(|d| eval(expr, *d, scope)));
-        }
+        }),
     }
+}
+
+/// The node and every descendant, depth first, in document order.
+fn walk<'a>(node: Node<'a>, f: &mut dyn FnMut(Node<'a>) -> Flow) -> Flow {
+    f(node)?;
+    node.for_each_child(&mut |k| walk(k, f))
 }
 
 fn slice<'a>(
@@ -310,19 +426,19 @@ fn slice<'a>(
     start: Option<i64>,
     end: Option<i64>,
     step: Option<i64>,
-    out: &mut Vec<Node<'a>>,
-) {
+    f: &mut dyn FnMut(&'a Value) -> Flow,
+) -> Flow {
     let len = a.len() as i64;
     let step = step.unwrap_or(1);
     if step == 0 {
-        return;
+        return Flow::Continue(());
     }
     let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i.min(len) };
     if step > 0 {
         let mut i = start.map(norm).unwrap_or(0);
         let e = end.map(norm).unwrap_or(len);
         while i < e {
-            out.push(Node::Value(&a[i as usize]));
+            f(&a[i as usize])?;
             i = i.saturating_add(step);
         }
     } else {
@@ -332,40 +448,64 @@ fn slice<'a>(
         let e = end.map(|e| if e < 0 { len + e } else { e }).unwrap_or(-1);
         while i > e && i >= 0 {
             if i < len {
-                out.push(Node::Value(&a[i as usize]));
+                f(&a[i as usize])?;
             }
             i = i.saturating_add(step);
         }
     }
+    Flow::Continue(())
 }
 
 fn eval<'a>(expr: &Expr, current: Node<'a>, scope: Scope<'a>) -> bool {
     match expr {
         Expr::Or(a, b) => eval(a, current, scope) || eval(b, current, scope),
         Expr::And(a, b) => eval(a, current, scope) && eval(b, current, scope),
-        Expr::Exists(op) => !operand(op, current, scope).is_empty(),
-        Expr::Matches(l, pattern) => operand(l, current, scope).iter().any(|v| match v {
-            Node::Value(Value::String(s)) => pattern.regex.is_match(s),
+        Expr::Exists(op) => any_node(op, current, scope, &mut |_| true),
+        Expr::Matches(l, pattern) => any_node(l, current, scope, &mut |v| match v {
+            Some(Value::String(s)) => pattern.regex.is_match(s),
             _ => false,
         }),
+        Expr::Compare(l, op, Operand::Literal(r)) => any_node(l, current, scope, &mut |lv| {
+            lv.is_some_and(|a| compare(a, *op, r))
+        }),
         Expr::Compare(l, op, r) => {
-            let left = operand(l, current, scope);
-            let right = operand(r, current, scope);
-            left.iter().any(|lv| {
-                right.iter().any(|rv| match (lv.scalar(), rv.scalar()) {
-                    (Some(a), Some(b)) => compare(a, *op, b),
-                    _ => false,
+            let mut right: Vec<&'a Value> = Vec::new();
+            let mut keep = |n: Node<'a>| {
+                right.extend(n.scalar());
+                Flow::Continue(())
+            };
+            let _ = match r {
+                Operand::Current(steps) => visit(steps, current, scope, &mut keep),
+                Operand::Root(steps) => visit(steps, scope.root(), scope, &mut keep),
+                Operand::Literal(_) => Flow::Continue(()),
+            };
+            !right.is_empty()
+                && any_node(l, current, scope, &mut |lv| {
+                    lv.is_some_and(|a| right.iter().any(|b| compare(a, *op, b)))
                 })
-            })
         }
     }
 }
 
-fn operand<'a>(op: &'a Operand, current: Node<'a>, scope: Scope<'a>) -> Vec<Node<'a>> {
+/// Whether any node the operand selects satisfies `pred`, which sees the node's value
+/// when it is a scalar (`None` for objects and arrays).
+fn any_node<'a>(
+    op: &Operand,
+    current: Node<'a>,
+    scope: Scope<'a>,
+    pred: &mut dyn FnMut(Option<&Value>) -> bool,
+) -> bool {
+    let mut test = |n: Node<'a>| {
+        if pred(n.scalar()) {
+            Flow::Break(())
+        } else {
+            Flow::Continue(())
+        }
+    };
     match op {
-        Operand::Current(steps) => run_steps(steps, vec![current], scope),
-        Operand::Root(steps) => run_steps(steps, vec![scope.root()], scope),
-        Operand::Literal(v) => vec![Node::Value(v)],
+        Operand::Current(steps) => visit(steps, current, scope, &mut test).is_break(),
+        Operand::Root(steps) => visit(steps, scope.root(), scope, &mut test).is_break(),
+        Operand::Literal(v) => pred(Node::Value(v).scalar()),
     }
 }
 

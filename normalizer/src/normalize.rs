@@ -156,6 +156,7 @@ fn describe(v: &Value) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Normalizer {
     mapping: DeviceMapping,
+    prefilter: Prefilter,
 }
 
 /// Per-document state: the document, and its JMESPath form built at most once.
@@ -170,15 +171,34 @@ impl Doc<'_> {
     }
 }
 
-/// One match of `typeMatchExpression`.
+/// One match of `typeMatchExpression`, in JSON or JMESPath form (whichever came first;
+/// the other is built when an expression needs it).
 struct Match<'a> {
-    value: Cow<'a, Value>,
+    value: OnceCell<Cow<'a, Value>>,
     var: OnceCell<Rcvar>,
+    /// `CalculatedContent`'s JMESPath root: the document plus `matchedToken`.
+    root: OnceCell<Rcvar>,
 }
 
-impl Match<'_> {
+impl<'a> Match<'a> {
+    fn value(&self) -> &Cow<'a, Value> {
+        self.value
+            .get_or_init(|| Cow::Owned(self.var.get().map_or(Value::Null, |v| jmes::to_value(v))))
+    }
+
     fn var(&self) -> &Rcvar {
-        self.var.get_or_init(|| jmes::to_variable(&self.value))
+        self.var.get_or_init(|| jmes::to_variable(self.value()))
+    }
+
+    fn root(&self, doc: &Doc<'_>) -> &Rcvar {
+        self.root.get_or_init(|| {
+            let mut map: BTreeMap<String, Rcvar> = match &**doc.var() {
+                Variable::Object(o) => o.clone(),
+                _ => BTreeMap::new(),
+            };
+            map.insert("matchedToken".into(), self.var().clone());
+            Arc::new(Variable::Object(map))
+        })
     }
 }
 
@@ -191,7 +211,8 @@ enum One<'a> {
 impl Normalizer {
     /// A normalizer for a loaded (valid) device mapping.
     pub fn new(mapping: DeviceMapping) -> Self {
-        Normalizer { mapping }
+        let prefilter = Prefilter::new(&mapping);
+        Normalizer { mapping, prefilter }
     }
 
     /// The mapping.
@@ -239,7 +260,11 @@ impl Normalizer {
             var: OnceCell::new(),
         };
         let mut out = Vec::new();
-        for t in &self.mapping.templates {
+        let present = self.prefilter.present(doc.value);
+        for (t, &needs) in self.mapping.templates.iter().zip(&self.prefilter.needs) {
+            if present & needs != needs {
+                continue; // a name its typeMatchExpression needs is nowhere in the document
+            }
             for m in type_matches(t, &doc)? {
                 out.push(measurement(t, &doc, &m, ingestion_time)?);
             }
@@ -282,12 +307,13 @@ fn type_matches<'a>(
             .select(Scope::new(doc.value))
             .into_iter()
             .map(|value| Match {
-                value,
+                value: OnceCell::from(value),
                 var: OnceCell::new(),
+                root: OnceCell::new(),
             })
             .collect()),
         Compiled::JmesPath(j) => {
-            let r = j.search(doc.var()).map_err(|err| {
+            let r = jmes::search(j, doc.var()).map_err(|err| {
                 NormalizeError::incompatible(
                     t,
                     "TypeMatchExpression",
@@ -307,8 +333,9 @@ fn type_matches<'a>(
             Ok(items
                 .into_iter()
                 .map(|v| Match {
-                    value: Cow::Owned(jmes::to_value(&v)),
+                    value: OnceCell::new(),
                     var: OnceCell::from(v),
+                    root: OnceCell::new(),
                 })
                 .collect())
         }
@@ -316,27 +343,26 @@ fn type_matches<'a>(
 }
 
 /// Evaluates a single-value expression for one match.
-fn select_one<'a>(
+fn select_one<'s>(
     t: &ContentTemplate,
     field: &str,
     e: &Expression,
-    doc: &'a Doc<'a>,
-    m: &'a Match<'a>,
-) -> Result<One<'a>, NormalizeError> {
+    doc: &'s Doc<'_>,
+    m: &'s Match<'_>,
+) -> Result<One<'s>, NormalizeError> {
     let legacy = t.kind != TemplateKind::CalculatedContent;
     match &e.compiled {
         Compiled::Empty => Err(unset(t, field)),
         Compiled::JsonPath(p) => {
             let scope = if legacy {
-                Scope::new(&m.value)
+                Scope::new(m.value())
             } else {
-                Scope::with_match(doc.value, &m.value)
+                Scope::with_match(doc.value, m.value())
             };
-            let mut found = p.select(scope);
-            match found.len() {
-                0 => Ok(One::Missing),
-                1 => Ok(One::Found(found.remove(0))),
-                n => Err(NormalizeError::incompatible(
+            match p.select_one(scope) {
+                Ok(None) => Ok(One::Missing),
+                Ok(Some(v)) => Ok(One::Found(v)),
+                Err(n) => Err(NormalizeError::incompatible(
                     t,
                     field,
                     Some(e),
@@ -348,17 +374,8 @@ fn select_one<'a>(
             }
         }
         Compiled::JmesPath(j) => {
-            let root: Rcvar = if legacy {
-                m.var().clone()
-            } else {
-                let mut map: BTreeMap<String, Rcvar> = match &**doc.var() {
-                    Variable::Object(o) => o.clone(),
-                    _ => BTreeMap::new(),
-                };
-                map.insert("matchedToken".into(), m.var().clone());
-                Arc::new(Variable::Object(map))
-            };
-            let r = j.search(root).map_err(|err| {
+            let root = if legacy { m.var() } else { m.root(doc) };
+            let r = jmes::search(j, root).map_err(|err| {
                 NormalizeError::incompatible(
                     t,
                     field,
@@ -522,4 +539,80 @@ fn measurement(
         correlation_id,
         properties,
     })
+}
+
+/// Which templates can match a document, judged by the member names in it: a
+/// `typeMatchExpression` needs some names to occur (see
+/// [`crate::jsonpath::JsonPath::required_names`], [`jmes::required_names`]),
+/// one walk over the document finds which of them do, and templates that miss one are
+/// skipped without evaluating their scan. With a mapping of many templates, most of
+/// which match none of a given device's messages, this is most of the saving.
+#[derive(Debug, Clone, Default)]
+struct Prefilter {
+    /// The names templates need, each with its bit (at most 64 names are tracked).
+    names: Vec<(String, u64)>,
+    /// Bit `n` set when a tracked name is `n` bytes long (bit 63: 63 bytes or more).
+    lengths: u64,
+    /// For each template, the bits of the names it needs (0: always evaluated).
+    needs: Vec<u64>,
+}
+
+impl Prefilter {
+    fn new(mapping: &DeviceMapping) -> Self {
+        let mut p = Prefilter::default();
+        for t in &mapping.templates {
+            let mut needs = 0;
+            let names = match &t.type_match.compiled {
+                Compiled::JsonPath(path) => path.required_names(),
+                Compiled::JmesPath(e) => jmes::required_names(e),
+                Compiled::Empty => Vec::new(),
+            };
+            for name in names {
+                let bit = match p.names.iter().find(|(n, _)| n == name) {
+                    Some(&(_, bit)) => bit,
+                    None if p.names.len() < 64 => {
+                        let bit = 1u64 << p.names.len();
+                        p.names.push((name.to_string(), bit));
+                        p.lengths |= 1u64 << name.len().min(63);
+                        bit
+                    }
+                    None => 0,
+                };
+                needs |= bit;
+            }
+            p.needs.push(needs);
+        }
+        p
+    }
+
+    /// The bits of the tracked names that occur in `doc` (all bits when none is tracked).
+    fn present(&self, doc: &Value) -> u64 {
+        if self.names.is_empty() {
+            return u64::MAX;
+        }
+        let mut bits = 0;
+        self.scan(doc, &mut bits);
+        bits
+    }
+
+    fn scan(&self, v: &Value, bits: &mut u64) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if self.lengths & (1u64 << k.len().min(63)) != 0 {
+                        if let Some((_, bit)) = self.names.iter().find(|(n, _)| n == k) {
+                            *bits |= bit;
+                        }
+                    }
+                    self.scan(x, bits);
+                }
+            }
+            Value::Array(a) => {
+                for x in a {
+                    self.scan(x, bits);
+                }
+            }
+            _ => {}
+        }
+    }
 }

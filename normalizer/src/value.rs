@@ -32,6 +32,11 @@ pub fn format_double(x: f64) -> String {
             "0".into()
         };
     }
+    // Inside .NET's fixed-point range, Rust's `Display` prints the same shortest
+    // round-trip digits in the same positional form; no need to take them apart.
+    if (1e-4..1e15).contains(&x.abs()) {
+        return x.to_string();
+    }
     // Shortest round-trip digits and exponent, from Rust's `{:e}` formatting.
     let e = format!("{x:e}");
     let (mantissa, exp) = e.split_once('e').unwrap_or((e.as_str(), "0"));

@@ -833,3 +833,159 @@ fn slice_with_huge_step() {
     let p = JsonPath::compile("$.a[1::9223372036854775807]").unwrap();
     assert_eq!(p.select(Scope::new(&doc)).len(), 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// The normalizer skips a template when a name its `typeMatchExpression` needs occurs
+// nowhere in the document: that must never change a result.
+
+fn keys_in(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                out.push(k.clone());
+                keys_in(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| keys_in(x, out)),
+        _ => {}
+    }
+}
+
+/// A filter projection (or path) as type-match expressions are written, with predicates
+/// the analysis understands and some it must leave alone.
+fn jmes_type_match() -> BoxedStrategy<String> {
+    let source = proptest::sample::select(vec![
+        "@",
+        "to_array(@)",
+        "to_array(@.Body)",
+        "Body",
+        "Body.readings",
+        "abs(@)",
+        "*",
+        "@.*",
+        "Body[]",
+        "to_array(@)[]",
+    ]);
+    let atom = proptest::sample::select(vec![
+        "a",
+        "Body.a",
+        "b[0]",
+        "a.b",
+        "a > `1`",
+        "`1` <= b",
+        "a == 'x'",
+        "a == `null`",
+        "a != 'x'",
+        "!a",
+        "starts_with(a, 'x')",
+        "to_number(b) > `0`",
+        "a == b",
+        "a > b",
+        "@",
+        "`true`",
+        "Body",
+        "readings[?v]",
+        "length(a) > `0`",
+        "a.b == `2`",
+    ]);
+    let pred = (
+        atom.clone(),
+        proptest::sample::select(vec!["", " && ", " || "]),
+        atom,
+    )
+        .prop_map(|(x, op, y)| {
+            if op.is_empty() {
+                x.to_string()
+            } else {
+                format!("{x}{op}{y}")
+            }
+        });
+    let tail = proptest::sample::select(vec!["", ".data[]", "[]", " | [0]", ".a", "[*].b", " | a"]);
+    prop_oneof![
+        (source.clone(), pred, tail.clone()).prop_map(|(s, p, t)| format!("{s}[?{p}]{t}")),
+        (source, tail).prop_map(|(s, t)| format!("{s}{t}")),
+        jmes_text(),
+    ]
+    .boxed()
+}
+
+proptest! {
+    #![proptest_config(config(600))]
+
+    #[test]
+    fn jsonpath_required_names_are_needed(path in jsonpath_text(), doc in json_value()) {
+        if let Ok(p) = JsonPath::compile(&path) {
+            let mut keys = Vec::new();
+            keys_in(&doc, &mut keys);
+            if p.required_names().iter().any(|n| !keys.iter().any(|k| k == n)) {
+                prop_assert!(p.select(Scope::new(&doc)).is_empty(), "{path} selected from {doc}");
+            }
+        }
+    }
+
+    #[test]
+    fn jmespath_required_names_are_needed(text in jmes_type_match(), doc in json_value()) {
+        if let Ok(e) = normalizer::jmes::compile(&text) {
+            let mut keys = Vec::new();
+            keys_in(&doc, &mut keys);
+            let names = normalizer::jmes::required_names(&e);
+            if names.iter().any(|n| !keys.iter().any(|k| k == n)) {
+                let r = normalizer::jmes::search(&e, &normalizer::jmes::to_variable(&doc));
+                let nothing = match &r {
+                    Ok(v) => v.is_null() || v.as_array().is_some_and(|a| a.iter().all(|x| x.is_null())),
+                    Err(_) => false,
+                };
+                prop_assert!(nothing, "{text} needs {names:?}, yet on {doc} gives {r:?}");
+            }
+        }
+    }
+}
+
+/// .NET's `double.ToString()` as the normalizer first wrote it: shortest round-trip
+/// digits from `{:e}`, placed by hand. The fast path must agree with it everywhere.
+fn reference_format_double(x: f64) -> String {
+    let e = format!("{x:e}");
+    let (mantissa, exp) = e.split_once('e').unwrap_or((e.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let sign = if mantissa.starts_with('-') { "-" } else { "" };
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if (-4..15).contains(&exp) {
+        let n = digits.len() as i32;
+        if exp >= 0 {
+            let int_len = exp + 1;
+            if n <= int_len {
+                format!("{sign}{digits}{}", "0".repeat((int_len - n) as usize))
+            } else {
+                let (a, b) = digits.split_at(int_len as usize);
+                format!("{sign}{a}.{b}")
+            }
+        } else {
+            format!("{sign}0.{}{digits}", "0".repeat((-exp - 1) as usize))
+        }
+    } else {
+        let (first, rest) = digits.split_at(1);
+        let frac = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(".{rest}")
+        };
+        let esign = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{first}{frac}E{esign}{:02}", exp.abs())
+    }
+}
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    #[test]
+    fn format_double_matches_the_reference(
+        x in prop_oneof![
+            any::<f64>().prop_filter("finite, non-zero", |x| x.is_finite() && *x != 0.0),
+            (-1e16f64..1e16),
+            (-1e-3f64..1e-3),
+            proptest::sample::select(vec![1e-4, -1e-4, 9.999999999999999e-5, 1e15, 999999999999999.9, 1e15 - 0.125, 0.1, 100.0]),
+        ]
+    ) {
+        prop_assert_eq!(normalizer::value::format_double(x), reference_format_double(x));
+    }
+}

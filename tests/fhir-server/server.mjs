@@ -2,7 +2,7 @@
 // wrapped in a small HTTP server. Not a fake of ours: the router implements read, vread,
 // create, update (If-Match), search, history, batch and transaction.
 //
-//   node server.mjs [--port N]     (port 0 or no flag: a free loopback port)
+//   node server.mjs [--port N] [--exit-with-parent PID]   (port 0 or no flag: a free loopback port)
 //
 // Prints one line `{"port": N}` on stdout when ready. `POST /$reset` empties the store.
 // Base URL: http://127.0.0.1:N/fhir/R4  (also served at the root).
@@ -21,9 +21,30 @@ for (const f of SEARCH_PARAMETER_BUNDLE_FILES) {
 const router = new FhirRouter();
 let repo = new MemoryRepository();
 
+// Optional access control for auth tests, set with `POST /$auth` and cleared by `/$reset`:
+// {"required": true, "tokens": ["static-token"], "clients": {"id": "secret"}, "expiresIn": 3600}.
+// `POST /oauth2/token` then grants client-credentials tokens (a stand-in for an identity
+// provider, which cannot run here); `GET /$auth` reports how many were issued.
+let auth = { required: false, tokens: new Set(), clients: {}, expiresIn: 3600, issued: 0 };
+function resetAuth() {
+  auth = { required: false, tokens: new Set(), clients: {}, expiresIn: 3600, issued: 0 };
+}
+
 const args = process.argv.slice(2);
 const portArg = args.indexOf('--port');
 const port = portArg >= 0 ? Number(args[portArg + 1]) : 0;
+// The test harness shares one server per test process: exit when that process is gone.
+const parentArg = args.indexOf('--exit-with-parent');
+if (parentArg >= 0) {
+  const parent = Number(args[parentArg + 1]);
+  setInterval(() => {
+    try {
+      process.kill(parent, 0);
+    } catch {
+      process.exit(0);
+    }
+  }, 500).unref();
+}
 const PREFIXES = ['/fhir/R4', '/fhir', ''];
 
 function send(res, status, body, headers = {}) {
@@ -40,7 +61,42 @@ const server = http.createServer((req, res) => {
       const url = new URL(req.url, `http://${req.headers.host || '127.0.0.1'}`);
       if (req.method === 'POST' && url.pathname.endsWith('/$reset')) {
         repo = new MemoryRepository();
+        resetAuth();
         return send(res, 200, { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', details: { text: 'reset' } }] });
+      }
+      if (url.pathname.endsWith('/$auth')) {
+        if (req.method === 'POST') {
+          const cfg = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+          auth.required = !!cfg.required;
+          for (const t of cfg.tokens || []) auth.tokens.add(t);
+          auth.clients = cfg.clients || {};
+          auth.expiresIn = cfg.expiresIn ?? 3600;
+        }
+        return send(res, 200, { required: auth.required, issued: auth.issued });
+      }
+      if (req.method === 'POST' && url.pathname.endsWith('/oauth2/token')) {
+        const form = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+        const id = form.get('client_id');
+        if (form.get('grant_type') !== 'client_credentials' || !id || auth.clients[id] !== form.get('client_secret')) {
+          res.writeHead(401, { 'content-type': 'application/json' });
+          return res.end(JSON.stringify({ error: 'invalid_client', error_description: 'unknown client or wrong secret' }));
+        }
+        if (!form.get('scope') && !form.get('resource')) {
+          res.writeHead(400, { 'content-type': 'application/json' });
+          return res.end(JSON.stringify({ error: 'invalid_request', error_description: 'scope or resource is required' }));
+        }
+        auth.issued += 1;
+        const token = `token-${auth.issued}-${Math.random().toString(36).slice(2)}`;
+        auth.tokens.add(token);
+        res.writeHead(200, { 'content-type': 'application/json' });
+        return res.end(JSON.stringify({ access_token: token, token_type: 'Bearer', expires_in: auth.expiresIn }));
+      }
+      if (auth.required) {
+        const h = req.headers['authorization'] || '';
+        const m = /^Bearer (.+)$/.exec(h);
+        if (!m || !auth.tokens.has(m[1])) {
+          return send(res, 401, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', details: { text: 'Unauthorized' } }] });
+        }
       }
       let pathname = url.pathname;
       for (const p of PREFIXES) {

@@ -1,0 +1,500 @@
+//! A small FHIR R4 REST client: read, search (following `next` links), and update by PUT
+//! with `If-Match`. Works with any conformant server: versions are opaque strings.
+//! Transient failures are retried with [`RetryPolicy`]; every retry is counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::auth::{Auth, AuthError, TokenSource};
+use crate::retry::{Attempt, Decision, GiveUp, RetryPolicy};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct FhirClientConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8080/fhir/R4` (no trailing slash needed).
+    pub base_url: String,
+    /// Authentication.
+    pub auth: Auth,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+    /// Most search pages followed for one search.
+    pub max_search_pages: usize,
+}
+
+impl FhirClientConfig {
+    /// Defaults for a base URL.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        FhirClientConfig {
+            base_url: base_url.into(),
+            auth: Auth::None,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(30),
+            max_search_pages: 100,
+        }
+    }
+}
+
+/// Counters of what the client did (for metrics and reports).
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// HTTP requests sent (every attempt).
+    pub requests: AtomicU64,
+    /// Attempts that were retried after a transient failure.
+    pub retries: AtomicU64,
+    /// Requests abandoned after the retry deadline.
+    pub gave_up: AtomicU64,
+}
+
+/// A resource with its version (from `ETag` or `meta.versionId`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    /// The resource.
+    pub resource: Value,
+    /// Its version id, if the server gave one.
+    pub version: Option<String>,
+}
+
+/// Why a FHIR request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A final (non-retryable) answer, e.g. 400 or 422, with the OperationOutcome text.
+    #[error("{method} {url} was rejected with HTTP {status}: {outcome}")]
+    Rejected {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Status.
+        status: u16,
+        /// The OperationOutcome's text, or the body.
+        outcome: String,
+    },
+    /// 409 or 412: the resource changed under us.
+    #[error("{method} {url}: version conflict (HTTP {status})")]
+    Conflict {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Status (409 or 412).
+        status: u16,
+    },
+    /// Transient failures until the retry deadline.
+    #[error("{method} {url}: gave up after {attempts} attempts in {elapsed:?}; last: {last}")]
+    GaveUp {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+        /// The last failure.
+        last: String,
+    },
+    /// No token could be had.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The server answered something that is not FHIR JSON.
+    #[error("{url}: invalid response: {detail}")]
+    InvalidResponse {
+        /// URL.
+        url: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl WriteError {
+    /// Whether the failure is final for this data (a rejection), rather than the server being
+    /// unavailable.
+    pub fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            WriteError::Rejected { .. } | WriteError::InvalidResponse { .. }
+        )
+    }
+}
+
+/// The FHIR client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct FhirClient {
+    base: String,
+    http: reqwest::Client,
+    tokens: TokenSource,
+    retry: RetryPolicy,
+    max_search_pages: usize,
+    stats: Arc<ClientStats>,
+}
+
+struct Answer {
+    status: StatusCode,
+    etag: Option<String>,
+    body: Option<Value>,
+}
+
+fn etag_version(etag: &str) -> String {
+    let e = etag.trim();
+    let e = e.strip_prefix("W/").unwrap_or(e);
+    e.trim_matches('"').to_string()
+}
+
+fn version_of(resource: &Value, etag: Option<&str>) -> Option<String> {
+    etag.map(etag_version).or_else(|| {
+        resource
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    })
+}
+
+/// The text of an OperationOutcome (or the raw body).
+pub fn outcome_text(body: &Option<Value>) -> String {
+    match body {
+        Some(v) if v["resourceType"] == "OperationOutcome" => {
+            let issues: Vec<String> = v["issue"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|i| {
+                            i.pointer("/details/text")
+                                .or_else(|| i.get("diagnostics"))
+                                .and_then(Value::as_str)
+                                .or_else(|| i.get("code").and_then(Value::as_str))
+                                .unwrap_or("unknown issue")
+                                .to_string()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            issues.join("; ")
+        }
+        Some(v) => v.to_string().chars().take(500).collect(),
+        None => String::from("(no body)"),
+    }
+}
+
+fn jitter() -> f64 {
+    rand::random::<f64>()
+}
+
+impl FhirClient {
+    /// A client for `config`.
+    pub fn new(config: FhirClientConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(FhirClient {
+            base: config.base_url.trim_end_matches('/').to_string(),
+            tokens: TokenSource::new(config.auth, http.clone()),
+            http,
+            retry: config.retry,
+            max_search_pages: config.max_search_pages,
+            stats: Arc::new(ClientStats::default()),
+        })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// What the client has done so far.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Answer, WriteError> {
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        let mut reauthenticated = false;
+        loop {
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .header("accept", "application/fhir+json");
+            if !query.is_empty() {
+                req = req.query(query);
+            }
+            if let Some(auth) = self.tokens.header().await? {
+                req = req.header("authorization", auth);
+            }
+            if let Some(v) = if_match {
+                req = req.header("if-match", format!("W/\"{v}\""));
+            }
+            if let Some(b) = body {
+                req = req
+                    .header("content-type", "application/fhir+json")
+                    .body(serde_json::to_vec(b).unwrap_or_default());
+            }
+            let (what, last): (Attempt<'_>, String);
+            let retry_after_owned: Option<String>;
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let etag = resp
+                        .headers()
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    retry_after_owned = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let bytes = match resp.bytes().await {
+                        Ok(b) => Some(b),
+                        Err(e) if status.is_success() => {
+                            // The body was cut off: treat like a dropped connection.
+                            tracing::debug!(error = %e, %url, "Response body interrupted.");
+                            None
+                        }
+                        Err(_) => None,
+                    };
+                    let parsed: Option<Value> = bytes
+                        .as_ref()
+                        .filter(|b| !b.is_empty())
+                        .and_then(|b| serde_json::from_slice(b).ok());
+                    if status.is_success() && (bytes.is_some() || method == Method::DELETE) {
+                        return Ok(Answer {
+                            status,
+                            etag,
+                            body: parsed,
+                        });
+                    }
+                    if status.is_success() {
+                        what = Attempt::Connection;
+                        last = "response body interrupted".into();
+                    } else if status == StatusCode::UNAUTHORIZED && !reauthenticated {
+                        reauthenticated = true;
+                        self.tokens.invalidate().await;
+                        continue;
+                    } else if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+                        return Ok(Answer {
+                            status,
+                            etag,
+                            body: parsed,
+                        });
+                    } else if status == StatusCode::CONFLICT
+                        || status == StatusCode::PRECONDITION_FAILED
+                    {
+                        return Err(WriteError::Conflict {
+                            method: method.to_string(),
+                            url: url.to_string(),
+                            status: status.as_u16(),
+                        });
+                    } else {
+                        what = Attempt::Status {
+                            code: status.as_u16(),
+                            retry_after: retry_after_owned.as_deref(),
+                        };
+                        last = format!("HTTP {}: {}", status.as_u16(), outcome_text(&parsed));
+                        if !crate::retry::is_retryable_status(status.as_u16()) {
+                            return Err(WriteError::Rejected {
+                                method: method.to_string(),
+                                url: url.to_string(),
+                                status: status.as_u16(),
+                                outcome: outcome_text(&parsed),
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    what = Attempt::Connection;
+                    last = e.to_string();
+                }
+            }
+            match self.retry.decide(
+                what,
+                attempt,
+                started.elapsed(),
+                jitter(),
+                chrono::Utc::now(),
+            ) {
+                Decision::RetryAfter(delay) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%method, %url, attempt, delay_ms = delay.as_millis() as u64, reason = %last, "FHIR request failed; retrying.");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Decision::GiveUp(GiveUp::NotRetryable) => {
+                    return Err(WriteError::Rejected {
+                        method: method.to_string(),
+                        url: url.to_string(),
+                        status: 0,
+                        outcome: last,
+                    })
+                }
+                Decision::GiveUp(GiveUp::DeadlineExceeded) => {
+                    self.stats.gave_up.fetch_add(1, Ordering::Relaxed);
+                    return Err(WriteError::GaveUp {
+                        method: method.to_string(),
+                        url: url.to_string(),
+                        attempts: attempt + 1,
+                        elapsed: started.elapsed(),
+                        last,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads `type/id`; `Ok(None)` when it does not exist.
+    pub async fn read(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<Versioned>, WriteError> {
+        let url = format!("{}/{resource_type}/{id}", self.base);
+        let a = self.send(Method::GET, &url, &[], None, None).await?;
+        if a.status == StatusCode::NOT_FOUND || a.status == StatusCode::GONE {
+            return Ok(None);
+        }
+        let resource = a.body.ok_or_else(|| WriteError::InvalidResponse {
+            url: url.clone(),
+            detail: "empty body".into(),
+        })?;
+        let version = version_of(&resource, a.etag.as_deref());
+        Ok(Some(Versioned { resource, version }))
+    }
+
+    /// Searches `type?params`, following `next` links; returns the matched resources.
+    pub async fn search(
+        &self,
+        resource_type: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Vec<Value>, WriteError> {
+        let mut url = format!("{}/{resource_type}", self.base);
+        let mut out = Vec::new();
+        let mut query: Vec<(&str, &str)> = params.to_vec();
+        for _ in 0..self.max_search_pages {
+            let a = self.send(Method::GET, &url, &query, None, None).await?;
+            if a.status == StatusCode::NOT_FOUND {
+                return Err(WriteError::Rejected {
+                    method: "GET".into(),
+                    url,
+                    status: 404,
+                    outcome: outcome_text(&a.body),
+                });
+            }
+            let bundle = a.body.ok_or_else(|| WriteError::InvalidResponse {
+                url: url.clone(),
+                detail: "empty search body".into(),
+            })?;
+            if bundle["resourceType"] != "Bundle" {
+                return Err(WriteError::InvalidResponse {
+                    url,
+                    detail: format!("expected a Bundle, got {}", bundle["resourceType"]),
+                });
+            }
+            for e in bundle["entry"].as_array().into_iter().flatten() {
+                let mode = e
+                    .pointer("/search/mode")
+                    .and_then(Value::as_str)
+                    .unwrap_or("match");
+                if mode == "match" {
+                    if let Some(r) = e.get("resource") {
+                        out.push(r.clone());
+                    }
+                }
+            }
+            let next = bundle["link"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["relation"] == "next")
+                .and_then(|l| l["url"].as_str())
+                .map(str::to_string);
+            match next {
+                Some(n) => {
+                    url = n;
+                    query.clear();
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Searches by identifier and keeps only resources whose identifier matches exactly
+    /// (the whole value, and the system when one is given).
+    pub async fn search_by_identifier(
+        &self,
+        resource_type: &str,
+        system: Option<&str>,
+        value: &str,
+    ) -> Result<Vec<Versioned>, WriteError> {
+        let token = match system {
+            Some(s) => format!("{s}|{value}"),
+            None => value.to_string(),
+        };
+        let found = self
+            .search(resource_type, &[("identifier", token.as_str())])
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter(|r| {
+                r["identifier"].as_array().is_some_and(|ids| {
+                    ids.iter().any(|i| {
+                        i["value"].as_str() == Some(value)
+                            && system.is_none_or(|s| i["system"].as_str() == Some(s))
+                    })
+                })
+            })
+            .map(|resource| {
+                let version = version_of(&resource, None);
+                Versioned { resource, version }
+            })
+            .collect())
+    }
+
+    /// Creates or updates `resource` by PUT to its id; with `if_match`, only if the server's
+    /// version is still that one (else [`WriteError::Conflict`]).
+    pub async fn put(
+        &self,
+        resource: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Versioned, WriteError> {
+        let (Some(rt), Some(id)) = (resource["resourceType"].as_str(), resource["id"].as_str())
+        else {
+            return Err(WriteError::InvalidResponse {
+                url: self.base.clone(),
+                detail: "a resource to PUT needs resourceType and id".into(),
+            });
+        };
+        let url = format!("{}/{rt}/{id}", self.base);
+        let a = self
+            .send(Method::PUT, &url, &[], Some(resource), if_match)
+            .await?;
+        if a.status == StatusCode::NOT_FOUND {
+            return Err(WriteError::Rejected {
+                method: "PUT".into(),
+                url,
+                status: 404,
+                outcome: outcome_text(&a.body),
+            });
+        }
+        let written = a.body.unwrap_or_else(|| resource.clone());
+        let version = version_of(&written, a.etag.as_deref());
+        Ok(Versioned {
+            resource: written,
+            version,
+        })
+    }
+}

@@ -1,0 +1,208 @@
+//! `iomt replay` of every template set into the real test FHIR server (see
+//! `support/fhir_server.rs`): exactly the Observations `iomt map` predicts (its golden
+//! `expected.json`), linked to Devices and Patients created with the reference's identifiers;
+//! a second replay changes nothing.
+
+#[path = "support/fhir_server.rs"]
+mod fhir_server;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use fhir_server::FhirServer;
+use serde_json::{json, Value};
+
+fn replay(set: &Path, base: &str, resolution: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
+        .arg("replay")
+        .arg("--device-mapping")
+        .arg(set.join("devicecontent.json"))
+        .arg("--fhir-mapping")
+        .arg(set.join("fhirmapping.json"))
+        .arg("--events")
+        .arg(set.join("events.json"))
+        .args(["--fhir-url", base, "--resolution", resolution])
+        .output()
+        .expect("run iomt replay");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        set.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("replay prints JSON")
+}
+
+/// The clinical content of an Observation, without server- or identity-specific parts.
+fn content(o: &Value) -> Value {
+    let mut c = o.clone();
+    for k in [
+        "id",
+        "meta",
+        "identifier",
+        "subject",
+        "device",
+        "encounter",
+        "issued",
+        "text",
+    ] {
+        c.as_object_mut().unwrap().remove(k);
+    }
+    c
+}
+
+fn by_id(list: &[Value]) -> BTreeMap<String, Value> {
+    list.iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+fn reference_id(r: &Value) -> String {
+    r["reference"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn every_template_set_replays_into_exactly_the_expected_resources() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let mut sets: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    sets.sort();
+    assert!(sets.len() >= 5);
+    for set in sets {
+        let name = set.file_name().unwrap().to_string_lossy().to_string();
+        let server = FhirServer::acquire().await;
+        let golden: Value =
+            serde_json::from_str(&std::fs::read_to_string(set.join("expected.json")).unwrap())
+                .unwrap();
+        let report = replay(&set, &server.base, "Create");
+
+        let observations = server.all("Observation").await;
+        let devices = by_id(&server.all("Device").await);
+        let patients = by_id(&server.all("Patient").await);
+        let expected = golden["observations"].as_array().unwrap();
+        assert_eq!(
+            observations.len(),
+            expected.len(),
+            "{name}: Observations on the server"
+        );
+        assert_eq!(
+            report["observationsCreated"],
+            json!(expected.len()),
+            "{name}"
+        );
+
+        // Match each server Observation to the predicted one: same content, and references that
+        // resolve to the Device and Patient carrying the predicted identifiers.
+        let mut unmatched: Vec<&Value> = expected.iter().collect();
+        for o in &observations {
+            let device = &devices[&reference_id(&o["device"])];
+            let patient = &patients[&reference_id(&o["subject"])];
+            let device_value = device["identifier"][0]["value"].as_str().unwrap();
+            let patient_value = patient["identifier"][0]["value"].as_str().unwrap();
+            assert_eq!(
+                reference_id(&device["patient"]),
+                patient["id"].as_str().unwrap(),
+                "{name}: Device.patient"
+            );
+            // The identifier uses the FHIR logical ids, as the reference's writer does.
+            let ident = o["identifier"][0]["value"].as_str().unwrap();
+            assert!(
+                ident.starts_with(&format!(
+                    "{}.{}.",
+                    patient["id"].as_str().unwrap(),
+                    device["id"].as_str().unwrap()
+                )),
+                "{name}: {ident}"
+            );
+            assert_eq!(
+                o["id"].as_str().unwrap(),
+                fhir_writer::logical_id(fhir_writer::SERVICE_SYSTEM, ident)
+            );
+            let pos = unmatched.iter().position(|e| {
+                e["device"]["identifier"]["value"] == device_value
+                    && e["subject"]["identifier"]["value"] == patient_value
+                    && content(e) == content(o)
+            });
+            match pos {
+                Some(i) => {
+                    unmatched.remove(i);
+                }
+                None => panic!(
+                    "{name}: unexpected Observation on the server:\n{}",
+                    serde_json::to_string_pretty(&content(o)).unwrap()
+                ),
+            }
+        }
+        assert!(
+            unmatched.is_empty(),
+            "{name}: predicted but not written: {unmatched:#?}"
+        );
+
+        // Devices and Patients: exactly those of the measurements that became Observations.
+        let mut want_devices: Vec<&str> = expected
+            .iter()
+            .map(|e| e["device"]["identifier"]["value"].as_str().unwrap())
+            .collect();
+        want_devices.sort();
+        want_devices.dedup();
+        let mut got_devices: Vec<&str> = devices
+            .values()
+            .map(|d| d["identifier"][0]["value"].as_str().unwrap())
+            .collect();
+        got_devices.sort();
+        assert_eq!(got_devices, want_devices, "{name}: Devices");
+        let mut want_patients: Vec<&str> = expected
+            .iter()
+            .map(|e| e["subject"]["identifier"]["value"].as_str().unwrap())
+            .collect();
+        want_patients.sort();
+        want_patients.dedup();
+        let mut got_patients: Vec<&str> = patients
+            .values()
+            .map(|p| p["identifier"][0]["value"].as_str().unwrap())
+            .collect();
+        got_patients.sort();
+        assert_eq!(got_patients, want_patients, "{name}: Patients");
+
+        // The same replay again changes nothing: no write, every version unchanged.
+        let versions = |list: Vec<Value>| -> BTreeMap<String, String> {
+            list.iter()
+                .map(|r| {
+                    (
+                        r["id"].as_str().unwrap().to_string(),
+                        r["meta"]["versionId"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let before = (
+            versions(observations),
+            versions(devices.into_values().collect()),
+            versions(patients.into_values().collect()),
+        );
+        let again = replay(&set, &server.base, "Create");
+        assert_eq!(again["observationsCreated"], 0, "{name}");
+        assert_eq!(again["observationsUpdated"], 0, "{name}");
+        assert_eq!(
+            again["observationsUnchanged"],
+            json!(expected.len()),
+            "{name}"
+        );
+        let after = (
+            versions(server.all("Observation").await),
+            versions(server.all("Device").await),
+            versions(server.all("Patient").await),
+        );
+        assert_eq!(before, after, "{name}: a second replay changed the server");
+    }
+}

@@ -1,0 +1,136 @@
+//! The test FHIR server: `tests/fhir-server/server.mjs` (Node, `@medplum/fhir-router` with its
+//! in-memory repository — a real third-party FHIR implementation, not a fake of ours), started
+//! once per test process on a free loopback port and reset between tests.
+//!
+//! Needs Node.js; the harness runs `npm ci --prefix tests/fhir-server` on first use.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use tokio::sync::{Mutex, MutexGuard};
+
+struct Server {
+    _child: Child,
+    base: String,
+}
+
+fn server_dir() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for c in [
+        here.join("tests/fhir-server"),
+        here.join("../tests/fhir-server"),
+    ] {
+        if c.join("server.mjs").is_file() {
+            return c;
+        }
+    }
+    panic!("tests/fhir-server/server.mjs not found");
+}
+
+fn start() -> Server {
+    let dir = server_dir();
+    if !dir.join("node_modules/@medplum/fhir-router").is_dir() {
+        // First run on a fresh checkout: install the pinned packages (package-lock.json).
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("run npm (Node.js 20 and npm are needed for the test FHIR server)");
+        assert!(status.success(), "`npm ci` in {} failed", dir.display());
+    }
+    let mut child = Command::new("node")
+        .arg("server.mjs")
+        .args([
+            "--port",
+            "0",
+            "--exit-with-parent",
+            &std::process::id().to_string(),
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start node (is Node.js installed?)");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the server's port");
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("server said {line:?}: {e}"));
+    let port = v["port"].as_u64().expect("port");
+    Server {
+        _child: child,
+        base: format!("http://127.0.0.1:{port}/fhir/R4"),
+    }
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static LOCK: Mutex<()> = Mutex::const_new(());
+
+/// Exclusive use of the shared FHIR server, emptied for this test.
+pub struct FhirServer {
+    pub base: String,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl FhirServer {
+    /// Takes the shared server (starting it on first use) and resets it.
+    pub async fn acquire() -> FhirServer {
+        let guard = LOCK.lock().await;
+        let server = SERVER.get_or_init(start);
+        let s = FhirServer {
+            base: server.base.clone(),
+            _guard: guard,
+        };
+        s.reset().await;
+        s
+    }
+
+    /// Empties the store.
+    pub async fn reset(&self) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/$reset", self.base))
+            .send()
+            .await
+            .expect("reset the FHIR server");
+        assert!(r.status().is_success(), "reset: {}", r.status());
+    }
+
+    /// All resources of a type (one page of up to 1000).
+    pub async fn all(&self, resource_type: &str) -> Vec<serde_json::Value> {
+        let r = reqwest::Client::new()
+            .get(format!("{}/{resource_type}?_count=1000", self.base))
+            .send()
+            .await
+            .expect("search");
+        let b: serde_json::Value =
+            serde_json::from_slice(&r.bytes().await.expect("search body")).expect("bundle");
+        b["entry"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e["resource"].clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Creates (PUT) a resource directly, for test setup.
+    pub async fn put(&self, resource: serde_json::Value) {
+        let url = format!(
+            "{}/{}/{}",
+            self.base,
+            resource["resourceType"].as_str().unwrap(),
+            resource["id"].as_str().unwrap()
+        );
+        let r = reqwest::Client::new()
+            .put(url)
+            .header("content-type", "application/fhir+json")
+            .body(resource.to_string())
+            .send()
+            .await
+            .expect("put");
+        assert!(r.status().is_success(), "setup PUT: {}", r.status());
+    }
+}
