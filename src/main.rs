@@ -3,6 +3,7 @@
 //! See `docs/CLI.md` and DESIGN.md's command-line contract.
 
 mod events;
+mod service;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,11 @@ enum Command {
     /// Check mapping templates; exit 0 when valid, 1 with every error otherwise.
     Validate {
         /// Device-mapping template (CollectionContent).
-        #[arg(long, value_name = "FILE")]
-        device_mapping: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "config")]
+        device_mapping: Option<PathBuf>,
+        /// A service config: checks it and both mappings it names.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["device_mapping", "fhir_mapping"])]
+        config: Option<PathBuf>,
         /// FHIR-mapping template (CollectionFhir).
         #[arg(long, value_name = "FILE")]
         fhir_mapping: Option<PathBuf>,
@@ -99,6 +103,37 @@ enum Command {
         events: PathBuf,
         #[command(flatten)]
         fhir: FhirArgs,
+    },
+    /// Run the connector as a long-running service.
+    Run {
+        /// The service config (TOML); see config/example.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Inspect and reprocess the dead-letter store.
+    DeadLetters {
+        /// The service config (TOML).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// One line per dead letter: id, stage, error type, message.
+    List,
+    /// One dead letter in full (JSON).
+    Show {
+        /// Its id.
+        id: String,
+    },
+    /// Reprocess dead letters with the current templates; those that now succeed are removed.
+    Replay {
+        /// Only this one.
+        #[arg(long)]
+        id: Option<String>,
     },
 }
 
@@ -177,10 +212,24 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Validate {
-            device_mapping,
+            device_mapping: Some(device_mapping),
             fhir_mapping,
             format,
+            ..
         } => validate(&device_mapping, fhir_mapping.as_deref(), format),
+        Command::Validate {
+            config: Some(config),
+            format,
+            ..
+        } => validate_config(&config, format),
+        Command::Validate { .. } => anyhow::bail!("give --device-mapping or --config"),
+        Command::Run { config } => run_service(&config),
+        Command::DeadLetters { config, action } => {
+            let Some(config) = config else {
+                anyhow::bail!("give --config");
+            };
+            dead_letters(&config, action)
+        }
         Command::Map {
             device_mapping,
             fhir_mapping,
@@ -373,6 +422,161 @@ fn load_normalizer(device_mapping: &Path, skip_invalid: bool) -> Result<Option<N
         }
     }
     Ok(Some(Normalizer::new(loaded.mapping)))
+}
+
+fn validate_config(path: &Path, format: Format) -> Result<ExitCode> {
+    let result = service::validate(path);
+    let stdout = &mut std::io::stdout().lock();
+    let errors = result.as_ref().err().cloned().unwrap_or_default();
+    match format {
+        Format::Json => writeln!(
+            stdout,
+            "{}",
+            serde_json::to_string_pretty(&json!({"valid": errors.is_empty(), "errors": errors}))?
+        )?,
+        Format::Text => {
+            for e in &errors {
+                writeln!(stdout, "{e}")?;
+            }
+            if errors.is_empty() {
+                writeln!(stdout, "{}: valid", path.display())?;
+            } else {
+                writeln!(stdout, "{} error(s)", errors.len())?;
+            }
+        }
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn init_service_logging(config: &service::config::Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn run_service(path: &Path) -> Result<ExitCode> {
+    let config = match service::validate(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} error(s); not starting",
+                path.display(),
+                errors.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    init_service_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = ctrl_c.await;
+            tracing::info!("Shutting down: stopping the source, flushing, acknowledging.");
+            let _ = tx.send(true);
+        });
+        service::run(config, rx).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letters(path: &Path, action: DeadLetterAction) -> Result<ExitCode> {
+    let config = service::config::Config::load(path).map_err(|e| anyhow::anyhow!(e))?;
+    let store = service::deadletter::DeadLetterStore::open(&config.dead_letters.dir)?;
+    let stdout = &mut std::io::stdout().lock();
+    match action {
+        DeadLetterAction::List => {
+            for dl in store.list()? {
+                let msg: String = dl.message.chars().take(160).collect();
+                writeln!(
+                    stdout,
+                    "{}\t{}\t{}\t{}",
+                    dl.id, dl.stage, dl.error_type, msg
+                )?;
+            }
+        }
+        DeadLetterAction::Show { id } => {
+            let dl = store
+                .get(&id)
+                .with_context(|| format!("dead letter {id}"))?;
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&dl)?)?;
+        }
+        DeadLetterAction::Replay { id } => {
+            let config = service::validate(path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+            init_service_logging(&config);
+            let list = match id {
+                Some(id) => vec![store
+                    .get(&id)
+                    .with_context(|| format!("dead letter {id}"))?],
+                None => store.list()?,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let metrics = std::sync::Arc::new(service::metrics::Metrics::default());
+            // Replays go through the same pipeline; failures land in a scratch store so the
+            // original record stays until an event succeeds.
+            let mut scratch = config.clone();
+            scratch.dead_letters.dir = config.dead_letters.dir.join(".replay");
+            let pipeline = service::Pipeline::new(&scratch, metrics.clone())?;
+            let (_never, give_up) = tokio::sync::watch::channel(false);
+            let (mut ok, mut still) = (0, 0);
+            for dl in list {
+                let before = pipeline.dead_letters().list()?.len();
+                let ev = sources::SourceEvent {
+                    body: dl.body_bytes(),
+                    properties: dl.properties.clone(),
+                    system_properties: dl.system_properties.clone(),
+                    ingestion_time: dl.ingestion_time,
+                    origin: dl.origin.clone(),
+                    ack: sources::Ack::none(),
+                };
+                let acked = runtime
+                    .block_on(pipeline.process_batch(vec![ev], &give_up))
+                    .len();
+                let failed_again = pipeline.dead_letters().list()?.len() > before;
+                if acked == 1 && !failed_again {
+                    store.remove(&dl.id)?;
+                    ok += 1;
+                    writeln!(stdout, "{}\treplayed", dl.id)?;
+                } else {
+                    still += 1;
+                    writeln!(stdout, "{}\tstill failing", dl.id)?;
+                }
+            }
+            let _ = std::fs::remove_dir_all(config.dead_letters.dir.join(".replay"));
+            writeln!(stdout, "{ok} replayed, {still} still failing")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_fhir_mapping(fhir_mapping: &Path) -> Result<Option<fhir_writer::FhirTemplates>> {

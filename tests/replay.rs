@@ -3,14 +3,11 @@
 //! `expected.json`), linked to Devices and Patients created with the reference's identifiers;
 //! a second replay changes nothing.
 
-#[path = "support/fhir_server.rs"]
-mod fhir_server;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use fhir_server::FhirServer;
+use crate::fhir_server::FhirServer;
 use serde_json::{json, Value};
 
 fn replay(set: &Path, base: &str, resolution: &str) -> Value {

@@ -1,6 +1,11 @@
-//! Whole-program tests: the `iomt` binary as scripts and users run it.
+//! Whole-program tests: the `iomt` binary as scripts and users run it, against real peers.
+
+#[path = "support/fhir_server.rs"]
+mod fhir_server;
+#[path = "support/mosquitto.rs"]
+mod mosquitto;
 
 mod cli_normalize;
 mod golden;
-
 mod replay;
+mod service;

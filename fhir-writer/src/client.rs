@@ -207,6 +207,11 @@ impl FhirClient {
         &self.base
     }
 
+    /// The retry policy (the writer also backs off by it between version conflicts).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
     /// What the client has done so far.
     pub fn stats(&self) -> &ClientStats {
         &self.stats

@@ -324,25 +324,44 @@ impl IdentityResolver {
                 self.client.put(&resource, None).await?
             }
         };
-        match device
-            .resource
-            .get("patient")
-            .and_then(|p| reference_id(p, "Patient"))
-        {
-            None => {
-                let mut linked = device.resource.clone();
-                linked["patient"] = json!({"reference": format!("Patient/{patient_ref}")});
-                self.client.put(&linked, device.version.as_deref()).await?;
+        let mut device = device;
+        let mut conflicts = 0;
+        loop {
+            match device
+                .resource
+                .get("patient")
+                .and_then(|p| reference_id(p, "Patient"))
+            {
+                None => {
+                    let mut linked = device.resource.clone();
+                    linked["patient"] = json!({"reference": format!("Patient/{patient_ref}")});
+                    match self.client.put(&linked, device.version.as_deref()).await {
+                        Ok(_) => break,
+                        // The Device changed since it was read: another writer linked it, or
+                        // this very PUT was applied but its answer lost and the client sent it
+                        // again. Read it again and decide anew (bounded).
+                        Err(WriteError::Conflict { .. }) if conflicts < 3 => {
+                            conflicts += 1;
+                            device = self.find_device(device_id).await?.ok_or_else(|| {
+                                IdentityError::NotFound {
+                                    resource: "Device",
+                                    identifier: device_id.to_string(),
+                                }
+                            })?;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some(other) if other != patient_ref => {
+                    return Err(IdentityError::Mismatch {
+                        device_id: device_id.to_string(),
+                        patient_id: patient_value.to_string(),
+                        linked: other,
+                        expected: patient_ref,
+                    })
+                }
+                Some(_) => break,
             }
-            Some(other) if other != patient_ref => {
-                return Err(IdentityError::Mismatch {
-                    device_id: device_id.to_string(),
-                    patient_id: patient_value.to_string(),
-                    linked: other,
-                    expected: patient_ref,
-                })
-            }
-            Some(_) => {}
         }
         let encounter = self.encounter(encounter_id).await?;
         Ok(ResolvedIdentity {

@@ -25,6 +25,7 @@ use crate::observation::{
     identifier_value, logical_id, observation_groups, to_observation, ObservationIdentity, Outcome,
     SERVICE_SYSTEM,
 };
+use crate::retry::{Attempt, Decision};
 use crate::template::{CodeValueFhirTemplate, FhirTemplates};
 use crate::MappingError;
 
@@ -406,7 +407,8 @@ impl FhirWriter {
     ) -> Result<Written, WriteFailure> {
         let identifier = identifier_value(identity, og);
         let mut use_cache = true;
-        for _ in 0..=self.config.max_conflict_retries {
+        let started = std::time::Instant::now();
+        for attempt in 0..=self.config.max_conflict_retries {
             let existing = match use_cache
                 .then(|| self.observations.get(&identifier))
                 .flatten()
@@ -461,6 +463,23 @@ impl FhirWriter {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     self.observations.remove(&identifier);
                     use_cache = false;
+                    if attempt == self.config.max_conflict_retries {
+                        break;
+                    }
+                    // Back off first (the one retry policy, with jitter): without it, a writer
+                    // that must re-read loses every round to one writing from its cache, and
+                    // the bounded retries run out within milliseconds.
+                    let policy = self.client.retry_policy();
+                    match policy.decide(
+                        Attempt::Connection,
+                        attempt,
+                        started.elapsed(),
+                        rand::random::<f64>(),
+                        Utc::now(),
+                    ) {
+                        Decision::RetryAfter(delay) => tokio::time::sleep(delay).await,
+                        Decision::GiveUp(_) => break,
+                    }
                 }
                 Err(e) => {
                     self.observations.remove(&identifier);

@@ -10,7 +10,11 @@ use grouper::{group_measurements, TimeValue, Window};
 use normalizer::{Measurement, MeasurementProperty};
 use serde_json::Value;
 
+/// `shared/conformance` beside the checkout, or the parent of `$IOMT_CONFORMANCE_DIR`.
 fn shared() -> PathBuf {
+    if let Ok(d) = std::env::var("IOMT_CONFORMANCE_DIR") {
+        return Path::new(&d).join("..");
+    }
     Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/conformance"

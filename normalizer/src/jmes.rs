@@ -3,13 +3,16 @@
 //! errors), `insertString(original, toInsert, pos)`, `fromUnixTimestamp(seconds)` and
 //! `fromUnixTimestampMs(ms)` (return RFC 3339 UTC strings).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use jmespath::ast::{Ast, Comparator};
 use jmespath::functions::{ArgumentType, CustomFunction, Signature};
 use jmespath::{Context, ErrorReason, JmespathError, Rcvar, Runtime, Variable};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use crate::jsonpath::Token;
 
 /// A compiled JMESPath expression, bound to the shared runtime with custom functions.
 pub type JmesExpression = jmespath::Expression<'static>;
@@ -214,6 +217,31 @@ pub fn to_variable(v: &Value) -> Rcvar {
             Variable::Object(m.iter().map(|(k, x)| (k.clone(), to_variable(x))).collect())
         }
     })
+}
+
+/// Converts a document token (a value, a property map, the event envelope) to a
+/// JMESPath variable.
+pub fn token_to_variable(t: Token<'_>) -> Rcvar {
+    match t {
+        Token::Value(v) => to_variable(v),
+        Token::Map(m) => map_to_variable(m),
+        Token::Envelope(e) => {
+            let mut o = BTreeMap::new();
+            o.insert("Body".to_string(), to_variable(e.body));
+            o.insert("Properties".to_string(), map_to_variable(e.properties));
+            o.insert(
+                "SystemProperties".to_string(),
+                map_to_variable(e.system_properties),
+            );
+            Arc::new(Variable::Object(o))
+        }
+    }
+}
+
+fn map_to_variable(m: &Map<String, Value>) -> Rcvar {
+    Arc::new(Variable::Object(
+        m.iter().map(|(k, x)| (k.clone(), to_variable(x))).collect(),
+    ))
 }
 
 /// Converts a JMESPath result back to JSON.

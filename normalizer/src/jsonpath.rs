@@ -94,25 +94,135 @@ enum CmpOp {
     Ge,
 }
 
+/// The reference's event document `{Body, Properties, SystemProperties}`, seen without
+/// building it: expressions read the body and the event's property maps where they are,
+/// and a `Value` of the whole is built only when an expression selects the envelope (or
+/// one of the maps) itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// `Body`: the parsed event body.
+    pub body: &'a Value,
+    /// `Properties`: the event's application properties.
+    pub properties: &'a Map<String, Value>,
+    /// `SystemProperties`: the event's system properties.
+    pub system_properties: &'a Map<String, Value>,
+}
+
+impl Envelope<'_> {
+    /// The envelope's member names, in document order.
+    pub const NAMES: [&'static str; 3] = ["Body", "Properties", "SystemProperties"];
+
+    /// The envelope as a JSON value (a deep copy).
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::with_capacity(3);
+        m.insert("Body".into(), self.body.clone());
+        m.insert("Properties".into(), Value::Object(self.properties.clone()));
+        m.insert(
+            "SystemProperties".into(),
+            Value::Object(self.system_properties.clone()),
+        );
+        Value::Object(m)
+    }
+}
+
+/// A token of a document: a JSON value, or an object that is not held in a `Value`
+/// (an event's property map, or the envelope itself).
+#[derive(Debug, Clone, Copy)]
+pub enum Token<'a> {
+    /// A JSON value.
+    Value(&'a Value),
+    /// An object held as a bare map.
+    Map(&'a Map<String, Value>),
+    /// The virtual event envelope.
+    Envelope(&'a Envelope<'a>),
+}
+
+impl<'a> Token<'a> {
+    /// The member `name`, if any.
+    fn child(self, name: &str) -> Option<Token<'a>> {
+        match self {
+            Token::Value(Value::Object(m)) | Token::Map(m) => member(m, name).map(Token::Value),
+            Token::Value(_) => None,
+            Token::Envelope(e) => match name {
+                "Body" => Some(Token::Value(e.body)),
+                "Properties" => Some(Token::Map(e.properties)),
+                "SystemProperties" => Some(Token::Map(e.system_properties)),
+                _ => None,
+            },
+        }
+    }
+
+    /// Calls `f` on each child (object members, array items) in order.
+    fn for_each_child(self, f: &mut dyn FnMut(Token<'a>) -> Flow) -> Flow {
+        match self {
+            Token::Value(Value::Object(m)) | Token::Map(m) => {
+                for v in m.values() {
+                    f(Token::Value(v))?;
+                }
+                Flow::Continue(())
+            }
+            Token::Value(Value::Array(a)) => {
+                for v in a {
+                    f(Token::Value(v))?;
+                }
+                Flow::Continue(())
+            }
+            Token::Value(_) => Flow::Continue(()),
+            Token::Envelope(e) => {
+                f(Token::Value(e.body))?;
+                f(Token::Map(e.properties))?;
+                f(Token::Map(e.system_properties))
+            }
+        }
+    }
+
+    /// The token as a JSON value: borrowed when it is one, else built.
+    pub fn into_value(self) -> Cow<'a, Value> {
+        match self {
+            Token::Value(v) => Cow::Borrowed(v),
+            Token::Map(m) => Cow::Owned(Value::Object(m.clone())),
+            Token::Envelope(e) => Cow::Owned(e.to_value()),
+        }
+    }
+
+    /// The JSON value, when the token is one.
+    pub fn as_value(self) -> Option<&'a Value> {
+        match self {
+            Token::Value(v) => Some(v),
+            Token::Map(_) | Token::Envelope(_) => None,
+        }
+    }
+}
+
 /// What an expression is evaluated against: a document, optionally extended with a
 /// top-level `matchedToken` property (how `CalculatedContent` sees each match) without
 /// copying the document.
 #[derive(Debug, Clone, Copy)]
 pub struct Scope<'a> {
     /// The document.
-    pub doc: &'a Value,
+    doc: Token<'a>,
     /// The token added as `matchedToken` to the document's root, if any.
-    pub matched: Option<&'a Value>,
+    matched: Option<Token<'a>>,
 }
 
 impl<'a> Scope<'a> {
     /// A plain document.
     pub fn new(doc: &'a Value) -> Self {
-        Scope { doc, matched: None }
+        Scope::of(Token::Value(doc))
     }
 
     /// A document seen with `matchedToken` added at its root.
     pub fn with_match(doc: &'a Value, matched: &'a Value) -> Self {
+        Scope::of_match(Token::Value(doc), Token::Value(matched))
+    }
+
+    /// A plain document given as a token (the envelope, or any token of it).
+    pub fn of(doc: Token<'a>) -> Self {
+        Scope { doc, matched: None }
+    }
+
+    /// A document given as a token, seen with `matchedToken` added at its root.
+    pub fn of_match(doc: Token<'a>, matched: Token<'a>) -> Self {
         Scope {
             doc,
             matched: Some(matched),
@@ -125,79 +235,70 @@ impl<'a> Scope<'a> {
                 doc: self.doc,
                 matched,
             },
-            None => Node::Value(self.doc),
+            None => Node::Token(self.doc),
         }
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Node<'a> {
-    Value(&'a Value),
-    Root { doc: &'a Value, matched: &'a Value },
+    Token(Token<'a>),
+    Root { doc: Token<'a>, matched: Token<'a> },
 }
 
 const MATCHED_TOKEN: &str = "matchedToken";
 
 impl<'a> Node<'a> {
+    fn value(v: &'a Value) -> Self {
+        Node::Token(Token::Value(v))
+    }
+
     /// The member `name`, if any.
     fn child(self, name: &str) -> Option<Node<'a>> {
         match self {
-            Node::Value(Value::Object(m)) => member(m, name).map(Node::Value),
-            Node::Value(_) => None,
-            Node::Root { matched, .. } if name == MATCHED_TOKEN => Some(Node::Value(matched)),
-            Node::Root {
-                doc: Value::Object(m),
-                ..
-            } => member(m, name).map(Node::Value),
-            Node::Root { .. } => None,
+            Node::Token(t) => t.child(name).map(Node::Token),
+            Node::Root { matched, .. } if name == MATCHED_TOKEN => Some(Node::Token(matched)),
+            Node::Root { doc, .. } => doc.child(name).map(Node::Token),
         }
     }
 
     /// Calls `f` on each child (object members, array items) in order.
     fn for_each_child(self, f: &mut dyn FnMut(Node<'a>) -> Flow) -> Flow {
         match self {
-            Node::Value(Value::Object(m)) => {
-                for v in m.values() {
-                    f(Node::Value(v))?;
-                }
-                Flow::Continue(())
-            }
-            Node::Value(Value::Array(a)) => {
-                for v in a {
-                    f(Node::Value(v))?;
-                }
-                Flow::Continue(())
-            }
-            Node::Value(_) => Flow::Continue(()),
+            Node::Token(t) => t.for_each_child(&mut |k| f(Node::Token(k))),
             Node::Root { doc, matched } => {
-                if let Value::Object(m) = doc {
-                    for (k, v) in m {
-                        if k.as_str() != MATCHED_TOKEN {
-                            f(Node::Value(v))?;
+                match doc {
+                    Token::Value(Value::Object(m)) | Token::Map(m) => {
+                        for (k, v) in m {
+                            if k.as_str() != MATCHED_TOKEN {
+                                f(Node::value(v))?;
+                            }
                         }
                     }
+                    Token::Value(_) => {}
+                    Token::Envelope(_) => doc.for_each_child(&mut |k| f(Node::Token(k)))?,
                 }
-                f(Node::Value(matched))
+                f(Node::Token(matched))
             }
         }
     }
 
     fn array(self) -> Option<&'a Vec<Value>> {
         match self {
-            Node::Value(Value::Array(a)) => Some(a),
+            Node::Token(Token::Value(Value::Array(a))) => Some(a),
             _ => None,
         }
     }
 
     fn into_value(self) -> Cow<'a, Value> {
         match self {
-            Node::Value(v) => Cow::Borrowed(v),
+            Node::Token(t) => t.into_value(),
             Node::Root { doc, matched } => {
-                let mut m = match doc {
-                    Value::Object(m) => m.clone(),
+                let mut m = match doc.into_value().into_owned() {
+                    Value::Object(m) => m,
                     _ => Map::new(),
                 };
-                m.insert(MATCHED_TOKEN.to_string(), matched.clone());
+                m.insert(MATCHED_TOKEN.to_string(), matched.into_value().into_owned());
                 Cow::Owned(Value::Object(m))
             }
         }
@@ -205,7 +306,7 @@ impl<'a> Node<'a> {
 
     fn scalar(self) -> Option<&'a Value> {
         match self {
-            Node::Value(v) if !v.is_object() && !v.is_array() => Some(v),
+            Node::Token(Token::Value(v)) if !v.is_object() && !v.is_array() => Some(v),
             _ => None,
         }
     }
@@ -257,6 +358,20 @@ impl JsonPath {
         out
     }
 
+    /// Every token the path selects from a plain document (no `matchedToken`), in
+    /// document order, without building values.
+    pub fn select_tokens<'a>(&self, doc: Token<'a>) -> Vec<Token<'a>> {
+        let mut out = Vec::new();
+        let _ = visit(&self.steps, Node::Token(doc), Scope::of(doc), &mut |n| {
+            // Below a plain root every node is a token; `Root` only heads a match scope.
+            if let Node::Token(t) = n {
+                out.push(t);
+            }
+            Flow::Continue(())
+        });
+        out
+    }
+
     /// The token the path selects when it selects exactly one: `Ok(None)` for none,
     /// `Err(n)` when it selects `n > 1` tokens. Builds no list.
     ///
@@ -267,9 +382,15 @@ impl JsonPath {
     /// assert_eq!(JsonPath::compile("$.a[*]").unwrap().select_one(Scope::new(&doc)), Err(2));
     /// ```
     pub fn select_one<'a>(&self, scope: Scope<'a>) -> Result<Option<Cow<'a, Value>>, usize> {
+        // The common `$.a.b`: member names only, at most one token, no visitor.
+        let (node, steps) = match children(&self.steps, scope.root()) {
+            Chain::Missing => return Ok(None),
+            Chain::Found(node) => return Ok(Some(node.into_value())),
+            Chain::Rest(node, steps) => (node, steps),
+        };
         let mut first = None;
         let mut n = 0usize;
-        let _ = visit(&self.steps, scope.root(), scope, &mut |node| {
+        let _ = visit(steps, node, scope, &mut |node| {
             if n == 0 {
                 first = Some(node);
             }
@@ -353,10 +474,39 @@ fn visit<'a>(
     scope: Scope<'a>,
     f: &mut dyn FnMut(Node<'a>) -> Flow,
 ) -> Flow {
-    match steps.split_first() {
-        None => f(node),
-        Some((step, rest)) => visit_step(step, rest, node, scope, f),
+    match children(steps, node) {
+        Chain::Missing => Flow::Continue(()),
+        Chain::Found(node) => f(node),
+        Chain::Rest(node, steps) => match steps.split_first() {
+            Some((step, rest)) => visit_step(step, rest, node, scope, f),
+            None => f(node),
+        },
     }
+}
+
+/// Where a run of leading member names (`.a.b`) leads.
+enum Chain<'a, 's> {
+    /// A member is missing: the path selects nothing.
+    Missing,
+    /// Every step was a member name: the path selects exactly this node.
+    Found(Node<'a>),
+    /// The node reached, and the steps left (the first is not a member name).
+    Rest(Node<'a>, &'s [Step]),
+}
+
+/// Follows the leading `Step::Child` steps directly, without the visitor's recursion.
+fn children<'a, 's>(mut steps: &'s [Step], mut node: Node<'a>) -> Chain<'a, 's> {
+    while let Some((step, rest)) = steps.split_first() {
+        let Step::Child(name) = step else {
+            return Chain::Rest(node, steps);
+        };
+        match node.child(name) {
+            Some(n) => node = n,
+            None => return Chain::Missing,
+        }
+        steps = rest;
+    }
+    Chain::Found(node)
 }
 
 /// Applies `step` to `node`, then `rest` to each result.
@@ -385,7 +535,7 @@ fn visit_step<'a>(
             if let Some(a) = node.array() {
                 for &i in indexes {
                     if let Some(v) = usize::try_from(i).ok().and_then(|i| a.get(i)) {
-                        visit(rest, Node::Value(v), scope, f)?;
+                        visit(rest, Node::value(v), scope, f)?;
                     }
                 }
             }
@@ -393,7 +543,7 @@ fn visit_step<'a>(
         }
         Step::Slice(start, end, step) => match node.array() {
             Some(a) => slice(a, *start, *end, *step, &mut |v| {
-                visit(rest, Node::Value(v), scope, f)
+                visit(rest, Node::value(v), scope, f)
             }),
             None => Flow::Continue(()),
         },
@@ -418,7 +568,23 @@ fn visit_step<'a>(
 /// The node and every descendant, depth first, in document order.
 fn walk<'a>(node: Node<'a>, f: &mut dyn FnMut(Node<'a>) -> Flow) -> Flow {
     f(node)?;
-    node.for_each_child(&mut |k| walk(k, f))
+    match node {
+        // Plain JSON, the bulk of any document: recurse directly.
+        Node::Token(Token::Value(Value::Object(m))) => {
+            for v in m.values() {
+                walk(Node::value(v), f)?;
+            }
+            Flow::Continue(())
+        }
+        Node::Token(Token::Value(Value::Array(a))) => {
+            for v in a {
+                walk(Node::value(v), f)?;
+            }
+            Flow::Continue(())
+        }
+        Node::Token(Token::Value(_)) => Flow::Continue(()),
+        _ => node.for_each_child(&mut |k| walk(k, f)),
+    }
 }
 
 fn slice<'a>(
@@ -502,10 +668,16 @@ fn any_node<'a>(
             Flow::Continue(())
         }
     };
-    match op {
-        Operand::Current(steps) => visit(steps, current, scope, &mut test).is_break(),
-        Operand::Root(steps) => visit(steps, scope.root(), scope, &mut test).is_break(),
-        Operand::Literal(v) => pred(Node::Value(v).scalar()),
+    let (steps, start) = match op {
+        Operand::Current(steps) => (steps, current),
+        Operand::Root(steps) => (steps, scope.root()),
+        Operand::Literal(v) => return pred(Node::value(v).scalar()),
+    };
+    // `@a.b` (member names only) selects at most one node: no visitor needed.
+    match children(steps, start) {
+        Chain::Missing => false,
+        Chain::Found(n) => pred(n.scalar()),
+        Chain::Rest(n, rest) => visit(rest, n, scope, &mut test).is_break(),
     }
 }
 

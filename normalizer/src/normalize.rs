@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::jmes;
-use crate::jsonpath::Scope;
+use crate::jsonpath::{Envelope, Scope, Token};
 use crate::measurement::{Measurement, MeasurementProperty};
 use crate::template::{Compiled, ContentTemplate, DeviceMapping, Expression, TemplateKind};
 use crate::value::{parse_timestamp, value_text, ValueText};
@@ -161,33 +161,42 @@ pub struct Normalizer {
 
 /// Per-document state: the document, and its JMESPath form built at most once.
 struct Doc<'a> {
-    value: &'a Value,
+    top: Token<'a>,
     var: OnceCell<Rcvar>,
 }
 
 impl Doc<'_> {
     fn var(&self) -> &Rcvar {
-        self.var.get_or_init(|| jmes::to_variable(self.value))
+        self.var.get_or_init(|| jmes::token_to_variable(self.top))
     }
 }
 
 /// One match of `typeMatchExpression`, in JSON or JMESPath form (whichever came first;
 /// the other is built when an expression needs it).
 struct Match<'a> {
-    value: OnceCell<Cow<'a, Value>>,
+    /// The matched token of the document (JSONPath matches).
+    token: Option<Token<'a>>,
+    /// The JSON form of a JMESPath match, built when a JSONPath expression needs it.
+    owned: OnceCell<Value>,
     var: OnceCell<Rcvar>,
     /// `CalculatedContent`'s JMESPath root: the document plus `matchedToken`.
     root: OnceCell<Rcvar>,
 }
 
-impl<'a> Match<'a> {
-    fn value(&self) -> &Cow<'a, Value> {
-        self.value
-            .get_or_init(|| Cow::Owned(self.var.get().map_or(Value::Null, |v| jmes::to_value(v))))
+impl Match<'_> {
+    fn token(&self) -> Token<'_> {
+        match self.token {
+            Some(t) => t,
+            None => Token::Value(
+                self.owned
+                    .get_or_init(|| self.var.get().map_or(Value::Null, |v| jmes::to_value(v))),
+            ),
+        }
     }
 
     fn var(&self) -> &Rcvar {
-        self.var.get_or_init(|| jmes::to_variable(self.value()))
+        self.var
+            .get_or_init(|| jmes::token_to_variable(self.token()))
     }
 
     fn root(&self, doc: &Doc<'_>) -> &Rcvar {
@@ -244,8 +253,13 @@ impl Normalizer {
         ingestion_time: Option<DateTime<Utc>>,
     ) -> Result<Vec<Measurement>, NormalizeError> {
         let body: Value = serde_json::from_slice(body).map_err(NormalizeError::invalid_format)?;
-        let doc = envelope(body, properties.clone(), system_properties.clone());
-        self.normalize_document(&doc, ingestion_time)
+        // The document `{Body, Properties, SystemProperties}`, without copying the maps.
+        let envelope = Envelope {
+            body: &body,
+            properties,
+            system_properties,
+        };
+        self.normalize_token(Token::Envelope(&envelope), ingestion_time)
     }
 
     /// Normalizes a whole document (what templates see). One failing template match
@@ -255,12 +269,20 @@ impl Normalizer {
         doc: &Value,
         ingestion_time: Option<DateTime<Utc>>,
     ) -> Result<Vec<Measurement>, NormalizeError> {
+        self.normalize_token(Token::Value(doc), ingestion_time)
+    }
+
+    fn normalize_token(
+        &self,
+        top: Token<'_>,
+        ingestion_time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Measurement>, NormalizeError> {
         let doc = Doc {
-            value: doc,
+            top,
             var: OnceCell::new(),
         };
         let mut out = Vec::new();
-        let present = self.prefilter.present(doc.value);
+        let present = self.prefilter.present(top);
         for (t, &needs) in self.mapping.templates.iter().zip(&self.prefilter.needs) {
             if present & needs != needs {
                 continue; // a name its typeMatchExpression needs is nowhere in the document
@@ -304,10 +326,11 @@ fn type_matches<'a>(
     match &e.compiled {
         Compiled::Empty => Err(unset(t, "TypeMatchExpression")),
         Compiled::JsonPath(p) => Ok(p
-            .select(Scope::new(doc.value))
+            .select_tokens(doc.top)
             .into_iter()
-            .map(|value| Match {
-                value: OnceCell::from(value),
+            .map(|token| Match {
+                token: Some(token),
+                owned: OnceCell::new(),
                 var: OnceCell::new(),
                 root: OnceCell::new(),
             })
@@ -333,7 +356,8 @@ fn type_matches<'a>(
             Ok(items
                 .into_iter()
                 .map(|v| Match {
-                    value: OnceCell::new(),
+                    token: None,
+                    owned: OnceCell::new(),
                     var: OnceCell::from(v),
                     root: OnceCell::new(),
                 })
@@ -355,9 +379,9 @@ fn select_one<'s>(
         Compiled::Empty => Err(unset(t, field)),
         Compiled::JsonPath(p) => {
             let scope = if legacy {
-                Scope::new(m.value())
+                Scope::of(m.token())
             } else {
-                Scope::with_match(doc.value, m.value())
+                Scope::of_match(doc.top, m.token())
             };
             match p.select_one(scope) {
                 Ok(None) => Ok(One::Missing),
@@ -551,10 +575,22 @@ fn measurement(
 struct Prefilter {
     /// The names templates need, each with its bit (at most 64 names are tracked).
     names: Vec<(String, u64)>,
+    /// For each of `names`: its first 8 bytes (zero-padded) and its length, compared
+    /// before the whole name.
+    heads: Vec<(u64, usize)>,
     /// Bit `n` set when a tracked name is `n` bytes long (bit 63: 63 bytes or more).
     lengths: u64,
     /// For each template, the bits of the names it needs (0: always evaluated).
     needs: Vec<u64>,
+}
+
+/// The first 8 bytes of a name as a number (zero-padded), to compare names cheaply.
+fn head(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let mut buf = [0u8; 8];
+    let n = b.len().min(8);
+    buf[..n].copy_from_slice(&b[..n]);
+    u64::from_le_bytes(buf)
 }
 
 impl Prefilter {
@@ -573,6 +609,7 @@ impl Prefilter {
                     None if p.names.len() < 64 => {
                         let bit = 1u64 << p.names.len();
                         p.names.push((name.to_string(), bit));
+                        p.heads.push((head(name), name.len()));
                         p.lengths |= 1u64 << name.len().min(63);
                         bit
                     }
@@ -586,27 +623,48 @@ impl Prefilter {
     }
 
     /// The bits of the tracked names that occur in `doc` (all bits when none is tracked).
-    fn present(&self, doc: &Value) -> u64 {
+    fn present(&self, doc: Token<'_>) -> u64 {
         if self.names.is_empty() {
             return u64::MAX;
         }
         let mut bits = 0;
-        self.scan(doc, &mut bits);
+        match doc {
+            Token::Value(v) => self.scan(v, &mut bits),
+            Token::Map(m) => self.scan_map(m, &mut bits),
+            Token::Envelope(e) => {
+                for name in Envelope::NAMES {
+                    self.key(name, &mut bits);
+                }
+                self.scan(e.body, &mut bits);
+                self.scan_map(e.properties, &mut bits);
+                self.scan_map(e.system_properties, &mut bits);
+            }
+        }
         bits
+    }
+
+    fn key(&self, k: &str, bits: &mut u64) {
+        if self.lengths & (1u64 << k.len().min(63)) != 0 {
+            let h = (head(k), k.len());
+            for (i, &(hn, len)) in self.heads.iter().enumerate() {
+                if (hn, len) == h && (len <= 8 || self.names[i].0 == k) {
+                    *bits |= self.names[i].1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn scan_map(&self, m: &Map<String, Value>, bits: &mut u64) {
+        for (k, x) in m {
+            self.key(k, bits);
+            self.scan(x, bits);
+        }
     }
 
     fn scan(&self, v: &Value, bits: &mut u64) {
         match v {
-            Value::Object(m) => {
-                for (k, x) in m {
-                    if self.lengths & (1u64 << k.len().min(63)) != 0 {
-                        if let Some((_, bit)) = self.names.iter().find(|(n, _)| n == k) {
-                            *bits |= bit;
-                        }
-                    }
-                    self.scan(x, bits);
-                }
-            }
+            Value::Object(m) => self.scan_map(m, bits),
             Value::Array(a) => {
                 for x in a {
                     self.scan(x, bits);

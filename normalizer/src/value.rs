@@ -35,7 +35,7 @@ pub fn format_double(x: f64) -> String {
     // Inside .NET's fixed-point range, Rust's `Display` prints the same shortest
     // round-trip digits in the same positional form; no need to take them apart.
     if (1e-4..1e15).contains(&x.abs()) {
-        return x.to_string();
+        return few_decimals(x).unwrap_or_else(|| x.to_string());
     }
     // Shortest round-trip digits and exponent, from Rust's `{:e}` formatting.
     let e = format!("{x:e}");
@@ -68,6 +68,57 @@ pub fn format_double(x: f64) -> String {
         let esign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{first}{frac}E{esign}{:02}", exp.abs())
     }
+}
+
+/// `x` in positional form when at most 9 decimals identify it, as `Display` prints it
+/// (the shortest text that reads back as `x`), without the general shortest-digits
+/// search; `None` when there is no such short form or it is not unique.
+///
+/// At each number of decimals `k`, the texts that read back as `x` are the integers `c`
+/// with `c / 10^k == x` (a correctly rounded division, which is what parsing the decimal
+/// `c·10^-k` gives, for `c < 2^53`): the integers next to `x·10^k`. The first `k` with
+/// exactly one gives the shortest text, and being the only one of that length, it is the
+/// one `Display` prints.
+fn few_decimals(x: f64) -> Option<String> {
+    const POW10: [f64; 10] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+    for (k, &p) in POW10.iter().enumerate() {
+        let m = (x * p).round();
+        if m.abs() >= 9_007_199_254_740_991.0 {
+            return None;
+        }
+        let reads_back = |c: f64| c / p == x;
+        match (reads_back(m - 1.0), reads_back(m), reads_back(m + 1.0)) {
+            (false, false, false) => continue,
+            (false, true, false) => return Some(fixed_point(m as i64, k)),
+            (true, false, false) => return Some(fixed_point(m as i64 - 1, k)),
+            (false, false, true) => return Some(fixed_point(m as i64 + 1, k)),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// `m · 10^-k` written out: `fixed_point(-1225, 2)` is `-12.25`, `fixed_point(5, 4)` is
+/// `0.0005`.
+fn fixed_point(m: i64, k: usize) -> String {
+    let digits = m.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + k + 3);
+    if m < 0 {
+        out.push('-');
+    }
+    if k == 0 {
+        out.push_str(&digits);
+    } else if digits.len() > k {
+        let (int, frac) = digits.split_at(digits.len() - k);
+        out.push_str(int);
+        out.push('.');
+        out.push_str(frac);
+    } else {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', k - digits.len()));
+        out.push_str(&digits);
+    }
+    out
 }
 
 /// What a selected token is, as a measurement value.

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use chrono::{TimeZone, Utc};
-use normalizer::jsonpath::{JsonPath, Scope};
+use normalizer::jsonpath::{Envelope, JsonPath, Scope, Token};
 use normalizer::{load_content_template, load_device_mapping, ErrorType, Normalizer};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -400,6 +400,23 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(body in raw_body(), props in properties()) {
         normalize_everywhere(&body, &props, &Map::new());
+    }
+
+    /// `normalize` reads the event's property maps in place (a virtual envelope); it must
+    /// give exactly what the envelope built as a value gives.
+    #[test]
+    fn virtual_envelope_normalizes_as_the_built_one(body in document_body(), props in properties(), sys in properties()) {
+        let bytes = body.to_string();
+        let parsed: Value = serde_json::from_str(&bytes).expect("serialized JSON parses");
+        let doc = normalizer::envelope(parsed, props.clone(), sys.clone());
+        let ingestion = Some(Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap());
+        for (name, n) in mappings() {
+            prop_assert_eq!(
+                n.normalize(bytes.as_bytes(), &props, &sys, ingestion),
+                n.normalize_document(&doc, ingestion),
+                "{}", name
+            );
+        }
     }
 }
 
@@ -796,6 +813,16 @@ proptest! {
                     let _ = e.to_string();
                 }
             }
+            // The first sample is an envelope: the virtual one must give the same.
+            if let Some(Value::Object(env)) = sample_documents().first() {
+                let (body, props, sys) = (&env["Body"], &env["Properties"], &env["SystemProperties"]);
+                if let (Some(props), Some(sys)) = (props.as_object(), sys.as_object()) {
+                    prop_assert_eq!(
+                        n.normalize(body.to_string().as_bytes(), props, sys, None),
+                        n.normalize_document(&sample_documents()[0], None)
+                    );
+                }
+            }
         }
     }
 }
@@ -810,6 +837,35 @@ proptest! {
             let _ = p.select(Scope::with_match(&doc, &matched));
             let arr = json!([doc, [0, 1, 2, 3, 4], {"a": [1, 2, 3]}]);
             let _ = p.select(Scope::new(&arr));
+        }
+    }
+
+    /// A path over the virtual envelope selects what it selects from the envelope built
+    /// as a value, with and without `matchedToken`.
+    #[test]
+    fn jsonpath_sees_the_virtual_envelope_as_the_built_one(
+        path in jsonpath_text(), body in json_value(), props in properties(), sys in properties(), matched in json_value()
+    ) {
+        if let Ok(p) = JsonPath::compile(&path) {
+            let env = Envelope { body: &body, properties: &props, system_properties: &sys };
+            let built = env.to_value();
+            let owned = |v: Vec<std::borrow::Cow<'_, Value>>| v.into_iter().map(|c| c.into_owned()).collect::<Vec<_>>();
+            prop_assert_eq!(
+                owned(p.select(Scope::of(Token::Envelope(&env)))),
+                owned(p.select(Scope::new(&built)))
+            );
+            prop_assert_eq!(
+                owned(p.select(Scope::of_match(Token::Envelope(&env), Token::Value(&matched)))),
+                owned(p.select(Scope::with_match(&built, &matched)))
+            );
+            prop_assert_eq!(
+                owned(p.select(Scope::of_match(Token::Value(&built), Token::Envelope(&env)))),
+                owned(p.select(Scope::with_match(&built, &built)))
+            );
+            prop_assert_eq!(
+                p.select_one(Scope::of(Token::Envelope(&env))).map(|o| o.map(|c| c.into_owned())),
+                p.select_one(Scope::new(&built)).map(|o| o.map(|c| c.into_owned()))
+            );
         }
     }
 }
@@ -983,6 +1039,8 @@ proptest! {
             any::<f64>().prop_filter("finite, non-zero", |x| x.is_finite() && *x != 0.0),
             (-1e16f64..1e16),
             (-1e-3f64..1e-3),
+            // Readings with a few decimals, which take `format_double`'s short path.
+            (-10_000_000_000i64..10_000_000_000, 0i32..10).prop_map(|(m, k)| m as f64 / 10f64.powi(k)),
             proptest::sample::select(vec![1e-4, -1e-4, 9.999999999999999e-5, 1e15, 999999999999999.9, 1e15 - 0.125, 0.1, 100.0]),
         ]
     ) {

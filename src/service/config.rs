@@ -1,0 +1,335 @@
+//! The service configuration: one strict TOML file (`deny_unknown_fields`), every option
+//! documented in `config/example.toml`. Secrets may come from the environment.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Mapping templates.
+    pub templates: TemplatesConfig,
+    /// The FHIR server.
+    pub fhir: FhirConfig,
+    /// Where events come from.
+    pub source: SourceConfig,
+    /// Batching and limits.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// The dead-letter store.
+    #[serde(default)]
+    pub dead_letters: DeadLetterConfig,
+    /// The HTTP endpoint for metrics and health.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[templates]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// Device mapping (CollectionContent), relative to the config file.
+    pub device_mapping: PathBuf,
+    /// FHIR mapping (CollectionFhir), relative to the config file.
+    pub fhir_mapping: PathBuf,
+}
+
+/// `[fhir]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirConfig {
+    /// FHIR R4 base URL.
+    pub url: String,
+    /// `Create`, `Lookup` or `LookupWithEncounter`.
+    #[serde(default)]
+    pub resolution: fhir_writer::ResolutionMode,
+    /// System of Device identifiers.
+    #[serde(default)]
+    pub device_identifier_system: Option<String>,
+    /// Devices written in parallel.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// Give up one request after this long of retries, in seconds (the batch is retried later).
+    #[serde(default = "default_retry_deadline")]
+    pub retry_deadline_secs: u64,
+    /// Timeout of one request, in seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Authentication.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+fn default_concurrency() -> usize {
+    10
+}
+fn default_retry_deadline() -> u64 {
+    60
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+
+/// `[fhir.auth]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum AuthConfig {
+    /// No authentication.
+    #[default]
+    None,
+    /// A static bearer token from an environment variable.
+    Bearer {
+        /// Environment variable holding the token.
+        token_env: String,
+    },
+    /// OAuth2 client credentials.
+    ClientCredentials {
+        /// Token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// Environment variable holding the client secret.
+        client_secret_env: String,
+        /// `scope` (v2 endpoints).
+        #[serde(default)]
+        scope: Option<String>,
+        /// `resource` (v1 endpoints).
+        #[serde(default)]
+        resource: Option<String>,
+    },
+}
+
+/// `[source]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// MQTT (`[source]` with `kind = "mqtt"` and the MQTT settings).
+    Mqtt(sources::mqtt::MqttConfig),
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Events buffered between the source and the pipeline (back-pressure beyond).
+    #[serde(default = "default_channel")]
+    pub channel_capacity: usize,
+    /// Write a batch once it holds this many events…
+    #[serde(default = "default_batch_events")]
+    pub batch_max_events: usize,
+    /// …or once its first event is this old, in milliseconds.
+    #[serde(default = "default_batch_delay")]
+    pub batch_max_delay_ms: u64,
+    /// Larger event bodies are dead-lettered unparsed (bounds memory).
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// On shutdown, give the last batch this long to be written, in seconds.
+    #[serde(default = "default_drain")]
+    pub shutdown_drain_secs: u64,
+}
+
+fn default_channel() -> usize {
+    1000
+}
+fn default_batch_events() -> usize {
+    300
+}
+fn default_batch_delay() -> u64 {
+    1000
+}
+fn default_max_event_bytes() -> usize {
+    1024 * 1024
+}
+fn default_drain() -> u64 {
+    30
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            channel_capacity: default_channel(),
+            batch_max_events: default_batch_events(),
+            batch_max_delay_ms: default_batch_delay(),
+            max_event_bytes: default_max_event_bytes(),
+            shutdown_drain_secs: default_drain(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The batch delay.
+    pub fn batch_max_delay(&self) -> Duration {
+        Duration::from_millis(self.batch_max_delay_ms)
+    }
+}
+
+/// `[dead_letters]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Directory of the dead-letter store, relative to the config file.
+    #[serde(default = "default_dl_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_dl_dir() -> PathBuf {
+    PathBuf::from("dead-letters")
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            dir: default_dl_dir(),
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; empty to disable.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A `tracing` filter, e.g. `info` or `iomt=debug` (`RUST_LOG` overrides it).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file; relative paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut c: Config =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut c.templates.device_mapping,
+            &mut c.templates.fhir_mapping,
+            &mut c.dead_letters.dir,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Every problem with the settings (not the templates).
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !(self.fhir.url.starts_with("http://") || self.fhir.url.starts_with("https://")) {
+            errors.push(format!(
+                "fhir.url: {:?} is not an http(s) URL",
+                self.fhir.url
+            ));
+        }
+        if self.fhir.max_concurrency == 0 {
+            errors.push("fhir.max_concurrency: must be at least 1".into());
+        }
+        if self.pipeline.channel_capacity == 0 {
+            errors.push("pipeline.channel_capacity: must be at least 1".into());
+        }
+        if self.pipeline.batch_max_events == 0 {
+            errors.push("pipeline.batch_max_events: must be at least 1".into());
+        }
+        if self.log.format != "text" && self.log.format != "json" {
+            errors.push(format!(
+                "log.format: {:?} is neither \"text\" nor \"json\"",
+                self.log.format
+            ));
+        }
+        match &self.fhir.auth {
+            AuthConfig::Bearer { token_env } if std::env::var(token_env).is_err() => {
+                errors.push(format!(
+                    "fhir.auth.token_env: environment variable {token_env} is not set"
+                ));
+            }
+            AuthConfig::ClientCredentials {
+                client_secret_env,
+                scope,
+                resource,
+                ..
+            } => {
+                if std::env::var(client_secret_env).is_err() {
+                    errors.push(format!("fhir.auth.client_secret_env: environment variable {client_secret_env} is not set"));
+                }
+                if scope.is_none() && resource.is_none() {
+                    errors.push("fhir.auth: client_credentials needs scope or resource".into());
+                }
+            }
+            _ => {}
+        }
+        match &self.source {
+            SourceConfig::Mqtt(m) => errors.extend(m.validate()),
+        }
+        errors
+    }
+
+    /// The auth settings with secrets read from the environment.
+    pub fn auth(&self) -> fhir_writer::auth::Auth {
+        use fhir_writer::auth::{Auth, ClientCredentials};
+        match &self.fhir.auth {
+            AuthConfig::None => Auth::None,
+            AuthConfig::Bearer { token_env } => {
+                Auth::Bearer(std::env::var(token_env).unwrap_or_default())
+            }
+            AuthConfig::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret_env,
+                scope,
+                resource,
+            } => Auth::ClientCredentials(ClientCredentials {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: std::env::var(client_secret_env).unwrap_or_default(),
+                scope: scope.clone(),
+                resource: resource.clone(),
+            }),
+        }
+    }
+}

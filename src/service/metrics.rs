@@ -1,0 +1,261 @@
+//! Prometheus metrics, mirroring MedTech's: incoming, normalized, measurements, groups, FHIR
+//! resources saved by type and operation, errors by stage and type, dropped events, dead
+//! letters, FHIR requests and retries; latency histograms for normalize, group and FHIR write.
+//! Labels come from bounded sets (stage, error type, resource type, operation) — never a
+//! device or patient id.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A latency histogram with fixed buckets (seconds).
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: Vec<(f64, AtomicU64)>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: BUCKETS.iter().map(|b| (*b, AtomicU64::new(0))).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (b, c) in &self.buckets {
+            if s <= *b {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in &self.buckets {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// All the connector's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Events received from the source.
+    pub incoming: AtomicU64,
+    /// Events that produced at least one measurement.
+    pub normalized: AtomicU64,
+    /// Measurements produced.
+    pub measurements: AtomicU64,
+    /// Observation groups written (created, updated or unchanged).
+    pub groups: AtomicU64,
+    /// Events that matched no template.
+    pub dropped: AtomicU64,
+    /// Events acknowledged to the source.
+    pub acked: AtomicU64,
+    /// FHIR resources saved, by (resource type, operation).
+    saved: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Errors by (stage, error type).
+    errors: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// Dead letters stored, by stage.
+    dead_letters: Mutex<BTreeMap<&'static str, u64>>,
+    /// Batch writes retried because the FHIR server was unavailable.
+    pub batch_retries: AtomicU64,
+    /// Normalization latency per event.
+    pub normalize_latency: Histogram,
+    /// Grouping latency per batch.
+    pub group_latency: Histogram,
+    /// FHIR write latency per batch.
+    pub fhir_write_latency: Histogram,
+    /// FHIR requests sent and retried (copied from the client).
+    pub fhir_requests: AtomicU64,
+    /// FHIR requests retried.
+    pub fhir_retries: AtomicU64,
+    /// 1 once the service is ready.
+    pub ready: AtomicU64,
+}
+
+/// The error types we emit (a bounded label set); anything else is `Other`.
+const KNOWN_ERROR_TYPES: [&str; 16] = [
+    "InvalidDataFormatException",
+    "IncompatibleDataException",
+    "PayloadTooLargeException",
+    "TemplateNotFoundException",
+    "InvalidQuantityFhirValueException",
+    "CorrelationIdNotDefinedException",
+    "FhirResourceNotFoundException",
+    "MultipleResourceFoundException",
+    "ResourceIdentityNotDefinedException",
+    "PatientDeviceMismatchException",
+    "NotSupportedException",
+    "FhirDataMappingException",
+    "FhirServiceException",
+    "FhirServiceUnavailableException",
+    "FhirResourceConflictException",
+    "InvalidTemplateException",
+];
+
+fn bounded(error_type: &str) -> String {
+    if KNOWN_ERROR_TYPES.contains(&error_type) {
+        error_type.to_string()
+    } else {
+        "Other".to_string()
+    }
+}
+
+impl Metrics {
+    /// Counts an error.
+    pub fn error(&self, stage: &'static str, error_type: &str) {
+        if let Ok(mut m) = self.errors.lock() {
+            *m.entry((stage, bounded(error_type))).or_default() += 1;
+        }
+    }
+
+    /// Counts a dead letter.
+    pub fn dead_letter(&self, stage: &'static str) {
+        if let Ok(mut m) = self.dead_letters.lock() {
+            *m.entry(stage).or_default() += 1;
+        }
+    }
+
+    /// Counts saved resources.
+    pub fn saved(&self, resource: &'static str, operation: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Ok(mut m) = self.saved.lock() {
+            *m.entry((resource, operation)).or_default() += n;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "iomt_events_incoming_total",
+            "Events received from the source.",
+            self.incoming.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_events_normalized_total",
+            "Events that produced at least one measurement.",
+            self.normalized.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_measurements_total",
+            "Measurements produced by normalization.",
+            self.measurements.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_observation_groups_total",
+            "Observation groups written (created, updated or unchanged).",
+            self.groups.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_events_dropped_total",
+            "Events that matched no template.",
+            self.dropped.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_events_acked_total",
+            "Events acknowledged to the source after being written or dead-lettered.",
+            self.acked.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_batch_retries_total",
+            "Batch writes retried because the FHIR server was unavailable (not drops).",
+            self.batch_retries.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_fhir_requests_total",
+            "HTTP requests sent to the FHIR server.",
+            self.fhir_requests.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_fhir_request_retries_total",
+            "FHIR requests retried after a transient failure.",
+            self.fhir_retries.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(out, "# HELP iomt_fhir_resources_saved_total FHIR resources saved, by resource type and operation.\n# TYPE iomt_fhir_resources_saved_total counter");
+        if let Ok(m) = self.saved.lock() {
+            for ((r, o), v) in m.iter() {
+                let _ = writeln!(out, "iomt_fhir_resources_saved_total{{resource_type=\"{r}\",operation=\"{o}\"}} {v}");
+            }
+        }
+        let _ = writeln!(out, "# HELP iomt_errors_total Errors by stage and error type.\n# TYPE iomt_errors_total counter");
+        if let Ok(m) = self.errors.lock() {
+            for ((s, t), v) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "iomt_errors_total{{stage=\"{s}\",error_type=\"{t}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP iomt_dead_letters_total Events stored in the dead-letter store, by stage.\n# TYPE iomt_dead_letters_total counter");
+        if let Ok(m) = self.dead_letters.lock() {
+            for (s, v) in m.iter() {
+                let _ = writeln!(out, "iomt_dead_letters_total{{stage=\"{s}\"}} {v}");
+            }
+        }
+        self.normalize_latency.render(
+            "iomt_normalize_duration_seconds",
+            "Normalization time per event.",
+            &mut out,
+        );
+        self.group_latency.render(
+            "iomt_group_duration_seconds",
+            "Grouping time per batch.",
+            &mut out,
+        );
+        self.fhir_write_latency.render(
+            "iomt_fhir_write_duration_seconds",
+            "FHIR write time per batch.",
+            &mut out,
+        );
+        let _ = writeln!(out, "# HELP iomt_ready 1 when the service is ready.\n# TYPE iomt_ready gauge\niomt_ready {}", self.ready.load(Ordering::Relaxed));
+        out
+    }
+}
