@@ -662,3 +662,15 @@ fn example_config_loads_and_validates() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("unknown field `batch_size`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_1_works_too() {
+    let server = FhirServer::acquire().await;
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Connector::start(dir.path(), "v311", broker.port, &server.base, "protocol = \"3.1.1\"");
+    let devices = ["v4-a"];
+    publish(broker.port, hr_messages(&devices, 0..60), Duration::ZERO).await;
+    wait_for_complete_observations(&server, &devices, Duration::from_secs(60)).await;
+    assert_eq!(c.metric("iomt_dead_letters_total"), 0.0);
+}
