@@ -22,15 +22,117 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A CA and a server certificate for 127.0.0.1, made with `openssl` for a TLS test.
+pub struct TestCa {
+    pub ca_pem: std::path::PathBuf,
+    pub cert_pem: std::path::PathBuf,
+    pub key_pem: std::path::PathBuf,
+}
+
+impl TestCa {
+    pub fn create(dir: &std::path::Path) -> TestCa {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=iomt test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        // Mosquitto started as root drops to its own user: let it read the files.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            let _ = std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644));
+        }
+        TestCa {
+            ca_pem: dir.join("ca.pem"),
+            cert_pem: dir.join("server.pem"),
+            key_pem: dir.join("server.key"),
+        }
+    }
+}
+
 impl Mosquitto {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+
+    /// Starts a broker with a TLS listener using `ca`.
+    pub fn start_tls(ca: &TestCa) -> Mosquitto {
+        Self::start_with(&format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\n",
+            ca.ca_pem.display(),
+            ca.cert_pem.display(),
+            ca.key_pem.display()
+        ))
+    }
+
+    fn start_with(listener_extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
+        }
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"),
+            format!("listener {port} 127.0.0.1\n{listener_extra}allow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"),
         )
         .unwrap();
         let exe = ["/usr/sbin/mosquitto", "mosquitto"]
