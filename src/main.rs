@@ -4,6 +4,7 @@
 
 mod events;
 mod service;
+mod simulate;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -104,6 +105,8 @@ enum Command {
         #[command(flatten)]
         fhir: FhirArgs,
     },
+    /// Simulate devices: realistic vital-sign streams with faults, to stdout, a file or MQTT.
+    Simulate(simulate::SimulateArgs),
     /// Run the connector as a long-running service.
     Run {
         /// The service config (TOML); see config/example.toml.
@@ -224,6 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => validate_config(&config, format),
         Command::Validate { .. } => anyhow::bail!("give --device-mapping or --config"),
         Command::Run { config } => run_service(&config),
+        Command::Simulate(args) => simulate::run(args),
         Command::DeadLetters { config, action } => {
             let Some(config) = config else {
                 anyhow::bail!("give --config");

@@ -9,3 +9,4 @@ mod cli_normalize;
 mod golden;
 mod replay;
 mod service;
+mod simulate;
