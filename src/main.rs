@@ -2,6 +2,7 @@
 //!
 //! See `docs/CLI.md` and DESIGN.md's command-line contract.
 
+mod demo;
 mod events;
 mod service;
 mod simulate;
@@ -90,6 +91,10 @@ enum Command {
         /// reproducible.
         #[arg(long, value_name = "TIME")]
         issued: Option<String>,
+        /// Keep running: re-map whenever a template or the events file changes, showing each
+        /// stage and every error (template line:column, event index).
+        #[arg(long)]
+        watch: bool,
     },
     /// Run the full pipeline into a FHIR server as one batch and print the report.
     Replay {
@@ -105,6 +110,8 @@ enum Command {
         #[command(flatten)]
         fhir: FhirArgs,
     },
+    /// The whole pipeline on embedded defaults: MQTT broker, simulator, connector, local FHIR store.
+    Demo(demo::DemoArgs),
     /// Simulate devices: realistic vital-sign streams with faults, to stdout, a file or MQTT.
     Simulate(simulate::SimulateArgs),
     /// Run the connector as a long-running service.
@@ -228,6 +235,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Validate { .. } => anyhow::bail!("give --device-mapping or --config"),
         Command::Run { config } => run_service(&config),
         Command::Simulate(args) => simulate::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::DeadLetters { config, action } => {
             let Some(config) = config else {
                 anyhow::bail!("give --config");
@@ -239,7 +247,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             fhir_mapping,
             events,
             issued,
+            watch: false,
         } => map(&device_mapping, &fhir_mapping, &events, issued.as_deref()),
+        Command::Map {
+            device_mapping,
+            fhir_mapping,
+            events,
+            watch: true,
+            ..
+        } => watch_map(&device_mapping, &fhir_mapping, &events),
         Command::Replay {
             device_mapping,
             fhir_mapping,
@@ -670,6 +686,138 @@ fn init_logging() {
     } else {
         builder.try_init()
     };
+}
+
+/// One pass of `map --watch`: a readable summary of every stage, and every error.
+fn watch_pass(device_mapping: &Path, fhir_mapping: &Path, events: &Path) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let loaded = load_device_mapping(&read_text(device_mapping)?);
+    let (templates, fhir_errors) = fhir_writer::FhirTemplates::load(&read_text(fhir_mapping)?);
+    for e in &loaded.errors {
+        writeln!(out, "  template error  {}:{e}", device_mapping.display())?;
+    }
+    for e in &fhir_errors {
+        let at = e.location();
+        writeln!(
+            out,
+            "  template error  {}:{}:{}: {e}",
+            fhir_mapping.display(),
+            at.line,
+            at.column
+        )?;
+    }
+    if !loaded.errors.is_empty() || !fhir_errors.is_empty() {
+        writeln!(out, "  fix the template errors above; nothing was mapped")?;
+        return Ok(out);
+    }
+    let evs = match events::read_events(events) {
+        Ok(e) => e,
+        Err(e) => {
+            writeln!(out, "  events file error  {e:#}")?;
+            return Ok(out);
+        }
+    };
+    let normalizer = Normalizer::new(loaded.mapping);
+    let n = normalize_events(&normalizer, &evs, false)?;
+    let report = fhir_writer::map_batch(&templates, &n.measurements, None);
+    writeln!(
+        out,
+        "  events {}  ->  measurements {}  ->  groups {}  ->  observations {}   (dropped {}, errors {})",
+        evs.len(),
+        n.measurements.len(),
+        report.groups.len(),
+        report.observations.len(),
+        n.dropped.len(),
+        n.errors.len() + report.errors.len()
+    )?;
+    for o in &report.observations {
+        let value = [
+            "valueSampledData",
+            "valueQuantity",
+            "valueString",
+            "valueCodeableConcept",
+        ]
+        .iter()
+        .find_map(|k| o.get(*k).map(|v| (k, v)))
+        .map(|(k, v)| match *k {
+            "valueSampledData" => format!(
+                "SampledData {} samples",
+                v["data"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split(' ')
+                    .filter(|t| *t != "E")
+                    .count()
+            ),
+            "valueQuantity" => format!("{} {}", v["value"], v["unit"].as_str().unwrap_or("")),
+            _ => v.to_string(),
+        })
+        .unwrap_or_else(|| {
+            format!(
+                "{} components",
+                o["component"].as_array().map(Vec::len).unwrap_or(0)
+            )
+        });
+        writeln!(
+            out,
+            "    {:<18} {} .. {}  {value}",
+            o["code"]["text"].as_str().unwrap_or("?"),
+            o["effectivePeriod"]["start"].as_str().unwrap_or(""),
+            o["effectivePeriod"]["end"].as_str().unwrap_or("")
+        )?;
+    }
+    for e in &n.errors {
+        writeln!(
+            out,
+            "  event {}: {} {}",
+            e["event"],
+            e["type"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        )?;
+    }
+    for e in &report.errors {
+        writeln!(
+            out,
+            "  events {:?}: {} {}",
+            e.events, e.error_type, e.message
+        )?;
+    }
+    if !n.dropped.is_empty() {
+        writeln!(out, "  events matching no template: {:?}", n.dropped)?;
+    }
+    Ok(out)
+}
+
+fn watch_map(device_mapping: &Path, fhir_mapping: &Path, events: &Path) -> Result<ExitCode> {
+    let files = [device_mapping, fhir_mapping, events];
+    let stamp = || -> Vec<Option<std::time::SystemTime>> {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut last = None;
+    loop {
+        let now = stamp();
+        if last.as_ref() != Some(&now) {
+            last = Some(now);
+            let when = chrono::Local::now().format("%H:%M:%S");
+            println!(
+                "[{when}] {} + {} on {}",
+                device_mapping.display(),
+                fhir_mapping.display(),
+                events.display()
+            );
+            match watch_pass(device_mapping, fhir_mapping, events) {
+                Ok(text) => print!("{text}"),
+                Err(e) => println!("  error: {e:#}"),
+            }
+            println!("watching for changes (Ctrl-C to stop)");
+            let _ = std::io::stdout().flush();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
 
 fn map(

@@ -217,3 +217,64 @@ pub async fn publish(
     eprintln!("published {n} events");
     Ok(())
 }
+
+/// Publishes a simulator's events over MQTT 5 as their simulated time arrives (the simulator
+/// starts "now"), until `stop` turns true. Used by `iomt demo`.
+pub async fn publish_realtime(
+    port: u16,
+    sim: Simulator,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, MqttOptions};
+    let mut opts = MqttOptions::new("iomt-demo-simulator", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(Some(16 * 1024 * 1024));
+    let (client, mut eventloop) = AsyncClient::new(opts, 500);
+    let pump = tokio::spawn(async move {
+        loop {
+            if let Err(e) = eventloop.poll().await {
+                tracing::debug!(error = %e, "Simulator MQTT connection; retrying.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    let mut sent = 0u64;
+    for e in sim {
+        let wait = (e.time - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let mut props = PublishProperties::default();
+        for (k, v) in &e.properties {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            props.user_properties.push((k.clone(), v));
+        }
+        if client
+            .publish_with_properties(
+                e.topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                e.body.clone(),
+                props,
+            )
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    let _ = client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pump.abort();
+    tracing::info!(sent, "Simulator stopped.");
+    Ok(())
+}

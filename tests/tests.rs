@@ -6,7 +6,9 @@ mod fhir_server;
 mod mosquitto;
 
 mod cli_normalize;
+mod demo;
 mod golden;
 mod replay;
 mod service;
 mod simulate;
+mod watch;

@@ -334,7 +334,10 @@ impl FhirClient {
             ) {
                 Decision::RetryAfter(delay) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%method, %url, attempt, delay_ms = delay.as_millis() as u64, reason = %last, "FHIR request failed; retrying.");
+                    // The query (identifiers) stays out of logs above debug.
+                    let path = url.split('?').next().unwrap_or(url);
+                    tracing::warn!(%method, url = %path, attempt, delay_ms = delay.as_millis() as u64, status = %last.split(':').next().unwrap_or(""), "FHIR request failed; retrying.");
+                    tracing::debug!(%method, %url, reason = %last, "FHIR request failure detail.");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }

@@ -1,0 +1,241 @@
+//! `iomt demo`: the whole pipeline with no external service — an embedded MQTT broker
+//! (`rumqttd`), the device simulator publishing every device kind in real time, the connector
+//! (`iomt run`'s pipeline) and the local FHIR store. Ctrl-C shuts everything down cleanly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+
+/// `iomt demo` options.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Folder for the demo's data (FHIR store, dead letters, config).
+    #[arg(long, default_value = "var/demo")]
+    dir: PathBuf,
+    /// Simulated devices (every kind is represented once there are 8).
+    #[arg(long, default_value_t = 8)]
+    devices: usize,
+    /// Seconds between readings of each device.
+    #[arg(long, default_value_t = 2)]
+    interval: i64,
+    /// MQTT port of the embedded broker.
+    #[arg(long, default_value_t = 1883)]
+    mqtt_port: u16,
+    /// Port of the local FHIR store.
+    #[arg(long, default_value_t = 8080)]
+    fhir_port: u16,
+    /// Port of /metrics, /healthz, /readyz.
+    #[arg(long, default_value_t = 9464)]
+    metrics_port: u16,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<u64>,
+}
+
+const DEVICE_MAPPING: &str = include_str!("../templates/simulator/devicecontent.json");
+const FHIR_MAPPING: &str = include_str!("../templates/simulator/fhirmapping.json");
+
+fn broker_config(port: u16) -> Result<rumqttd::Config> {
+    let text = format!(
+        r#"
+id = 0
+[router]
+id = 0
+max_connections = 1000
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v5.1]
+name = "v5-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+    [v5.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 16777216
+    max_inflight_count = 500
+"#
+    );
+    toml::from_str(&text).context("embedded broker config")
+}
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    std::fs::write(dir.join("devicecontent.json"), DEVICE_MAPPING)?;
+    std::fs::write(dir.join("fhirmapping.json"), FHIR_MAPPING)?;
+    let fhir_url = format!("http://127.0.0.1:{}/fhir/R4", args.fhir_port);
+    let config_path = dir.join("demo.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"# Written by `iomt demo`.
+[templates]
+device_mapping = "devicecontent.json"
+fhir_mapping = "fhirmapping.json"
+
+[fhir]
+url = "{fhir_url}"
+resolution = "Create"
+
+[source]
+kind = "mqtt"
+host = "127.0.0.1"
+port = {mqtt}
+client_id = "iomt-demo-connector"
+topics = ["devices/+/telemetry"]
+device_id_from_topic = "devices/{{deviceId}}/telemetry"
+max_packet_bytes = 16777216
+
+[pipeline]
+batch_max_events = 300
+batch_max_delay_ms = 1000
+
+[dead_letters]
+dir = "dead-letters"
+
+[http]
+listen = "127.0.0.1:{metrics}"
+
+[log]
+level = "info"
+"#,
+            mqtt = args.mqtt_port,
+            metrics = args.metrics_port
+        ),
+    )?;
+    let config =
+        crate::service::validate(&config_path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+    crate::init_service_logging(&config);
+
+    // The broker runs on its own threads for the life of the process.
+    let mut broker = rumqttd::Broker::new(broker_config(args.mqtt_port)?);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "Embedded MQTT broker stopped.");
+            }
+        })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // Stopped in order: simulator, then the connector (which flushes into the store), then the store.
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let (store_tx, store_rx) = tokio::sync::watch::channel(false);
+
+        // The local FHIR store.
+        let store = fhir_store::Store::open(dir.join("fhir-store"))
+            .context("opening the local FHIR store")?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.fhir_port))
+            .await
+            .with_context(|| format!("binding the FHIR store to port {}", args.fhir_port))?;
+        let mut store_stop = store_rx.clone();
+        let store_task = tokio::spawn(fhir_store::serve(listener, store, async move {
+            let _ = store_stop.wait_for(|s| *s).await;
+        }));
+
+        // Wait for the broker to listen.
+        let started = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", args.mqtt_port))
+            .await
+            .is_err()
+        {
+            if started.elapsed() > Duration::from_secs(10) {
+                anyhow::bail!(
+                    "the embedded MQTT broker did not start on port {}",
+                    args.mqtt_port
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // The connector.
+        let (svc_tx, svc_rx) = tokio::sync::watch::channel(false);
+        let service = tokio::spawn(crate::service::run(config, svc_rx));
+
+        // The simulator, in real time.
+        let sim_config = simulators::SimConfig {
+            devices: args.devices,
+            readings: 1_000_000,
+            start: Utc::now(),
+            interval_secs: Some(args.interval.max(1)),
+            seed: 1,
+            prefix: "demo".into(),
+            ..simulators::SimConfig::default()
+        };
+        let sim = simulators::Simulator::new(sim_config)?;
+        let mut sim_stop = shutdown_rx.clone();
+        let mqtt_port = args.mqtt_port;
+        let simulator = tokio::spawn(async move {
+            crate::simulate::publish_realtime(mqtt_port, sim, &mut sim_stop).await
+        });
+
+        println!(
+            "iomt demo is running ({} simulated devices, every kind):",
+            args.devices
+        );
+        println!(
+            "  FHIR store (R4):  {fhir_url}   e.g. {fhir_url}/Observation?_sort=-date&_count=10"
+        );
+        println!(
+            "  metrics:          http://127.0.0.1:{}/metrics",
+            args.metrics_port
+        );
+        println!(
+            "  MQTT broker:      mqtt://127.0.0.1:{} (topic devices/<deviceId>/telemetry)",
+            args.mqtt_port
+        );
+        println!("  data:             {}", dir.display());
+        println!("Press Ctrl-C to stop.");
+
+        let stop = async {
+            match args.duration {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => wait_for_signal().await,
+            }
+        };
+        stop.await;
+        println!("Stopping: simulator, connector (flushing), store.");
+        let _ = shutdown_tx.send(true);
+        let _ = simulator.await;
+        let _ = svc_tx.send(true);
+        match service.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Connector stopped with an error."),
+            Err(e) => tracing::error!(error = %e, "Connector task failed."),
+        }
+        let _ = store_tx.send(true);
+        let _ = store_task.await;
+        println!("Stopped.");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

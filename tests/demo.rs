@@ -1,0 +1,125 @@
+//! `iomt demo` smoke test (README's first command): within 60 s the local FHIR store holds
+//! Observations for every simulated device kind, linked to Devices and Patients; SIGTERM stops
+//! everything cleanly.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::mosquitto::free_port;
+
+fn get(port: u16, path: &str) -> Option<Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        // Decode chunked framing.
+        let mut rest = body;
+        let mut joined = String::new();
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            if n == 0 {
+                break;
+            }
+            joined.push_str(tail.get(..n)?);
+            rest = tail.get(n + 2..)?;
+        }
+        return serde_json::from_str(&joined).ok();
+    }
+    serde_json::from_str(body).ok()
+}
+
+#[test]
+fn demo_fills_the_local_store_with_every_kind_within_60_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt, fhir, metrics) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iomt"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--mqtt-port",
+            &mqtt.to_string(),
+            "--fhir-port",
+            &fhir.to_string(),
+            "--metrics-port",
+            &metrics.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let kinds = [
+        "bloodglucose",
+        "bloodpressure",
+        "bodytemperature",
+        "bodyweight",
+        "ecg",
+        "heartrate",
+        "spo2",
+        "steps",
+    ];
+    let mut last = Vec::new();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "after 60 s the store has only {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let Some(bundle) = get(fhir, "/fhir/R4/Observation?_count=500") else {
+            continue;
+        };
+        let obs: Vec<Value> = bundle["entry"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e["resource"].clone()).collect())
+            .unwrap_or_default();
+        let mut seen: Vec<String> = obs
+            .iter()
+            .filter_map(|o| o["code"]["text"].as_str().map(str::to_string))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        last = seen.clone();
+        if seen != kinds {
+            continue;
+        }
+        // Every Observation links to a Device and a Patient that exist.
+        for o in &obs {
+            for (field, rt) in [("device", "Device"), ("subject", "Patient")] {
+                let reference = o[field]["reference"].as_str().unwrap_or_default();
+                assert!(reference.starts_with(&format!("{rt}/")), "{o}");
+                let r = get(fhir, &format!("/fhir/R4/{reference}")).unwrap_or(Value::Null);
+                assert_eq!(r["resourceType"], rt, "{reference} does not resolve");
+            }
+        }
+        break;
+    }
+    eprintln!("DEMO every kind in the store after {:?}", started.elapsed());
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stop = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "demo exit status {status:?}");
+            break;
+        }
+        assert!(
+            stop.elapsed() < Duration::from_secs(30),
+            "demo did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
