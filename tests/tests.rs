@@ -7,6 +7,7 @@ mod mosquitto;
 
 mod cli_normalize;
 mod demo;
+mod event_hubs;
 mod golden;
 mod replay;
 mod service;

@@ -427,6 +427,49 @@ impl JsonPath {
     }
 }
 
+impl JsonPath {
+    /// Whether the path reads only below one member of the document's root other than
+    /// `matchedToken` (`$.Body.deviceId`, `$.Body.readings[?(@.x > 1)]`): it then selects
+    /// the same tokens whatever token a [`Scope::with_match`] adds. A path with a `$`
+    /// inside a filter may see `matchedToken`, so it does not count.
+    ///
+    /// ```
+    /// use normalizer::jsonpath::JsonPath;
+    /// assert!(JsonPath::compile("$.Body.deviceId").unwrap().reads_below_document_member());
+    /// assert!(!JsonPath::compile("$.matchedToken.hr").unwrap().reads_below_document_member());
+    /// assert!(!JsonPath::compile("$..hr").unwrap().reads_below_document_member());
+    /// assert!(!JsonPath::compile("$.Body[?(@.a == $.matchedToken.a)]").unwrap().reads_below_document_member());
+    /// ```
+    pub fn reads_below_document_member(&self) -> bool {
+        matches!(self.steps.first(), Some(Step::Child(name)) if name != MATCHED_TOKEN)
+            && !steps_use_root(&self.steps)
+    }
+}
+
+/// Whether a filter in `steps` has a `$` operand.
+fn steps_use_root(steps: &[Step]) -> bool {
+    steps.iter().any(|step| match step {
+        Step::Filter(e) | Step::ScanFilter(e) => expr_uses_root(e),
+        Step::Scan(inner) => steps_use_root(std::slice::from_ref(&**inner)),
+        Step::Child(_) | Step::Children(_) | Step::Wildcard | Step::Index(_) | Step::Slice(..) => {
+            false
+        }
+    })
+}
+
+fn expr_uses_root(e: &Expr) -> bool {
+    let operand = |op: &Operand| match op {
+        Operand::Root(_) => true,
+        Operand::Current(steps) => steps_use_root(steps),
+        Operand::Literal(_) => false,
+    };
+    match e {
+        Expr::Or(a, b) | Expr::And(a, b) => expr_uses_root(a) || expr_uses_root(b),
+        Expr::Exists(op) | Expr::Matches(op, _) => operand(op),
+        Expr::Compare(l, _, r) => operand(l) || operand(r),
+    }
+}
+
 fn steps_names<'p>(steps: &'p [Step], out: &mut Vec<&'p str>) {
     for step in steps {
         step_names(step, out);
@@ -555,13 +598,86 @@ fn visit_step<'a>(
             }
         }),
         Step::Scan(inner) => walk(node, &mut |d| visit_step(inner, rest, d, scope, f)),
-        Step::ScanFilter(expr) => walk(node, &mut |d| {
-            if eval(expr, d, scope) {
-                visit(rest, d, scope, f)
+        Step::ScanFilter(expr) => {
+            if false_on_scalars(expr) {
+                // Scalars cannot pass: test only the node and the objects and arrays below.
+                if node.scalar().is_some() {
+                    return Flow::Continue(());
+                }
+                scan_filter::<true>(expr, rest, node, scope, f)
             } else {
-                Flow::Continue(())
+                scan_filter::<false>(expr, rest, node, scope, f)
             }
+        }
+    }
+}
+
+/// `..[?(expr)]`: `rest` applied to the node and every descendant that satisfies `expr`,
+/// depth first, in document order (`walk` with the test inlined: this is every
+/// `typeMatchExpression`'s scan).
+/// `SKIP_SCALARS`: `expr` is false on every scalar (see [`false_on_scalars`]), so scalar
+/// descendants are not visited at all.
+fn scan_filter<'a, const SKIP_SCALARS: bool>(
+    expr: &Expr,
+    rest: &[Step],
+    node: Node<'a>,
+    scope: Scope<'a>,
+    f: &mut dyn FnMut(Node<'a>) -> Flow,
+) -> Flow {
+    if eval(expr, node, scope) {
+        visit(rest, node, scope, f)?;
+    }
+    let skip = |v: &Value| SKIP_SCALARS && !v.is_object() && !v.is_array();
+    match node {
+        Node::Token(Token::Value(Value::Object(m))) => {
+            for v in m.values() {
+                if !skip(v) {
+                    scan_filter::<SKIP_SCALARS>(expr, rest, Node::value(v), scope, f)?;
+                }
+            }
+            Flow::Continue(())
+        }
+        Node::Token(Token::Value(Value::Array(a))) => {
+            for v in a {
+                if !skip(v) {
+                    scan_filter::<SKIP_SCALARS>(expr, rest, Node::value(v), scope, f)?;
+                }
+            }
+            Flow::Continue(())
+        }
+        Node::Token(Token::Value(_)) => Flow::Continue(()),
+        _ => node.for_each_child(&mut |k| match k {
+            Node::Token(Token::Value(v)) if skip(v) => Flow::Continue(()),
+            _ => scan_filter::<SKIP_SCALARS>(expr, rest, k, scope, f),
         }),
+    }
+}
+
+/// Whether a filter is false on every scalar `@` without looking: each way it can be
+/// true needs a path from `@` that starts by selecting below it (a member, an index, a
+/// wildcard, a filter), which a scalar has none of. (`$..[?(@heartRate)]` is; `@ > 5`
+/// or `$.x` is not.)
+fn false_on_scalars(expr: &Expr) -> bool {
+    let below_current = |op: &Operand| match op {
+        Operand::Current(steps) => matches!(
+            steps.first(),
+            Some(
+                Step::Child(_)
+                    | Step::Children(_)
+                    | Step::Wildcard
+                    | Step::Index(_)
+                    | Step::Slice(..)
+                    | Step::Filter(_)
+            )
+        ),
+        Operand::Root(_) | Operand::Literal(_) => false,
+    };
+    match expr {
+        Expr::And(a, b) => false_on_scalars(a) || false_on_scalars(b),
+        Expr::Or(a, b) => false_on_scalars(a) && false_on_scalars(b),
+        Expr::Exists(op) | Expr::Matches(op, _) => below_current(op),
+        // Only the left side decides whether anything is compared.
+        Expr::Compare(l, _, _) => below_current(l),
     }
 }
 
@@ -626,6 +742,12 @@ fn eval<'a>(expr: &Expr, current: Node<'a>, scope: Scope<'a>) -> bool {
     match expr {
         Expr::Or(a, b) => eval(a, current, scope) || eval(b, current, scope),
         Expr::And(a, b) => eval(a, current, scope) && eval(b, current, scope),
+        // `@a.b`, the usual test, settled without a visit.
+        Expr::Exists(Operand::Current(steps)) => match children(steps, current) {
+            Chain::Missing => false,
+            Chain::Found(_) => true,
+            Chain::Rest(n, rest) => visit(rest, n, scope, &mut |_| Flow::Break(())).is_break(),
+        },
         Expr::Exists(op) => any_node(op, current, scope, &mut |_| true),
         Expr::Matches(l, pattern) => any_node(l, current, scope, &mut |v| match v {
             Some(Value::String(s)) => pattern.regex.is_match(s),
@@ -1265,6 +1387,63 @@ mod tests {
         assert_eq!(sel("$.o.*.q", &doc), vec![json!(5)]);
         assert_eq!(sel("o.p.q", &doc), vec![json!(5)]);
         assert_eq!(sel("$", &doc).len(), 1);
+    }
+
+    /// Skipping scalars in a `..[?()]` scan changes nothing when the filter is false on
+    /// scalars.
+    #[test]
+    fn scan_filter_skips_scalars_only_when_they_cannot_pass() {
+        let docs = [
+            json!({"a": 1, "b": [1, {"a": null}, [{"a": "x", "c": {"a": 2}}]], "c": "s"}),
+            json!([1, "a", {"b": {"a": [1, 2]}}, [[{"a": 5}]]]),
+            json!(7),
+            json!({"x": {"y": {"a": 1, "b": 2}}, "a": {"a": {"a": 0}}}),
+        ];
+        let filters = [
+            ("@a", true),
+            ("@.a && @b", true),
+            ("@a || @.c", true),
+            ("@a || @ > 1", false),
+            ("@ > 1", false),
+            ("@a > 1", true),
+            ("@.a == $.a", true),
+            ("$.a == @.a", false),
+            ("@[0]", true),
+            ("@.* == 1", true),
+            ("@..a", false),
+            ("@a =~ /x/", true),
+        ];
+        for (filter, expected) in filters {
+            let p = JsonPath::compile(&format!("$..[?({filter})]")).unwrap();
+            let Step::ScanFilter(expr) = &p.steps[0] else {
+                panic!("{filter}")
+            };
+            assert_eq!(false_on_scalars(expr), expected, "{filter}");
+            for doc in &docs {
+                let run = |skip: bool| {
+                    let mut out = Vec::new();
+                    let scope = Scope::new(doc);
+                    let mut push = |n: Node<'_>| {
+                        out.push(n.into_value().into_owned());
+                        Flow::Continue(())
+                    };
+                    let _ = if skip {
+                        scan_filter::<true>(expr, &[], scope.root(), scope, &mut push)
+                    } else {
+                        scan_filter::<false>(expr, &[], scope.root(), scope, &mut push)
+                    };
+                    out
+                };
+                if expected {
+                    assert_eq!(run(true), run(false), "{filter} on {doc}");
+                }
+                assert_eq!(
+                    p.select(Scope::new(doc)).len(),
+                    run(false).len(),
+                    "{filter}"
+                );
+            }
+        }
     }
 
     #[test]

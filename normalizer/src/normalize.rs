@@ -259,7 +259,8 @@ impl Normalizer {
             properties,
             system_properties,
         };
-        self.normalize_token(Token::Envelope(&envelope), ingestion_time)
+        let present = self.prefilter.present_envelope(&envelope);
+        self.normalize_token(Token::Envelope(&envelope), present, ingestion_time)
     }
 
     /// Normalizes a whole document (what templates see). One failing template match
@@ -269,12 +270,15 @@ impl Normalizer {
         doc: &Value,
         ingestion_time: Option<DateTime<Utc>>,
     ) -> Result<Vec<Measurement>, NormalizeError> {
-        self.normalize_token(Token::Value(doc), ingestion_time)
+        let present = self.prefilter.present(doc);
+        self.normalize_token(Token::Value(doc), present, ingestion_time)
     }
 
+    /// Normalizes a document whose tracked names `present` (see [`Prefilter`]) are known.
     fn normalize_token(
         &self,
         top: Token<'_>,
+        present: u64,
         ingestion_time: Option<DateTime<Utc>>,
     ) -> Result<Vec<Measurement>, NormalizeError> {
         let doc = Doc {
@@ -282,13 +286,17 @@ impl Normalizer {
             var: OnceCell::new(),
         };
         let mut out = Vec::new();
-        let present = self.prefilter.present(top);
         for (t, &needs) in self.mapping.templates.iter().zip(&self.prefilter.needs) {
             if present & needs != needs {
                 continue; // a name its typeMatchExpression needs is nowhere in the document
             }
-            for m in type_matches(t, &doc)? {
-                out.push(measurement(t, &doc, &m, ingestion_time)?);
+            let matches = type_matches(t, &doc)?;
+            out.reserve(matches.len());
+            // With several matches, fields that do not depend on the match are read once.
+            let mut memo = (matches.len() > 1 && t.kind == TemplateKind::CalculatedContent)
+                .then(|| Memo::new(t));
+            for m in &matches {
+                out.push(measurement(t, &doc, m, memo.as_mut(), ingestion_time)?);
             }
         }
         Ok(out)
@@ -501,48 +509,151 @@ fn kind_name(v: &Value) -> &'static str {
     }
 }
 
+/// `CalculatedContent` field values that do not depend on the match (the expression
+/// reads only below a document member other than `matchedToken`, as `$.Body.deviceId`
+/// does), kept from the first match of a document for the others. Evaluation is
+/// deterministic and an error ends the document, so a kept value is what evaluating
+/// again would give.
+struct Memo {
+    /// Per string field (`DeviceId`, `CorrelationId`, `PatientId`, `EncounterId`, then
+    /// the values): `None` when the field depends on the match, else the value once read.
+    strings: Vec<Option<Option<Option<String>>>>,
+    /// The same for `Timestamp` and its fallback.
+    times: [Option<Option<Option<DateTime<Utc>>>>; 2],
+}
+
+impl Memo {
+    fn new(t: &ContentTemplate) -> Self {
+        fn slot<T>(e: Option<&Expression>) -> Option<Option<T>> {
+            e.filter(|e| independent_of_match(e)).map(|_| None)
+        }
+        let mut strings = vec![
+            slot(t.device_id.as_ref()),
+            slot(t.correlation_id.as_ref()),
+            slot(t.patient_id.as_ref()),
+            slot(t.encounter_id.as_ref()),
+        ];
+        strings.extend(t.values.iter().map(|v| slot(Some(&v.expression))));
+        Memo {
+            strings,
+            times: [
+                slot(t.timestamp.as_ref()),
+                slot(t.timestamp_fallback.as_ref()),
+            ],
+        }
+    }
+}
+
+/// Whether a `CalculatedContent` expression gives the same result for every match.
+fn independent_of_match(e: &Expression) -> bool {
+    match &e.compiled {
+        Compiled::JsonPath(p) => p.reads_below_document_member(),
+        Compiled::JmesPath(_) | Compiled::Empty => false,
+    }
+}
+
+/// `string_field`, through the memo slot `i` when there is one.
+#[allow(clippy::too_many_arguments)]
+fn memo_string(
+    memo: Option<&mut Memo>,
+    i: usize,
+    t: &ContentTemplate,
+    field: &str,
+    e: &Expression,
+    doc: &Doc<'_>,
+    m: &Match<'_>,
+) -> Result<Option<String>, NormalizeError> {
+    match memo.and_then(|memo| memo.strings.get_mut(i)?.as_mut()) {
+        Some(Some(kept)) => Ok(kept.clone()),
+        Some(slot) => {
+            let v = string_field(t, field, e, doc, m)?;
+            *slot = Some(v.clone());
+            Ok(v)
+        }
+        None => string_field(t, field, e, doc, m),
+    }
+}
+
+/// `timestamp_field`, through the memo slot `i` when there is one.
+fn memo_time(
+    memo: Option<&mut Memo>,
+    i: usize,
+    t: &ContentTemplate,
+    e: &Expression,
+    doc: &Doc<'_>,
+    m: &Match<'_>,
+) -> Result<Option<DateTime<Utc>>, NormalizeError> {
+    match memo.and_then(|memo| memo.times[i].as_mut()) {
+        Some(Some(kept)) => Ok(*kept),
+        Some(slot) => {
+            let v = timestamp_field(t, e, doc, m)?;
+            *slot = Some(v);
+            Ok(v)
+        }
+        None => timestamp_field(t, e, doc, m),
+    }
+}
+
 fn measurement(
     t: &ContentTemplate,
     doc: &Doc<'_>,
     m: &Match<'_>,
+    mut memo: Option<&mut Memo>,
     ingestion_time: Option<DateTime<Utc>>,
 ) -> Result<Measurement, NormalizeError> {
     const DEVICE: &str = "DeviceIdExpression";
     const TIME: &str = "TimestampExpression";
     let device_expr = t.device_id.as_ref().ok_or_else(|| unset(t, DEVICE))?;
-    let device_id = string_field(t, DEVICE, device_expr, doc, m)?
+    let device_id = memo_string(memo.as_deref_mut(), 0, t, DEVICE, device_expr, doc, m)?
         .ok_or_else(|| required_missing(t, DEVICE, device_expr))?;
 
     let time_expr = t.timestamp.as_ref().ok_or_else(|| unset(t, TIME))?;
-    let mut time = timestamp_field(t, time_expr, doc, m)?;
+    let mut time = memo_time(memo.as_deref_mut(), 0, t, time_expr, doc, m)?;
     if time.is_none() {
         if let Some(fallback) = &t.timestamp_fallback {
-            time = timestamp_field(t, fallback, doc, m)?;
+            time = memo_time(memo.as_deref_mut(), 1, t, fallback, doc, m)?;
         }
     }
     let occurrence_time_utc = time.ok_or_else(|| required_missing(t, TIME, time_expr))?;
 
+    const CORRELATION: &str = "CorrelationIdExpression";
     let correlation_id = match &t.correlation_id {
         Some(e) => Some(
-            string_field(t, "CorrelationIdExpression", e, doc, m)?
-                .ok_or_else(|| required_missing(t, "CorrelationIdExpression", e))?,
+            memo_string(memo.as_deref_mut(), 1, t, CORRELATION, e, doc, m)?
+                .ok_or_else(|| required_missing(t, CORRELATION, e))?,
         ),
         None => None,
     };
     let patient_id = match &t.patient_id {
-        Some(e) => string_field(t, "PatientIdExpression", e, doc, m)?,
+        Some(e) => memo_string(memo.as_deref_mut(), 2, t, "PatientIdExpression", e, doc, m)?,
         None => None,
     };
     let encounter_id = match &t.encounter_id {
-        Some(e) => string_field(t, "EncounterIdExpression", e, doc, m)?,
+        Some(e) => memo_string(
+            memo.as_deref_mut(),
+            3,
+            t,
+            "EncounterIdExpression",
+            e,
+            doc,
+            m,
+        )?,
         None => None,
     };
     let mut properties = Vec::with_capacity(t.values.len());
-    for v in &t.values {
+    for (i, v) in t.values.iter().enumerate() {
         let found = if matches!(v.expression.compiled, Compiled::Empty) && !v.required {
             None
         } else {
-            string_field(t, &v.name, &v.expression, doc, m)?
+            memo_string(
+                memo.as_deref_mut(),
+                4 + i,
+                t,
+                &v.name,
+                &v.expression,
+                doc,
+                m,
+            )?
         };
         match found {
             Some(value) => properties.push(MeasurementProperty {
@@ -578,6 +689,9 @@ struct Prefilter {
     /// For each of `names`: its first 8 bytes (zero-padded) and its length, compared
     /// before the whole name.
     heads: Vec<(u64, usize)>,
+    /// `names` and `heads` are sorted by length; those `n` bytes long (63: 63 or more)
+    /// are at `by_length[n]..by_length[n + 1]`.
+    by_length: Vec<usize>,
     /// Bit `n` set when a tracked name is `n` bytes long (bit 63: 63 bytes or more).
     lengths: u64,
     /// For each template, the bits of the names it needs (0: always evaluated).
@@ -619,35 +733,49 @@ impl Prefilter {
             }
             p.needs.push(needs);
         }
+        let mut order: Vec<usize> = (0..p.names.len()).collect();
+        order.sort_by_key(|&i| p.names[i].0.len());
+        p.names = order.iter().map(|&i| p.names[i].clone()).collect();
+        p.heads = order.iter().map(|&i| p.heads[i]).collect();
+        p.by_length = (0..=64)
+            .map(|n| p.names.partition_point(|(name, _)| name.len().min(63) < n))
+            .collect();
         p
     }
 
     /// The bits of the tracked names that occur in `doc` (all bits when none is tracked).
-    fn present(&self, doc: Token<'_>) -> u64 {
+    fn present(&self, doc: &Value) -> u64 {
         if self.names.is_empty() {
             return u64::MAX;
         }
         let mut bits = 0;
-        match doc {
-            Token::Value(v) => self.scan(v, &mut bits),
-            Token::Map(m) => self.scan_map(m, &mut bits),
-            Token::Envelope(e) => {
-                for name in Envelope::NAMES {
-                    self.key(name, &mut bits);
-                }
-                self.scan(e.body, &mut bits);
-                self.scan_map(e.properties, &mut bits);
-                self.scan_map(e.system_properties, &mut bits);
-            }
-        }
+        self.scan(doc, &mut bits);
         bits
     }
 
+    /// The bits of the tracked names that occur in the envelope `{Body, Properties,
+    /// SystemProperties}` (all bits when none is tracked).
+    fn present_envelope(&self, e: &Envelope<'_>) -> u64 {
+        if self.names.is_empty() {
+            return u64::MAX;
+        }
+        let mut bits = 0;
+        self.scan(e.body, &mut bits);
+        for name in Envelope::NAMES {
+            self.key(name, &mut bits);
+        }
+        self.scan_map(e.properties, &mut bits);
+        self.scan_map(e.system_properties, &mut bits);
+        bits
+    }
+
+    /// Sets the bit of `k` in `bits` when `k` is a tracked name.
     fn key(&self, k: &str, bits: &mut u64) {
-        if self.lengths & (1u64 << k.len().min(63)) != 0 {
+        let n = k.len().min(63);
+        if self.lengths & (1u64 << n) != 0 {
             let h = (head(k), k.len());
-            for (i, &(hn, len)) in self.heads.iter().enumerate() {
-                if (hn, len) == h && (len <= 8 || self.names[i].0 == k) {
+            for i in self.by_length[n]..self.by_length[n + 1] {
+                if self.heads[i] == h && (h.1 <= 8 || self.names[i].0 == k) {
                     *bits |= self.names[i].1;
                     return;
                 }
@@ -658,7 +786,9 @@ impl Prefilter {
     fn scan_map(&self, m: &Map<String, Value>, bits: &mut u64) {
         for (k, x) in m {
             self.key(k, bits);
-            self.scan(x, bits);
+            if x.is_object() || x.is_array() {
+                self.scan(x, bits);
+            }
         }
     }
 
@@ -667,7 +797,9 @@ impl Prefilter {
             Value::Object(m) => self.scan_map(m, bits),
             Value::Array(a) => {
                 for x in a {
-                    self.scan(x, bits);
+                    if x.is_object() || x.is_array() {
+                        self.scan(x, bits);
+                    }
                 }
             }
             _ => {}

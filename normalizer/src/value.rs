@@ -101,24 +101,26 @@ fn few_decimals(x: f64) -> Option<String> {
 /// `m · 10^-k` written out: `fixed_point(-1225, 2)` is `-12.25`, `fixed_point(5, 4)` is
 /// `0.0005`.
 fn fixed_point(m: i64, k: usize) -> String {
-    let digits = m.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + k + 3);
+    // At most 16 digits (|m| < 2^53), 9 decimals, a sign, "0.": 29 bytes.
+    let mut buf = [b'0'; 32];
+    let mut at = buf.len();
+    let mut n = m.unsigned_abs();
+    let mut written = 0;
+    while n > 0 || written <= k {
+        if written == k && k > 0 {
+            at -= 1;
+            buf[at] = b'.';
+        }
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        written += 1;
+    }
     if m < 0 {
-        out.push('-');
+        at -= 1;
+        buf[at] = b'-';
     }
-    if k == 0 {
-        out.push_str(&digits);
-    } else if digits.len() > k {
-        let (int, frac) = digits.split_at(digits.len() - k);
-        out.push_str(int);
-        out.push('.');
-        out.push_str(frac);
-    } else {
-        out.push_str("0.");
-        out.extend(std::iter::repeat_n('0', k - digits.len()));
-        out.push_str(&digits);
-    }
-    out
+    String::from_utf8_lossy(&buf[at..]).into_owned()
 }
 
 /// What a selected token is, as a measurement value.
@@ -156,6 +158,9 @@ pub fn value_text(v: &Value) -> ValueText {
 /// date and time without offset is taken as UTC; a bare date is midnight UTC.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
+    if let Some(t) = rfc3339_common(s) {
+        return Some(t);
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -189,6 +194,73 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     None
 }
 
+/// The common RFC 3339 form, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` with at most 9
+/// fraction digits and no leap second, read directly; `None` for anything else (which
+/// `DateTime::parse_from_rfc3339` then judges). Gives what that function gives.
+fn rfc3339_common(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    // Two ASCII digits at `at` as a number.
+    let two = |at: usize| -> Option<u32> {
+        let (x, y) = (
+            b.get(at)?.wrapping_sub(b'0'),
+            b.get(at + 1)?.wrapping_sub(b'0'),
+        );
+        (x < 10 && y < 10).then_some(u32::from(x) * 10 + u32::from(y))
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let year = two(0)? * 100 + two(2)?;
+    let date = NaiveDate::from_ymd_opt(year as i32, two(5)?, two(8)?)?;
+    let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
+    if second > 59 {
+        return None; // a leap second: the general parser's business
+    }
+    let mut at = 19;
+    let mut nanos = 0;
+    if b[at] == b'.' {
+        at += 1;
+        let mut scale = 1_000_000_000;
+        while let Some(d) = b.get(at).map(|c| c.wrapping_sub(b'0')).filter(|&d| d < 10) {
+            if scale == 1 {
+                return None; // more than 9 digits
+            }
+            scale /= 10;
+            nanos += u32::from(d) * scale;
+            at += 1;
+        }
+        if scale == 1_000_000_000 {
+            return None; // no digit
+        }
+    }
+    let offset = match &b[at..] {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (two(at + 1)?, two(at + 4)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = i64::from(h * 3600 + m * 60);
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        _ => return None,
+    };
+    let local = date.and_hms_nano_opt(hour, minute, second, nanos)?;
+    let utc = if offset == 0 {
+        local
+    } else {
+        local.checked_sub_signed(chrono::TimeDelta::seconds(offset))?
+    };
+    Some(utc.and_utc())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +286,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The direct reading of the common form agrees with chrono's RFC 3339 parser on
+        /// everything near that form.
+        #[test]
+        fn common_rfc3339_as_chrono_reads_it(
+            s in "[0-9]{4}-[01][0-9]-[0-3][0-9][T ][0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{0,11})?(Z|z|[+-][0-2][0-9]:[0-6][0-9]|[+-][0-9]{4})?"
+        ) {
+            let chrono = DateTime::parse_from_rfc3339(&s).ok().map(|t| t.with_timezone(&Utc));
+            if let Some(ours) = rfc3339_common(&s) {
+                proptest::prop_assert_eq!(Some(ours), chrono, "{}", s);
+            }
+        }
+    }
+
     #[test]
     fn timestamps_to_utc() {
         let t = |s: &str| parse_timestamp(s).map(|t| crate::measurement::format_utc(&t));
@@ -235,6 +321,15 @@ mod tests {
         );
         assert_eq!(t("2023-05-01").as_deref(), Some("2023-05-01T00:00:00Z"));
         assert_eq!(t("yesterday"), None);
+        assert_eq!(
+            t("2024-02-29T23:30:00.25-01:00").as_deref(),
+            Some("2024-03-01T00:30:00.250Z")
+        );
+        assert_eq!(t("2023-02-29T00:00:00Z"), None);
+        assert_eq!(
+            t("2016-12-31T23:59:60Z").as_deref(),
+            Some("2016-12-31T23:59:60Z")
+        );
         assert_eq!(t("2023-13-01T00:00:00Z"), None);
     }
 }

@@ -840,6 +840,22 @@ proptest! {
         }
     }
 
+    /// A path that `reads_below_document_member` selects the same whatever the match is
+    /// (the normalizer then evaluates it once for all matches of a document).
+    #[test]
+    fn paths_below_a_document_member_ignore_the_match(
+        path in jsonpath_text(), doc in json_value(), m1 in json_value(), m2 in json_value()
+    ) {
+        if let Ok(p) = JsonPath::compile(&path) {
+            if p.reads_below_document_member() {
+                let owned = |v: Vec<std::borrow::Cow<'_, Value>>| v.into_iter().map(|c| c.into_owned()).collect::<Vec<_>>();
+                let with = |m: &Value| owned(p.select(Scope::with_match(&doc, m)));
+                prop_assert_eq!(with(&m1), with(&m2));
+                prop_assert_eq!(with(&m1), with(&doc));
+            }
+        }
+    }
+
     /// A path over the virtual envelope selects what it selects from the envelope built
     /// as a value, with and without `matchedToken`.
     #[test]

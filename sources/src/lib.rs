@@ -6,6 +6,7 @@
 
 #![deny(missing_docs)]
 
+pub mod event_hubs;
 pub mod mqtt;
 
 use std::future::Future;

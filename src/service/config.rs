@@ -111,6 +111,8 @@ pub enum AuthConfig {
 pub enum SourceConfig {
     /// MQTT (`[source]` with `kind = "mqtt"` and the MQTT settings).
     Mqtt(sources::mqtt::MqttConfig),
+    /// Azure Event Hubs (`[source]` with `kind = "event_hubs"` and the Event Hubs settings).
+    EventHubs(sources::event_hubs::EventHubsConfig),
 }
 
 /// `[pipeline]`.
@@ -255,6 +257,12 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        if let SourceConfig::EventHubs(e) = &mut c.source {
+            let p = &mut e.checkpoint_dir;
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         Ok(c)
     }
 
@@ -305,6 +313,7 @@ impl Config {
         }
         match &self.source {
             SourceConfig::Mqtt(m) => errors.extend(m.validate()),
+            SourceConfig::EventHubs(e) => errors.extend(e.validate()),
         }
         errors
     }

@@ -343,6 +343,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         config::SourceConfig::Mqtt(m) => {
             tokio::spawn(sources::mqtt::run(m, tx, shutdown.clone(), done_rx))
         }
+        config::SourceConfig::EventHubs(e) => {
+            tokio::spawn(sources::event_hubs::run(e, tx, shutdown.clone(), done_rx))
+        }
     };
     metrics.ready.store(1, Ordering::Relaxed);
     tracing::info!("Connector running.");
