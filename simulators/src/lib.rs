@@ -142,7 +142,7 @@ impl Shape {
 pub struct Faults {
     /// Truncated, unparsable JSON.
     pub malformed: f64,
-    /// A required field (the device id) removed.
+    /// A required field (the reading's time) removed.
     pub missing_fields: f64,
     /// The same message sent twice.
     pub duplicates: f64,
@@ -607,17 +607,13 @@ impl Simulator {
             return vec![ev];
         }
         if self.chance(f.missing_fields) {
-            // The device id goes missing (a firmware bug): the template matches, the required
-            // value is absent.
-            if let Some(Value::Object(b)) = &mut ev.body_json {
-                b.remove("deviceId");
-                if let Some(Value::Array(rs)) = b.get_mut("readings") {
-                    for r in rs.iter_mut().filter_map(Value::as_object_mut) {
-                        r.remove("deviceId");
-                    }
-                }
+            // The reading's time goes missing (a firmware bug): the template matches, the
+            // required timestamp is absent — whatever the transport adds.
+            if let Some(b) = &mut ev.body_json {
+                strip_times(b);
             }
-            ev.system_properties.remove("iothub-connection-device-id");
+            ev.properties.remove("iothub-creation-time-utc");
+            ev.system_properties.remove("iothub-enqueuedtime");
             ev.body = serde_json::to_vec(&ev.body_json).unwrap_or_default();
             ev.fault = Some("missing-field");
             return vec![ev];
@@ -636,6 +632,19 @@ impl Simulator {
             return vec![ev, dup];
         }
         vec![ev]
+    }
+}
+
+fn strip_times(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for k in ["endDate", "enqueuedTime", "t"] {
+                m.remove(k);
+            }
+            m.values_mut().for_each(strip_times);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_times),
+        _ => {}
     }
 }
 
