@@ -39,9 +39,13 @@ pub struct SimulateArgs {
     /// Random seed: the same seed gives the same events.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where to send: `stdout` (an events-file JSON array), `file:PATH`, or `mqtt://HOST:PORT`.
+    /// Where to send: `stdout` (an events-file JSON array), `file:PATH`, `mqtt://HOST:PORT`, or
+    /// `eventhubs` (connection string in `IOMT_EVENTHUBS_CONNECTION_STRING`, with `EntityPath`).
     #[arg(long, default_value = "stdout")]
     target: String,
+    /// With `--target eventhubs`: a custom AMQP endpoint (e.g. an emulator, `amqp://127.0.0.1:5672`).
+    #[arg(long, value_name = "URL")]
+    eventhubs_endpoint: Option<String>,
     /// Messages per second when publishing (0: as fast as the broker accepts).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
@@ -132,9 +136,23 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if args.target == "eventhubs" {
+        let cs = std::env::var("IOMT_EVENTHUBS_CONNECTION_STRING")
+            .context("--target eventhubs needs IOMT_EVENTHUBS_CONNECTION_STRING")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(publish_event_hubs(
+            &cs,
+            args.eventhubs_endpoint.as_deref(),
+            all,
+            args.rate,
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(addr) = args.target.strip_prefix("mqtt://") else {
         bail!(
-            "unknown target {:?}: stdout, file:PATH or mqtt://HOST:PORT",
+            "unknown target {:?}: stdout, file:PATH, mqtt://HOST:PORT or eventhubs",
             args.target
         );
     };
@@ -276,5 +294,55 @@ pub async fn publish_realtime(
     tokio::time::sleep(Duration::from_millis(200)).await;
     pump.abort();
     tracing::info!(sent, "Simulator stopped.");
+    Ok(())
+}
+
+/// Publishes events to Azure Event Hubs with the SDK's producer; properties become application
+/// properties.
+pub async fn publish_event_hubs(
+    connection_string: &str,
+    endpoint: Option<&str>,
+    events: Vec<simulators::SimEvent>,
+    rate: f64,
+) -> Result<()> {
+    use azure_messaging_eventhubs::models::EventData;
+    use azure_messaging_eventhubs::ProducerClient;
+    sources::event_hubs::install_crypto_provider();
+    let mut builder = ProducerClient::builder();
+    if let Some(e) = endpoint {
+        builder = builder.with_custom_endpoint(e.to_string());
+    }
+    let producer = builder
+        .open_with_connection_string(connection_string, None)
+        .await
+        .context("opening the Event Hubs producer")?;
+    let n = events.len() as u64;
+    let mut bar = progress(n);
+    let pace = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
+    for (i, e) in events.into_iter().enumerate() {
+        let mut b = EventData::builder()
+            .with_body(e.body.clone())
+            .with_content_type("application/json".into());
+        for (k, v) in &e.properties {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            b = b.add_property(k.clone(), v);
+        }
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            producer.send_event(b.build(), None),
+        )
+        .await
+        .context("Event Hubs send timed out")?
+        .context("Event Hubs send")?;
+        bar(i as u64 + 1);
+        if let Some(p) = pace {
+            tokio::time::sleep(p).await;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), producer.close()).await;
+    eprintln!("published {n} events");
     Ok(())
 }

@@ -626,3 +626,42 @@ fn example_event_hubs_source_validates() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `iomt simulate --target eventhubs` publishes through the real SDK producer (here into the
+/// emulator): every simulated event is stored in the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_publishes_to_event_hubs() {
+    let hub = eventhubs_emulator::EventHubsEmulator::start("telemetry", 2).await;
+    let endpoint = hub.endpoint();
+    let cs = hub.connection_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_iomt"))
+            .args([
+                "simulate",
+                "--seed",
+                "2",
+                "--devices",
+                "4",
+                "--kinds",
+                "heart-rate,spo2",
+                "--readings",
+                "5",
+                "--target",
+                "eventhubs",
+                "--eventhubs-endpoint",
+                &endpoint,
+            ])
+            .env("IOMT_EVENTHUBS_CONNECTION_STRING", cs)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("published 20 events"));
+    assert_eq!(hub.total(), 20);
+}
