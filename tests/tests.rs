@@ -2,6 +2,8 @@
 
 #[path = "support/fhir_server.rs"]
 mod fhir_server;
+#[path = "support/hr.rs"]
+mod hr;
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
 
