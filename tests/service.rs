@@ -839,3 +839,53 @@ async fn simulator_faults_arrive_as_dead_letters() {
         list.lines().count()
     );
 }
+
+/// Username and password, the password from an environment variable (not the config file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_username_and_password() {
+    let server = FhirServer::acquire().await;
+    let broker = Mosquitto::start_with_password("iomt", "s3cret-pw");
+    let dir = tempfile::tempdir().unwrap();
+    // The connector (a child process) inherits the variable.
+    let extra = "username = \"iomt\"\npassword_env = \"IOMT_TEST_MQTT_PASSWORD\"";
+    std::env::set_var("IOMT_TEST_MQTT_PASSWORD", "s3cret-pw");
+    let c = Connector::start(dir.path(), "auth", broker.port, &server.base, extra);
+    publish_as(
+        broker.port,
+        "iomt",
+        "s3cret-pw",
+        hr_messages(&["pw-a"], 0..60),
+    )
+    .await;
+    wait_for_complete_observations(&server, &["pw-a"], Duration::from_secs(60)).await;
+    assert_eq!(c.metric("iomt_dead_letters_total"), 0.0);
+    assert!(
+        !c.log_text().contains("s3cret-pw"),
+        "the password must never be logged"
+    );
+}
+
+async fn publish_as(broker: u16, user: &str, password: &str, messages: Vec<(String, Vec<u8>)>) {
+    for (topic, body) in messages {
+        let status = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.to_string(),
+                "-q",
+                "1",
+                "-u",
+                user,
+                "-P",
+                password,
+                "-t",
+                &topic,
+                "-m",
+            ])
+            .arg(String::from_utf8(body).unwrap())
+            .status()
+            .expect("mosquitto_pub");
+        assert!(status.success());
+    }
+}

@@ -11,6 +11,7 @@ pub struct Mosquitto {
     child: Child,
     pub port: u16,
     _dir: tempfile::TempDir,
+    _extra: Option<tempfile::TempDir>,
 }
 
 /// A free loopback port (bound and released; good enough for tests).
@@ -112,6 +113,30 @@ impl Mosquitto {
         Self::start_with("")
     }
 
+    /// Starts a broker that only accepts `user` / `password`.
+    pub fn start_with_password(user: &str, password: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("passwd");
+        let status = Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&file)
+            .args([user, password])
+            .status()
+            .expect("mosquitto_passwd");
+        assert!(status.success());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
+            let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644));
+        }
+        let mut m = Self::start_with(&format!(
+            "password_file {}\nallow_anonymous false\n",
+            file.display()
+        ));
+        m._extra = Some(dir);
+        m
+    }
+
     /// Starts a broker with a TLS listener using `ca`.
     pub fn start_tls(ca: &TestCa) -> Mosquitto {
         Self::start_with(&format!(
@@ -123,6 +148,11 @@ impl Mosquitto {
     }
 
     fn start_with(listener_extra: &str) -> Mosquitto {
+        let anon = if listener_extra.contains("allow_anonymous") {
+            ""
+        } else {
+            "allow_anonymous true\n"
+        };
         let dir = tempfile::tempdir().unwrap();
         {
             use std::os::unix::fs::PermissionsExt;
@@ -132,7 +162,7 @@ impl Mosquitto {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\n{listener_extra}allow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"),
+            format!("listener {port} 127.0.0.1\n{listener_extra}{anon}persistence false\nmax_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"),
         )
         .unwrap();
         let exe = ["/usr/sbin/mosquitto", "mosquitto"]
@@ -158,6 +188,7 @@ impl Mosquitto {
             child,
             port,
             _dir: dir,
+            _extra: None,
         }
     }
 }
