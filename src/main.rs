@@ -4,6 +4,7 @@
 
 mod demo;
 mod events;
+mod review;
 mod service;
 mod simulate;
 
@@ -112,6 +113,18 @@ enum Command {
     },
     /// The whole pipeline on embedded defaults: MQTT broker, simulator, connector, local FHIR store.
     Demo(demo::DemoArgs),
+    /// A review page for remote-monitoring teams, reading any FHIR R4 server.
+    Review {
+        /// FHIR R4 base URL.
+        #[arg(long, value_name = "URL")]
+        fhir_url: String,
+        /// Address to serve the page on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        /// The connector's /metrics URL, for the pipeline health panel.
+        #[arg(long, value_name = "URL")]
+        metrics_url: Option<String>,
+    },
     /// Simulate devices: realistic vital-sign streams with faults, to stdout, a file or MQTT.
     Simulate(simulate::SimulateArgs),
     /// Run the connector as a long-running service.
@@ -235,6 +248,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Validate { .. } => anyhow::bail!("give --device-mapping or --config"),
         Command::Run { config } => run_service(&config),
         Command::Simulate(args) => simulate::run(args),
+        Command::Review {
+            fhir_url,
+            listen,
+            metrics_url,
+        } => {
+            init_logging();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                println!("iomt review: http://{}/", listener.local_addr()?);
+                review::serve(listener, fhir_url, metrics_url).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => demo::run(args),
         Command::DeadLetters { config, action } => {
             let Some(config) = config else {

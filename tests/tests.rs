@@ -12,6 +12,7 @@ mod demo;
 mod event_hubs;
 mod golden;
 mod replay;
+mod review;
 mod service;
 mod simulate;
 mod watch;

@@ -1,0 +1,409 @@
+//! `iomt review`: a page for remote-monitoring teams, reading any FHIR R4 server. Its JSON API
+//! does the FHIR work and the downsampling server-side, so the page stays light:
+//!
+//! * `GET /api/patients` — every Patient with its Devices, the latest value of each vital and its
+//!   time, a freshness age per device, and out-of-range flags (thresholds by LOINC code);
+//! * `GET /api/patients/{id}/series?points=N` — one series per Observation type (components as
+//!   separate series), SampledData expanded with origin/period (`E` → a gap), downsampled to at
+//!   most N points per series (min/max per bucket, so peaks survive);
+//! * `GET /api/health` — the connector's pipeline counters from its `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Out-of-range thresholds (inclusive bounds) by code: heart rate, SpO2, blood pressure,
+/// temperature, glucose.
+pub fn default_thresholds() -> BTreeMap<&'static str, (f64, f64)> {
+    BTreeMap::from([
+        ("8867-4", (40.0, 130.0)),
+        ("59408-5", (92.0, 100.0)),
+        ("2708-6", (92.0, 100.0)),
+        ("8480-6", (90.0, 160.0)),
+        ("8462-4", (50.0, 100.0)),
+        ("8310-5", (35.5, 38.0)),
+        ("2339-0", (70.0, 180.0)),
+    ])
+}
+
+/// One point of a series; `None` value = a gap.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    /// Time (RFC 3339).
+    pub t: DateTime<Utc>,
+    /// Value, or `None` for a gap.
+    pub v: Option<f64>,
+}
+
+fn code_of(cc: &Value) -> Option<String> {
+    cc["coding"]
+        .as_array()?
+        .iter()
+        .find(|c| c["system"] != fhir_writer::SERVICE_SYSTEM)
+        .and_then(|c| c["code"].as_str())
+        .map(str::to_string)
+}
+
+fn start_of(o: &Value) -> Option<DateTime<Utc>> {
+    let s = o["effectiveDateTime"]
+        .as_str()
+        .or_else(|| o["effectivePeriod"]["start"].as_str())?;
+    normalizer::value::parse_timestamp(s)
+}
+
+/// The points of one value element (`valueQuantity` / `valueSampledData` / `valueString`).
+pub fn points_of(element: &Value, start: DateTime<Utc>) -> Vec<Point> {
+    if let Some(q) = element.get("valueQuantity") {
+        return q["value"]
+            .as_f64()
+            .map(|v| {
+                vec![Point {
+                    t: start,
+                    v: Some(v),
+                }]
+            })
+            .unwrap_or_default();
+    }
+    if let Some(sd) = element.get("valueSampledData") {
+        let origin = sd["origin"]["value"].as_f64().unwrap_or(0.0);
+        let factor = sd["factor"].as_f64().unwrap_or(1.0);
+        let period = sd["period"].as_f64().unwrap_or(0.0);
+        let data = sd["data"].as_str().unwrap_or("");
+        return data
+            .split_whitespace()
+            .enumerate()
+            .map(|(i, tok)| Point {
+                t: start + chrono::Duration::microseconds((period * 1000.0 * i as f64) as i64),
+                v: tok.parse::<f64>().ok().map(|x| origin + x * factor),
+            })
+            .collect();
+    }
+    Vec::new()
+}
+
+/// Downsamples to at most `max` points: per bucket the min and max (peaks survive); gaps stay.
+pub fn downsample(points: &[Point], max: usize) -> Vec<Point> {
+    if points.len() <= max || max < 4 {
+        return points.to_vec();
+    }
+    let buckets = max / 2;
+    let size = points.len().div_ceil(buckets);
+    let mut out = Vec::with_capacity(max);
+    for chunk in points.chunks(size) {
+        let vals: Vec<&Point> = chunk.iter().filter(|p| p.v.is_some()).collect();
+        if vals.is_empty() {
+            out.push(Point {
+                t: chunk[0].t,
+                v: None,
+            });
+            continue;
+        }
+        let min = vals
+            .iter()
+            .min_by(|a, b| a.v.partial_cmp(&b.v).unwrap_or(std::cmp::Ordering::Equal))
+            .copied();
+        let max_p = vals
+            .iter()
+            .max_by(|a, b| a.v.partial_cmp(&b.v).unwrap_or(std::cmp::Ordering::Equal))
+            .copied();
+        let (Some(a), Some(b)) = (min, max_p) else {
+            continue;
+        };
+        let (first, second) = if a.t <= b.t { (a, b) } else { (b, a) };
+        out.push(first.clone());
+        if first != second {
+            out.push(second.clone());
+        }
+        if vals.len() < chunk.len() {
+            // The bucket held a gap: keep it visible.
+            out.push(Point {
+                t: chunk[chunk.len() - 1].t,
+                v: None,
+            });
+        }
+    }
+    out
+}
+
+/// Series of one patient's Observations: name → points, sorted by time.
+pub fn series(observations: &[Value], max_points: usize) -> BTreeMap<String, Vec<Point>> {
+    let mut out: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+    for o in observations {
+        let Some(start) = start_of(o) else { continue };
+        let name = o["code"]["text"]
+            .as_str()
+            .unwrap_or("observation")
+            .to_string();
+        let pts = points_of(o, start);
+        if !pts.is_empty() {
+            out.entry(name.clone()).or_default().extend(pts);
+        }
+        for c in o["component"].as_array().into_iter().flatten() {
+            let cname = format!(
+                "{name}/{}",
+                c["code"]["text"].as_str().unwrap_or("component")
+            );
+            out.entry(cname).or_default().extend(points_of(c, start));
+        }
+    }
+    for v in out.values_mut() {
+        v.sort_by_key(|p| p.t);
+        *v = downsample(v, max_points);
+    }
+    out
+}
+
+/// The latest values and out-of-range flags of one patient's Observations.
+pub fn latest(observations: &[Value], now: DateTime<Utc>) -> Value {
+    let thresholds = default_thresholds();
+    let mut vitals: BTreeMap<String, Value> = BTreeMap::new();
+    let mut freshness: BTreeMap<String, i64> = BTreeMap::new();
+    for o in observations {
+        let Some(start) = start_of(o) else { continue };
+        let name = o["code"]["text"]
+            .as_str()
+            .unwrap_or("observation")
+            .to_string();
+        let mut elements: Vec<(String, Option<String>, &Value)> =
+            vec![(name.clone(), code_of(&o["code"]), o)];
+        for c in o["component"].as_array().into_iter().flatten() {
+            elements.push((
+                format!(
+                    "{name}/{}",
+                    c["code"]["text"].as_str().unwrap_or("component")
+                ),
+                code_of(&c["code"]),
+                c,
+            ));
+        }
+        for (label, code, el) in elements {
+            let Some(last) = points_of(el, start)
+                .into_iter()
+                .rev()
+                .find(|p| p.v.is_some())
+            else {
+                continue;
+            };
+            let newer = vitals
+                .get(&label)
+                .and_then(|v| v["time"].as_str())
+                .and_then(normalizer::value::parse_timestamp)
+                .is_none_or(|t| last.t > t);
+            if newer {
+                let value = last.v.unwrap_or(f64::NAN);
+                let out_of_range = code
+                    .as_deref()
+                    .and_then(|c| thresholds.get(c))
+                    .is_some_and(|(lo, hi)| value < *lo || value > *hi);
+                vitals.insert(label, json!({"value": value, "time": last.t, "outOfRange": out_of_range, "code": code}));
+            }
+        }
+        if let Some(d) = o["device"]["reference"].as_str() {
+            let end = o["effectivePeriod"]["end"]
+                .as_str()
+                .and_then(normalizer::value::parse_timestamp)
+                .unwrap_or(start);
+            let age = (now - end).num_seconds().max(0);
+            let e = freshness.entry(d.to_string()).or_insert(age);
+            *e = (*e).min(age);
+        }
+    }
+    json!({"vitals": vitals, "deviceAgeSeconds": freshness})
+}
+
+struct AppState {
+    client: fhir_writer::FhirClient,
+    metrics_url: Option<String>,
+}
+
+async fn patients(state: &AppState) -> Result<Value, fhir_writer::WriteError> {
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for p in state.client.search("Patient", &[("_count", "200")]).await? {
+        let id = p["id"].as_str().unwrap_or_default().to_string();
+        let subject = format!("Patient/{id}");
+        let devices = state
+            .client
+            .search("Device", &[("patient", subject.as_str())])
+            .await?;
+        let obs = state
+            .client
+            .search(
+                "Observation",
+                &[
+                    ("subject", subject.as_str()),
+                    ("_sort", "-date"),
+                    ("_count", "100"),
+                ],
+            )
+            .await?;
+        let summary = latest(&obs, now);
+        out.push(json!({
+            "id": id,
+            "identifier": p["identifier"][0]["value"],
+            "name": p["name"][0]["text"].as_str().or_else(|| p["name"][0]["family"].as_str()),
+            "devices": devices.iter().map(|d| json!({"id": d["id"], "identifier": d["identifier"][0]["value"]})).collect::<Vec<_>>(),
+            "vitals": summary["vitals"],
+            "deviceAgeSeconds": summary["deviceAgeSeconds"],
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+async fn health(state: &AppState) -> Value {
+    let Some(url) = &state.metrics_url else {
+        return json!({"available": false});
+    };
+    let Ok(resp) = reqwest::get(url).await else {
+        return json!({"available": false});
+    };
+    let text = resp.text().await.unwrap_or_default();
+    let mut counters = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let v: f64 = value.parse().unwrap_or(0.0);
+        if let Some(labels) = name.strip_prefix("iomt_errors_total{") {
+            let t = labels
+                .split("error_type=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("Other");
+            *errors.entry(t.to_string()).or_insert(0.0) += v;
+        } else if !name.contains('{') && name.starts_with("iomt_") && name.ends_with("_total") {
+            counters.insert(name.to_string(), v);
+        } else if let Some((base, _)) = name.split_once('{') {
+            if base.ends_with("_total") {
+                *counters.entry(base.to_string()).or_insert(0.0) += v;
+            }
+        }
+    }
+    json!({"available": true, "counters": counters, "errorsByType": errors})
+}
+
+/// Serves the review page until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    fhir_url: String,
+    metrics_url: Option<String>,
+) -> Result<()> {
+    use axum::extract::{Path, Query};
+    use axum::http::StatusCode;
+    use axum::response::{Html, IntoResponse};
+    use axum::routing::get;
+    use axum::Json;
+    let client = fhir_writer::FhirClient::new(fhir_writer::FhirClientConfig::new(fhir_url))?;
+    let state = Arc::new(AppState {
+        client,
+        metrics_url,
+    });
+    let fail = |e: fhir_writer::WriteError| {
+        (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response()
+    };
+    let s1 = state.clone();
+    let s2 = state.clone();
+    let s3 = state.clone();
+    let app = axum::Router::new()
+        .route("/", get(|| async { Html(include_str!("review.html")) }))
+        .route(
+            "/api/patients",
+            get(move || {
+                let s = s1.clone();
+                async move {
+                    match patients(&s).await {
+                        Ok(v) => Json(v).into_response(),
+                        Err(e) => fail(e),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/api/patients/:id/series",
+            get(
+                move |Path(id): Path<String>, Query(q): Query<BTreeMap<String, String>>| {
+                    let s = s2.clone();
+                    async move {
+                        let max = q
+                            .get("points")
+                            .and_then(|p| p.parse().ok())
+                            .unwrap_or(600usize)
+                            .clamp(10, 5000);
+                        let subject = format!("Patient/{id}");
+                        match s
+                            .client
+                            .search(
+                                "Observation",
+                                &[("subject", subject.as_str()), ("_count", "500")],
+                            )
+                            .await
+                        {
+                            Ok(obs) => Json(json!(series(&obs, max))).into_response(),
+                            Err(e) => fail(e),
+                        }
+                    }
+                },
+            ),
+        )
+        .route(
+            "/api/health",
+            get(move || {
+                let s = s3.clone();
+                async move { Json(health(&s).await) }
+            }),
+        );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        normalizer::value::parse_timestamp(s).unwrap()
+    }
+
+    #[test]
+    fn sampled_data_expands_with_gaps_and_downsamples_keeping_peaks() {
+        let o = json!({"valueSampledData": {"origin": {"value": 0}, "period": 60000, "dimensions": 1, "data": "70 E 72 200 E"}});
+        let pts = points_of(&o, t("2024-01-01T10:00:00Z"));
+        assert_eq!(pts.len(), 5);
+        assert_eq!(pts[1].v, None);
+        assert_eq!(pts[3].t, t("2024-01-01T10:03:00Z"));
+        assert_eq!(pts[3].v, Some(200.0));
+        let many: Vec<Point> = (0..10_000)
+            .map(|i| Point {
+                t: t("2024-01-01T00:00:00Z") + chrono::Duration::seconds(i),
+                v: Some(if i == 5000 { 300.0 } else { 70.0 }),
+            })
+            .collect();
+        let d = downsample(&many, 500);
+        assert!(d.len() <= 500);
+        assert!(d.iter().any(|p| p.v == Some(300.0)), "the peak survives");
+    }
+
+    #[test]
+    fn latest_values_and_out_of_range_flags() {
+        let obs = vec![
+            json!({"code": {"text": "heartrate", "coding": [{"system": "http://loinc.org", "code": "8867-4"}]}, "effectivePeriod": {"start": "2024-01-01T10:00:00Z", "end": "2024-01-01T10:59:59Z"},
+                   "valueSampledData": {"origin": {"value": 0}, "period": 60000, "data": "70 150 E"}, "device": {"reference": "Device/d1"}}),
+            json!({"code": {"text": "spo2", "coding": [{"system": "http://loinc.org", "code": "59408-5"}]}, "effectivePeriod": {"start": "2024-01-01T10:30:00Z", "end": "2024-01-01T10:30:00Z"},
+                   "valueQuantity": {"value": 97}, "device": {"reference": "Device/d2"}}),
+        ];
+        let l = latest(&obs, t("2024-01-01T11:00:00Z"));
+        assert_eq!(l["vitals"]["heartrate"]["value"], 150.0);
+        assert_eq!(l["vitals"]["heartrate"]["outOfRange"], true);
+        assert_eq!(l["vitals"]["spo2"]["outOfRange"], false);
+        assert_eq!(l["deviceAgeSeconds"]["Device/d2"], 1800);
+    }
+}
