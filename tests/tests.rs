@@ -7,6 +7,7 @@ mod hr;
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
 
+mod browser;
 mod cli_normalize;
 mod demo;
 mod event_hubs;
