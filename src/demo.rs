@@ -30,6 +30,9 @@ pub struct DemoArgs {
     /// Port of /metrics, /healthz, /readyz.
     #[arg(long, default_value_t = 9464)]
     metrics_port: u16,
+    /// Port of the review page.
+    #[arg(long, default_value_t = 8090)]
+    review_port: u16,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
@@ -178,6 +181,17 @@ level = "info"
             crate::simulate::publish_realtime(mqtt_port, sim, &mut sim_stop).await
         });
 
+        // The review page, reading the local store and the connector's metrics.
+        let review_listener = tokio::net::TcpListener::bind(("127.0.0.1", args.review_port))
+            .await
+            .with_context(|| format!("binding the review page to port {}", args.review_port))?;
+        let review = tokio::spawn(crate::review::serve(
+            review_listener,
+            fhir_writer::FhirClientConfig::new(fhir_url.clone()),
+            Some(format!("http://127.0.0.1:{}/metrics", args.metrics_port)),
+            crate::review::default_thresholds(),
+        ));
+        println!("  review page:      http://127.0.0.1:{}/", args.review_port);
         println!(
             "iomt demo is running ({} simulated devices, every kind):",
             args.devices
@@ -212,6 +226,7 @@ level = "info"
             Ok(Err(e)) => tracing::error!(error = %e, "Connector stopped with an error."),
             Err(e) => tracing::error!(error = %e, "Connector task failed."),
         }
+        review.abort();
         let _ = store_tx.send(true);
         let _ = store_task.await;
         println!("Stopped.");

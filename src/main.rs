@@ -115,9 +115,12 @@ enum Command {
     Demo(demo::DemoArgs),
     /// A review page for remote-monitoring teams, reading any FHIR R4 server.
     Review {
-        /// FHIR R4 base URL.
+        /// FHIR R4 base URL (credentials from the environment, as for `replay`).
         #[arg(long, value_name = "URL")]
         fhir_url: String,
+        /// Out-of-range thresholds: a JSON file `{"<code>": [low, high], ...}` (default: common vitals).
+        #[arg(long, value_name = "FILE")]
+        thresholds: Option<PathBuf>,
         /// Address to serve the page on.
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: String,
@@ -250,10 +253,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Simulate(args) => simulate::run(args),
         Command::Review {
             fhir_url,
+            thresholds,
             listen,
             metrics_url,
         } => {
             init_logging();
+            let thresholds = match thresholds {
+                Some(p) => review::load_thresholds(&p)?,
+                None => review::default_thresholds(),
+            };
+            let mut fhir = fhir_writer::FhirClientConfig::new(fhir_url);
+            fhir.auth = FhirArgs::auth()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -262,7 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .await
                     .with_context(|| format!("binding {listen}"))?;
                 println!("iomt review: http://{}/", listener.local_addr()?);
-                review::serve(listener, fhir_url, metrics_url).await
+                review::serve(listener, fhir, metrics_url, thresholds).await
             })?;
             Ok(ExitCode::SUCCESS)
         }

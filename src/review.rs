@@ -16,10 +16,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-/// Out-of-range thresholds (inclusive bounds) by code: heart rate, SpO2, blood pressure,
-/// temperature, glucose.
-pub fn default_thresholds() -> BTreeMap<&'static str, (f64, f64)> {
-    BTreeMap::from([
+/// Out-of-range thresholds: code → (low, high), inclusive.
+pub type Thresholds = BTreeMap<String, (f64, f64)>;
+
+/// Default thresholds by LOINC code: heart rate, SpO2, blood pressure, temperature, glucose.
+/// `iomt review --thresholds FILE` replaces them (`{"8867-4": [40, 130], ...}`).
+pub fn default_thresholds() -> Thresholds {
+    [
         ("8867-4", (40.0, 130.0)),
         ("59408-5", (92.0, 100.0)),
         ("2708-6", (92.0, 100.0)),
@@ -27,7 +30,22 @@ pub fn default_thresholds() -> BTreeMap<&'static str, (f64, f64)> {
         ("8462-4", (50.0, 100.0)),
         ("8310-5", (35.5, 38.0)),
         ("2339-0", (70.0, 180.0)),
-    ])
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Reads a thresholds file: `{"<code>": [low, high], ...}`.
+pub fn load_thresholds(path: &std::path::Path) -> Result<Thresholds> {
+    let text = std::fs::read_to_string(path)?;
+    let raw: BTreeMap<String, (f64, f64)> = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (expected {{\"<code>\": [low, high]}})",
+            path.display()
+        )
+    })?;
+    Ok(raw)
 }
 
 /// One point of a series; `None` value = a gap.
@@ -158,8 +176,7 @@ pub fn series(observations: &[Value], max_points: usize) -> BTreeMap<String, Vec
 }
 
 /// The latest values and out-of-range flags of one patient's Observations.
-pub fn latest(observations: &[Value], now: DateTime<Utc>) -> Value {
-    let thresholds = default_thresholds();
+pub fn latest(observations: &[Value], now: DateTime<Utc>, thresholds: &Thresholds) -> Value {
     let mut vitals: BTreeMap<String, Value> = BTreeMap::new();
     let mut freshness: BTreeMap<String, i64> = BTreeMap::new();
     for o in observations {
@@ -218,6 +235,7 @@ pub fn latest(observations: &[Value], now: DateTime<Utc>) -> Value {
 struct AppState {
     client: fhir_writer::FhirClient,
     metrics_url: Option<String>,
+    thresholds: Thresholds,
 }
 
 async fn patients(state: &AppState) -> Result<Value, fhir_writer::WriteError> {
@@ -241,7 +259,7 @@ async fn patients(state: &AppState) -> Result<Value, fhir_writer::WriteError> {
                 ],
             )
             .await?;
-        let summary = latest(&obs, now);
+        let summary = latest(&obs, now, &state.thresholds);
         out.push(json!({
             "id": id,
             "identifier": p["identifier"][0]["value"],
@@ -290,18 +308,20 @@ async fn health(state: &AppState) -> Value {
 /// Serves the review page until the process ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    fhir_url: String,
+    fhir: fhir_writer::FhirClientConfig,
     metrics_url: Option<String>,
+    thresholds: Thresholds,
 ) -> Result<()> {
     use axum::extract::{Path, Query};
     use axum::http::StatusCode;
     use axum::response::{Html, IntoResponse};
     use axum::routing::get;
     use axum::Json;
-    let client = fhir_writer::FhirClient::new(fhir_writer::FhirClientConfig::new(fhir_url))?;
+    let client = fhir_writer::FhirClient::new(fhir)?;
     let state = Arc::new(AppState {
         client,
         metrics_url,
+        thresholds,
     });
     let fail = |e: fhir_writer::WriteError| {
         (
@@ -339,14 +359,18 @@ pub async fn serve(
                             .unwrap_or(600usize)
                             .clamp(10, 5000);
                         let subject = format!("Patient/{id}");
-                        match s
-                            .client
-                            .search(
-                                "Observation",
-                                &[("subject", subject.as_str()), ("_count", "500")],
-                            )
-                            .await
-                        {
+                        let mut params: Vec<(&str, String)> =
+                            vec![("subject", subject.clone()), ("_count", "500".into())];
+                        // The chosen range: ?from=...&to=... (FHIR date search).
+                        if let Some(f) = q.get("from") {
+                            params.push(("date", format!("ge{f}")));
+                        }
+                        if let Some(t) = q.get("to") {
+                            params.push(("date", format!("le{t}")));
+                        }
+                        let params: Vec<(&str, &str)> =
+                            params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        match s.client.search("Observation", &params).await {
                             Ok(obs) => Json(json!(series(&obs, max))).into_response(),
                             Err(e) => fail(e),
                         }
@@ -400,7 +424,7 @@ mod tests {
             json!({"code": {"text": "spo2", "coding": [{"system": "http://loinc.org", "code": "59408-5"}]}, "effectivePeriod": {"start": "2024-01-01T10:30:00Z", "end": "2024-01-01T10:30:00Z"},
                    "valueQuantity": {"value": 97}, "device": {"reference": "Device/d2"}}),
         ];
-        let l = latest(&obs, t("2024-01-01T11:00:00Z"));
+        let l = latest(&obs, t("2024-01-01T11:00:00Z"), &default_thresholds());
         assert_eq!(l["vitals"]["heartrate"]["value"], 150.0);
         assert_eq!(l["vitals"]["heartrate"]["outOfRange"], true);
         assert_eq!(l["vitals"]["spo2"]["outOfRange"], false);

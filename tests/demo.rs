@@ -44,7 +44,7 @@ fn get(port: u16, path: &str) -> Option<Value> {
 #[test]
 fn demo_fills_the_local_store_with_every_kind_within_60_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let (mqtt, fhir, metrics) = (free_port(), free_port(), free_port());
+    let (mqtt, fhir, metrics, review) = (free_port(), free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_iomt"))
         .args(["demo", "--dir"])
         .arg(dir.path())
@@ -55,6 +55,8 @@ fn demo_fills_the_local_store_with_every_kind_within_60_seconds() {
             &fhir.to_string(),
             "--metrics-port",
             &metrics.to_string(),
+            "--review-port",
+            &review.to_string(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -107,6 +109,9 @@ fn demo_fills_the_local_store_with_every_kind_within_60_seconds() {
         break;
     }
     eprintln!("DEMO every kind in the store after {:?}", started.elapsed());
+    // The review page is part of the demo.
+    let patients = get(review, "/api/patients").expect("the demo serves the review page");
+    assert!(!patients.as_array().unwrap().is_empty());
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
