@@ -188,8 +188,11 @@ level = "info"
         let review = tokio::spawn(crate::review::serve(
             review_listener,
             fhir_writer::FhirClientConfig::new(fhir_url.clone()),
-            Some(format!("http://127.0.0.1:{}/metrics", args.metrics_port)),
-            crate::review::default_thresholds(),
+            crate::review::ReviewOptions {
+                metrics_url: Some(format!("http://127.0.0.1:{}/metrics", args.metrics_port)),
+                thresholds: crate::review::default_thresholds(),
+                dead_letters: Some(dir.join("dead-letters")),
+            },
         ));
         println!("  review page:      http://127.0.0.1:{}/", args.review_port);
         println!(

@@ -127,6 +127,9 @@ enum Command {
         /// The connector's /metrics URL, for the pipeline health panel.
         #[arg(long, value_name = "URL")]
         metrics_url: Option<String>,
+        /// The connector's dead-letter directory, to list and inspect dead letters on the page.
+        #[arg(long, value_name = "DIR")]
+        dead_letters: Option<PathBuf>,
     },
     /// Simulate devices: realistic vital-sign streams with faults, to stdout, a file or MQTT.
     Simulate(simulate::SimulateArgs),
@@ -256,6 +259,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             thresholds,
             listen,
             metrics_url,
+            dead_letters,
         } => {
             init_logging();
             let thresholds = match thresholds {
@@ -272,7 +276,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .await
                     .with_context(|| format!("binding {listen}"))?;
                 println!("iomt review: http://{}/", listener.local_addr()?);
-                review::serve(listener, fhir, metrics_url, thresholds).await
+                review::serve(
+                    listener,
+                    fhir,
+                    review::ReviewOptions {
+                        metrics_url,
+                        thresholds,
+                        dead_letters,
+                    },
+                )
+                .await
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -236,6 +236,18 @@ struct AppState {
     client: fhir_writer::FhirClient,
     metrics_url: Option<String>,
     thresholds: Thresholds,
+    dead_letters: Option<std::path::PathBuf>,
+}
+
+/// Where the review page finds things besides the FHIR server.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewOptions {
+    /// The connector's `/metrics` URL.
+    pub metrics_url: Option<String>,
+    /// Out-of-range thresholds.
+    pub thresholds: Thresholds,
+    /// The connector's dead-letter directory, to list and inspect dead letters.
+    pub dead_letters: Option<std::path::PathBuf>,
 }
 
 async fn patients(state: &AppState) -> Result<Value, fhir_writer::WriteError> {
@@ -309,8 +321,7 @@ async fn health(state: &AppState) -> Value {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     fhir: fhir_writer::FhirClientConfig,
-    metrics_url: Option<String>,
-    thresholds: Thresholds,
+    options: ReviewOptions,
 ) -> Result<()> {
     use axum::extract::{Path, Query};
     use axum::http::StatusCode;
@@ -320,9 +331,12 @@ pub async fn serve(
     let client = fhir_writer::FhirClient::new(fhir)?;
     let state = Arc::new(AppState {
         client,
-        metrics_url,
-        thresholds,
+        metrics_url: options.metrics_url,
+        thresholds: options.thresholds,
+        dead_letters: options.dead_letters,
     });
+    let s4 = state.clone();
+    let s5 = state.clone();
     let fail = |e: fhir_writer::WriteError| {
         (
             StatusCode::BAD_GATEWAY,
@@ -377,6 +391,42 @@ pub async fn serve(
                     }
                 },
             ),
+        )
+        .route(
+            "/api/dead-letters",
+            get(move || {
+                let s = s4.clone();
+                async move {
+                    let Some(dir) = &s.dead_letters else {
+                        return Json(json!([])).into_response();
+                    };
+                    match crate::service::deadletter::DeadLetterStore::open(dir).and_then(|d| d.list()) {
+                        Ok(list) => Json(json!(list
+                            .iter()
+                            .rev()
+                            .take(50)
+                            .map(|d| json!({"id": d.id, "time": d.time, "stage": d.stage, "errorType": d.error_type, "message": d.message}))
+                            .collect::<Vec<_>>()))
+                        .into_response(),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/api/dead-letters/:id",
+            get(move |Path(id): Path<String>| {
+                let s = s5.clone();
+                async move {
+                    let Some(dir) = &s.dead_letters else {
+                        return StatusCode::NOT_FOUND.into_response();
+                    };
+                    match crate::service::deadletter::DeadLetterStore::open(dir).and_then(|d| d.get(&id)) {
+                        Ok(dl) => Json(json!(dl)).into_response(),
+                        Err(_) => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }
+            }),
         )
         .route(
             "/api/health",

@@ -50,6 +50,16 @@ async fn review_api_lists_patients_and_expands_sampled_data() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // A dead letter as the connector stores it, for the health panel's list and link.
+    let dl_dir = tempfile::tempdir().unwrap();
+    let dl = serde_json::json!({"id": "20240301T100000.000000Z-000000-1", "time": "2024-03-01T10:00:00Z", "stage": "normalize",
+        "errorType": "InvalidDataFormatException", "message": "The event body is not valid JSON", "origin": "devices/x/telemetry",
+        "ingestionTime": "2024-03-01T10:00:00Z", "body": "{\"heartRate\": ", "properties": {}, "systemProperties": {}});
+    std::fs::write(
+        dl_dir.path().join("20240301T100000.000000Z-000000-1.json"),
+        dl.to_string(),
+    )
+    .unwrap();
     let port = free_port();
     let _child = Killed(
         Command::new(env!("CARGO_BIN_EXE_iomt"))
@@ -59,6 +69,8 @@ async fn review_api_lists_patients_and_expands_sampled_data() {
                 &server.base,
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--dead-letters",
+                dl_dir.path().to_str().unwrap(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -121,4 +133,12 @@ async fn review_api_lists_patients_and_expands_sampled_data() {
         expected_points
     );
     assert!(hr.iter().any(|p| p["v"].is_null()), "gaps stay visible");
+    let list = get(port, "/api/dead-letters").unwrap();
+    assert_eq!(list[0]["errorType"], "InvalidDataFormatException");
+    let one = get(
+        port,
+        &format!("/api/dead-letters/{}", list[0]["id"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert_eq!(one["body"], "{\"heartRate\": ");
 }
