@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod jmes;
+pub mod jmes_native;
 pub mod jsonpath;
 mod measurement;
 mod normalize;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::jmes;
+use crate::jmes_native::{self, J};
 use crate::jsonpath::{Envelope, Scope, Token};
 use crate::measurement::{Measurement, MeasurementProperty};
 use crate::template::{Compiled, ContentTemplate, DeviceMapping, Expression, TemplateKind};
@@ -183,6 +184,33 @@ struct Match<'a> {
     root: OnceCell<Rcvar>,
 }
 
+impl<'a> Match<'a> {
+    fn of_token(token: Token<'a>) -> Self {
+        Match {
+            token: Some(token),
+            owned: OnceCell::new(),
+            var: OnceCell::new(),
+            root: OnceCell::new(),
+        }
+    }
+
+    /// A match the native JMESPath evaluation produced: a token of the document when it
+    /// is one, else its JSON.
+    fn of_native(j: J<'a>) -> Self {
+        match j {
+            J::Val(v) => Match::of_token(Token::Value(v)),
+            J::Map(m) => Match::of_token(Token::Map(m)),
+            J::Env(e) => Match::of_token(Token::Envelope(e)),
+            other => Match {
+                token: None,
+                owned: OnceCell::from(other.to_value().into_owned()),
+                var: OnceCell::new(),
+                root: OnceCell::new(),
+            },
+        }
+    }
+}
+
 impl Match<'_> {
     fn token(&self) -> Token<'_> {
         match self.token {
@@ -327,7 +355,7 @@ fn unset(t: &ContentTemplate, field: &str) -> NormalizeError {
 }
 
 fn type_matches<'a>(
-    t: &ContentTemplate,
+    t: &'a ContentTemplate,
     doc: &'a Doc<'a>,
 ) -> Result<Vec<Match<'a>>, NormalizeError> {
     let e = &t.type_match;
@@ -336,14 +364,26 @@ fn type_matches<'a>(
         Compiled::JsonPath(p) => Ok(p
             .select_tokens(doc.top)
             .into_iter()
-            .map(|token| Match {
-                token: Some(token),
-                owned: OnceCell::new(),
-                var: OnceCell::new(),
-                root: OnceCell::new(),
-            })
+            .map(Match::of_token)
             .collect()),
         Compiled::JmesPath(j) => {
+            // On the document as it is; the crate below only for what that does not cover.
+            if let Ok(r) = jmes_native::eval(j.as_ast(), &J::of_token(doc.top)) {
+                return Ok(match r {
+                    J::Arr(items) => items
+                        .into_iter()
+                        .filter(|x| !x.is_null())
+                        .map(Match::of_native)
+                        .collect(),
+                    J::Val(Value::Array(items)) => items
+                        .iter()
+                        .filter(|x| !x.is_null())
+                        .map(|x| Match::of_token(Token::Value(x)))
+                        .collect(),
+                    r if r.is_null() => Vec::new(),
+                    r => vec![Match::of_native(r)],
+                });
+            }
             let r = jmes::search(j, doc.var()).map_err(|err| {
                 NormalizeError::incompatible(
                     t,
@@ -378,7 +418,7 @@ fn type_matches<'a>(
 fn select_one<'s>(
     t: &ContentTemplate,
     field: &str,
-    e: &Expression,
+    e: &'s Expression,
     doc: &'s Doc<'_>,
     m: &'s Match<'_>,
 ) -> Result<One<'s>, NormalizeError> {
@@ -406,6 +446,27 @@ fn select_one<'s>(
             }
         }
         Compiled::JmesPath(j) => {
+            // On the document as it is; the crate below only for what that does not cover.
+            let data = if legacy {
+                J::of_token(m.token())
+            } else {
+                J::Root(doc.top, m.token())
+            };
+            if let Ok(r) = jmes_native::eval(j.as_ast(), &data) {
+                return match r {
+                    J::Arr(mut a) if a.len() <= 1 => {
+                        Ok(a.pop().map_or(One::Missing, |x| One::Found(x.to_value())))
+                    }
+                    J::Val(Value::Array(a)) if a.len() <= 1 => Ok(a
+                        .first()
+                        .map_or(One::Missing, |x| One::Found(Cow::Borrowed(x)))),
+                    J::Arr(_) | J::Val(Value::Array(_)) => {
+                        Err(many(t, field, e, r.array_len().unwrap_or(0)))
+                    }
+                    r if r.is_null() => Ok(One::Missing),
+                    r => Ok(One::Found(r.to_value())),
+                };
+            }
             let root = if legacy { m.var() } else { m.root(doc) };
             let r = jmes::search(j, root).map_err(|err| {
                 NormalizeError::incompatible(
@@ -425,20 +486,21 @@ fn select_one<'s>(
                 Variable::Array(a) if a.len() == 1 => {
                     Ok(One::Found(Cow::Owned(jmes::to_value(&a[0]))))
                 }
-                Variable::Array(a) => Err(NormalizeError::incompatible(
-                    t,
-                    field,
-                    Some(e),
-                    None,
-                    format!(
-                        "Expression for [{field}] returned {} tokens; a single token is expected",
-                        a.len()
-                    ),
-                )),
+                Variable::Array(a) => Err(many(t, field, e, a.len())),
                 other => Ok(One::Found(Cow::Owned(jmes::to_value(other)))),
             }
         }
     }
+}
+
+fn many(t: &ContentTemplate, field: &str, e: &Expression, n: usize) -> NormalizeError {
+    NormalizeError::incompatible(
+        t,
+        field,
+        Some(e),
+        None,
+        format!("Expression for [{field}] returned {n} tokens; a single token is expected"),
+    )
 }
 
 fn required_missing(t: &ContentTemplate, field: &str, e: &Expression) -> NormalizeError {
