@@ -31,8 +31,8 @@ fn measurements() -> Vec<(usize, Measurement)> {
                 type_name: "heartrate".into(),
                 occurrence_time_utc: start + Duration::seconds(i * 55),
                 ingestion_time_utc: None,
-                device_id: format!("device-{device}"),
-                patient_id: Some(format!("patient-{device}")),
+                device_id: format!("device-{device}").into(),
+                patient_id: Some(format!("patient-{device}").into()),
                 encounter_id: None,
                 correlation_id: None,
                 properties: vec![MeasurementProperty {
@@ -45,8 +45,8 @@ fn measurements() -> Vec<(usize, Measurement)> {
             type_name: "spo2".into(),
             occurrence_time_utc: start + Duration::seconds(30),
             ingestion_time_utc: None,
-            device_id: format!("device-{device}"),
-            patient_id: Some(format!("patient-{device}")),
+            device_id: format!("device-{device}").into(),
+            patient_id: Some(format!("patient-{device}").into()),
             encounter_id: None,
             correlation_id: None,
             properties: vec![MeasurementProperty {

@@ -96,8 +96,8 @@ pub fn map_batch(
         };
         let Some(template) = templates.get(&key.type_name) else {
             let err = MappingError::TemplateNotFound {
-                type_name: key.type_name.clone(),
-                device_id: key.device_id.clone(),
+                type_name: key.type_name.to_string(),
+                device_id: key.device_id.to_string(),
             };
             report.errors.push(MappingErrorRecord::new(
                 &err,

@@ -38,8 +38,8 @@ impl ObservationIdentity {
     pub fn logical(key: &GroupKey) -> Self {
         let by_identifier = |v: &str| json!({ "identifier": { "value": v } });
         ObservationIdentity {
-            patient_id: key.patient_id.clone(),
-            device_id: key.device_id.clone(),
+            patient_id: key.patient_id.as_deref().map(String::from),
+            device_id: key.device_id.to_string(),
             subject: key.patient_id.as_deref().map(by_identifier),
             device: Some(by_identifier(&key.device_id)),
             encounter: key.encounter_id.as_deref().map(by_identifier),
@@ -87,7 +87,7 @@ pub fn observation_groups<T: Clone>(
 ) -> Result<Vec<ObservationGroup<T>>, MappingError> {
     let correlation_err = || MappingError::CorrelationIdNotDefined {
         type_name: template.type_name.clone(),
-        device_id: group.key.device_id.clone(),
+        device_id: group.key.device_id.to_string(),
     };
     if template.period_interval == PeriodInterval::CorrelationId
         && group

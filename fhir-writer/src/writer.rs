@@ -205,8 +205,8 @@ impl FhirWriter {
         let mut index: HashMap<String, usize> = HashMap::new();
         for g in group_measurements(measurements) {
             let d = g.key.device_id.clone();
-            let i = *index.entry(d.clone()).or_insert_with(|| {
-                by_device.push((d, Vec::new()));
+            let i = *index.entry(d.to_string()).or_insert_with(|| {
+                by_device.push((d.to_string(), Vec::new()));
                 by_device.len() - 1
             });
             by_device[i].1.push(g);
@@ -258,14 +258,14 @@ impl FhirWriter {
                 error_type,
                 message,
                 events,
-                measurement_type: key.type_name.clone(),
-                device_id: key.device_id.clone(),
+                measurement_type: key.type_name.to_string(),
+                device_id: key.device_id.to_string(),
                 retryable,
             };
             let Some(template) = self.templates.get(&key.type_name) else {
                 let e = MappingError::TemplateNotFound {
-                    type_name: key.type_name.clone(),
-                    device_id: key.device_id.clone(),
+                    type_name: key.type_name.to_string(),
+                    device_id: key.device_id.to_string(),
                 };
                 report
                     .errors

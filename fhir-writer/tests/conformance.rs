@@ -55,12 +55,16 @@ fn time_values(list: &Value, start: Option<DateTime<Utc>>) -> Vec<TimeValue> {
 }
 
 fn pascal_measurement(v: &Value) -> Measurement {
-    let opt = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let opt = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(std::sync::Arc::<str>::from)
+    };
     Measurement {
-        type_name: v["Type"].as_str().expect("Type").to_string(),
+        type_name: v["Type"].as_str().expect("Type").to_string().into(),
         occurrence_time_utc: time(&v["OccurrenceTimeUtc"]),
         ingestion_time_utc: v.get("IngestionTimeUtc").filter(|t| !t.is_null()).map(time),
-        device_id: v["DeviceId"].as_str().expect("DeviceId").to_string(),
+        device_id: v["DeviceId"].as_str().expect("DeviceId").to_string().into(),
         patient_id: opt("PatientId"),
         encounter_id: opt("EncounterId"),
         correlation_id: opt("CorrelationId"),
@@ -69,7 +73,7 @@ fn pascal_measurement(v: &Value) -> Measurement {
             .expect("Properties")
             .iter()
             .map(|p| MeasurementProperty {
-                name: p["Name"].as_str().expect("Name").to_string(),
+                name: p["Name"].as_str().expect("Name").to_string().into(),
                 value: p["Value"].as_str().expect("Value").to_string(),
             })
             .collect(),

@@ -715,9 +715,9 @@ impl Set {
                 );
                 for p in &m.properties {
                     let label = if self.components {
-                        p.name.clone()
+                        p.name.to_string()
                     } else {
-                        m.type_name.clone()
+                        m.type_name.to_string()
                     };
                     out.insert((who.clone(), label, slot), number(&p.value));
                 }

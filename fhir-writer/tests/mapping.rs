@@ -68,7 +68,7 @@ fn m(type_name: &str, t: DateTime<Utc>, props: &[(&str, &str)]) -> Measurement {
         properties: props
             .iter()
             .map(|(n, v)| MeasurementProperty {
-                name: n.to_string(),
+                name: n.to_string().into(),
                 value: v.to_string(),
             })
             .collect(),

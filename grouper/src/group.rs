@@ -1,6 +1,7 @@
 //! Measurement groups: measurements that share device, type, patient, encounter and correlation id.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::Measurement;
 use chrono::{DateTime, Utc};
@@ -14,16 +15,16 @@ use serde::Serialize;
 #[serde(rename_all = "camelCase")]
 pub struct GroupKey {
     /// The measurement's device identifier.
-    pub device_id: String,
+    pub device_id: Arc<str>,
     /// The measurement type (the device template's `typeName`).
     #[serde(rename = "type")]
-    pub type_name: String,
+    pub type_name: Arc<str>,
     /// The patient identifier, if any.
-    pub patient_id: Option<String>,
+    pub patient_id: Option<Arc<str>>,
     /// The encounter identifier, if any.
-    pub encounter_id: Option<String>,
+    pub encounter_id: Option<Arc<str>>,
     /// The correlation identifier, if any.
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<Arc<str>>,
 }
 
 impl GroupKey {

@@ -1,6 +1,7 @@
 //! Observation windows (`periodInterval`) and observation groups.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use serde::{Serialize, Serializer};
@@ -177,7 +178,7 @@ pub struct ObservationGroup<T = ()> {
     pub window: Window,
     /// Values per property name, sorted by time; for one property and one time the first value
     /// is kept (as the reference's `SortedObservationGroup`).
-    pub values: BTreeMap<String, Vec<TimeValue>>,
+    pub values: BTreeMap<Arc<str>, Vec<TimeValue>>,
     /// Tags of the measurements in this window, in time order.
     #[serde(rename = "events")]
     pub tags: Vec<T>,
@@ -196,13 +197,13 @@ impl<T> ObservationGroup<T> {
     /// [`PeriodInterval::CorrelationId`], otherwise `yyyyMMddHHmmssZ.yyyyMMddHHmmssZ`.
     pub fn id_segment(&self) -> String {
         match (self.period_interval, &self.key.correlation_id) {
-            (PeriodInterval::CorrelationId, Some(c)) => c.clone(),
+            (PeriodInterval::CorrelationId, Some(c)) => c.to_string(),
             _ => self.window.id_segment(),
         }
     }
 }
 
-fn has_text(s: &Option<String>) -> bool {
+fn has_text(s: &Option<Arc<str>>) -> bool {
     s.as_deref().is_some_and(|s| !s.trim().is_empty())
 }
 
@@ -218,8 +219,8 @@ impl<T: Clone> MeasurementGroup<T> {
     ) -> Result<Vec<ObservationGroup<T>>, GroupError> {
         if interval == PeriodInterval::CorrelationId && !has_text(&self.key.correlation_id) {
             return Err(GroupError::CorrelationIdNotDefined {
-                type_name: self.key.type_name.clone(),
-                device_id: self.key.device_id.clone(),
+                type_name: self.key.type_name.to_string(),
+                device_id: self.key.device_id.to_string(),
             });
         }
         let mut windows: BTreeMap<Window, ObservationGroup<T>> = BTreeMap::new();

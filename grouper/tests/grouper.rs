@@ -169,7 +169,7 @@ async fn shell_flushes_by_delay_and_on_shutdown() {
     tokio::task::yield_now().await;
     stop_tx.send(()).expect("stop");
     let batch = out_rx.recv().await.expect("flushed on shutdown");
-    assert_eq!(batch[0].key.device_id, "b");
+    assert_eq!(batch[0].key.device_id, "b".into());
     task.await.expect("run ends");
     assert!(out_rx.recv().await.is_none(), "sender dropped after run");
 }
@@ -208,17 +208,17 @@ fn arb_measurement() -> impl Strategy<Value = Measurement> {
         proptest::collection::vec((0..3u8, 0..100u8), 0..3),
     )
         .prop_map(|(d, ty, p, c, secs, ingest, props)| Measurement {
-            type_name: format!("type{ty}"),
+            type_name: format!("type{ty}").into(),
             occurrence_time_utc: t(0, 0, 0) + chrono::Duration::seconds(secs / 600 * 600),
             ingestion_time_utc: ingest.map(|i| t(0, 0, 0) + chrono::Duration::seconds(i)),
-            device_id: format!("dev{d}"),
-            patient_id: p.map(|p| format!("pat{p}")),
+            device_id: format!("dev{d}").into(),
+            patient_id: p.map(|p| format!("pat{p}").into()),
             encounter_id: None,
-            correlation_id: c.map(|c| format!("corr{c}")),
+            correlation_id: c.map(|c| format!("corr{c}").into()),
             properties: props
                 .into_iter()
                 .map(|(n, v)| MeasurementProperty {
-                    name: format!("p{n}"),
+                    name: format!("p{n}").into(),
                     value: v.to_string(),
                 })
                 .collect(),

@@ -1,13 +1,19 @@
 //! The normalized measurement: what the normalizer emits and the grouper consumes.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One named value of a measurement. Values are always strings, as in the reference.
+///
+/// Names and identifiers are shared (`Arc<str>`): every measurement of a template carries
+/// the same type and value names, and the readings of one message usually the same device
+/// and patient, so a measurement costs one allocation per value instead of one per string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeasurementProperty {
     /// The template's `valueName`.
-    pub name: String,
+    pub name: Arc<str>,
     /// The extracted value, rendered as the reference renders it.
     pub value: String,
 }
@@ -18,7 +24,7 @@ pub struct MeasurementProperty {
 pub struct Measurement {
     /// The template's `typeName`.
     #[serde(rename = "type")]
-    pub type_name: String,
+    pub type_name: Arc<str>,
     /// When the reading was taken, in UTC.
     #[serde(with = "utc")]
     pub occurrence_time_utc: DateTime<Utc>,
@@ -26,16 +32,16 @@ pub struct Measurement {
     #[serde(with = "utc_opt", default)]
     pub ingestion_time_utc: Option<DateTime<Utc>>,
     /// The device identifier the template extracted.
-    pub device_id: String,
+    pub device_id: Arc<str>,
     /// The patient identifier, if the template has one.
     #[serde(default)]
-    pub patient_id: Option<String>,
+    pub patient_id: Option<Arc<str>>,
     /// The encounter identifier, if the template has one.
     #[serde(default)]
-    pub encounter_id: Option<String>,
+    pub encounter_id: Option<Arc<str>>,
     /// The correlation identifier, if the template has one.
     #[serde(default)]
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<Arc<str>>,
     /// Named values in template order (duplicates allowed).
     pub properties: Vec<MeasurementProperty>,
 }

@@ -121,7 +121,7 @@ impl NormalizeError {
                 template: TemplateRef {
                     index: t.index,
                     kind: t.kind,
-                    type_name: t.type_name.clone(),
+                    type_name: t.type_name.to_string(),
                 },
                 field: field.to_string(),
                 expression: expr.map(|e| e.source.clone()),
@@ -271,7 +271,7 @@ impl Normalizer {
     /// let body = br#"{"heartRate": 78, "deviceId": "d1", "endDate": "2019-02-01T22:46:01.875Z"}"#;
     /// let ms = n.normalize(body, &Default::default(), &Default::default(), None).unwrap();
     /// assert_eq!(ms[0].properties[0].value, "78");
-    /// assert_eq!(ms[0].device_id, "d1");
+    /// assert_eq!(&*ms[0].device_id, "d1");
     /// ```
     pub fn normalize(
         &self,
@@ -523,20 +523,48 @@ fn string_field(
     e: &Expression,
     doc: &Doc<'_>,
     m: &Match<'_>,
+) -> Result<Option<Arc<str>>, NormalizeError> {
+    match select_one(t, field, e, doc, m)? {
+        One::Missing => Ok(None),
+        // The common case, a string of the document: one allocation, no `String` first.
+        One::Found(v) => match &*v {
+            Value::String(s) if !s.trim().is_empty() => Ok(Some(Arc::from(s.as_str()))),
+            _ => text_field(t, field, e, &v).map(|s| s.map(Arc::from)),
+        },
+    }
+}
+
+/// A found value as text (`Ok(None)` for null or blank), or the error naming the field.
+fn text_field(
+    t: &ContentTemplate,
+    field: &str,
+    e: &Expression,
+    v: &Value,
+) -> Result<Option<String>, NormalizeError> {
+    match value_text(v) {
+        ValueText::Missing => Ok(None),
+        ValueText::Text(s) => Ok(Some(s)),
+        ValueText::NotScalar(what) => Err(NormalizeError::incompatible(
+            t,
+            field,
+            Some(e),
+            Some(describe(v)),
+            format!("Value for [{field}] is {what}; a string, number or boolean is expected"),
+        )),
+    }
+}
+
+/// A measurement value: its text, `Ok(None)` when missing.
+fn value_field(
+    t: &ContentTemplate,
+    field: &str,
+    e: &Expression,
+    doc: &Doc<'_>,
+    m: &Match<'_>,
 ) -> Result<Option<String>, NormalizeError> {
     match select_one(t, field, e, doc, m)? {
         One::Missing => Ok(None),
-        One::Found(v) => match value_text(&v) {
-            ValueText::Missing => Ok(None),
-            ValueText::Text(s) => Ok(Some(s)),
-            ValueText::NotScalar(what) => Err(NormalizeError::incompatible(
-                t,
-                field,
-                Some(e),
-                Some(describe(&v)),
-                format!("Value for [{field}] is {what}; a string, number or boolean is expected"),
-            )),
-        },
+        One::Found(v) => text_field(t, field, e, &v),
     }
 }
 
@@ -579,7 +607,7 @@ fn kind_name(v: &Value) -> &'static str {
 struct Memo {
     /// Per string field (`DeviceId`, `CorrelationId`, `PatientId`, `EncounterId`, then
     /// the values): `None` when the field depends on the match, else the value once read.
-    strings: Vec<Option<Option<Option<String>>>>,
+    strings: Vec<Option<Option<Option<Arc<str>>>>>,
     /// The same for `Timestamp` and its fallback.
     times: [Option<Option<Option<DateTime<Utc>>>>; 2],
 }
@@ -624,7 +652,7 @@ fn memo_string(
     e: &Expression,
     doc: &Doc<'_>,
     m: &Match<'_>,
-) -> Result<Option<String>, NormalizeError> {
+) -> Result<Option<Arc<str>>, NormalizeError> {
     match memo.and_then(|memo| memo.strings.get_mut(i)?.as_mut()) {
         Some(Some(kept)) => Ok(kept.clone()),
         Some(slot) => {
@@ -633,6 +661,28 @@ fn memo_string(
             Ok(v)
         }
         None => string_field(t, field, e, doc, m),
+    }
+}
+
+/// `value_field`, through the memo slot `i` when there is one.
+#[allow(clippy::too_many_arguments)]
+fn memo_value(
+    memo: Option<&mut Memo>,
+    i: usize,
+    t: &ContentTemplate,
+    field: &str,
+    e: &Expression,
+    doc: &Doc<'_>,
+    m: &Match<'_>,
+) -> Result<Option<String>, NormalizeError> {
+    match memo.and_then(|memo| memo.strings.get_mut(i)?.as_mut()) {
+        Some(Some(kept)) => Ok(kept.as_deref().map(String::from)),
+        Some(slot) => {
+            let v = value_field(t, field, e, doc, m)?;
+            *slot = Some(v.as_deref().map(Arc::from));
+            Ok(v)
+        }
+        None => value_field(t, field, e, doc, m),
     }
 }
 
@@ -707,7 +757,7 @@ fn measurement(
         let found = if matches!(v.expression.compiled, Compiled::Empty) && !v.required {
             None
         } else {
-            memo_string(
+            memo_value(
                 memo.as_deref_mut(),
                 4 + i,
                 t,

@@ -5,6 +5,8 @@
 //! pointer and a line:column) and still builds the valid entries, as the reference does.
 //! Expressions are compiled here, once.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -138,7 +140,7 @@ impl Expression {
 #[derive(Debug, Clone)]
 pub struct ValueTemplate {
     /// `valueName`.
-    pub name: String,
+    pub name: Arc<str>,
     /// `valueExpression`.
     pub expression: Expression,
     /// `required`.
@@ -153,7 +155,7 @@ pub struct ContentTemplate {
     /// Template kind.
     pub kind: TemplateKind,
     /// `typeName`.
-    pub type_name: String,
+    pub type_name: Arc<str>,
     /// `typeMatchExpression`.
     pub type_match: Expression,
     /// `deviceIdExpression` (or the implied one).
@@ -310,7 +312,7 @@ fn kind_of(v: &Value) -> &'static str {
 /// }]}"#;
 /// let loaded = normalizer::load_device_mapping(text);
 /// assert!(loaded.errors.is_empty());
-/// assert_eq!(loaded.mapping.templates[0].type_name, "hr");
+/// assert_eq!(&*loaded.mapping.templates[0].type_name, "hr");
 /// ```
 pub fn load_device_mapping(text: &str) -> Loaded {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -702,7 +704,7 @@ fn load_body(
     Some(ContentTemplate {
         index,
         kind,
-        type_name: type_name?,
+        type_name: Arc::from(type_name?),
         type_match: type_match?,
         device_id,
         timestamp,
@@ -902,7 +904,7 @@ fn load_value(
         }
     };
     Some(ValueTemplate {
-        name: name?,
+        name: Arc::from(name?),
         expression: expression?,
         required,
     })
