@@ -6,6 +6,8 @@
 
 #[path = "support/eventhubs_emulator.rs"]
 mod eventhubs_emulator;
+#[path = "support/token_endpoint.rs"]
+mod token_endpoint;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,8 +21,25 @@ use crate::fhir_server::FhirServer;
 use crate::hr::{hr_body, http_get, metric, wait_for_complete_observations};
 use crate::mosquitto::free_port;
 use eventhubs_emulator::EventHubsEmulator;
+use token_endpoint::TokenEndpoint;
 
 const CS_ENV: &str = "IOMT_TEST_EVENTHUBS_CONNECTION_STRING";
+
+/// How a test connector signs in: the `[source]` keys (TOML lines) and the environment.
+struct SignIn {
+    keys: String,
+    env: Vec<(String, String)>,
+}
+
+impl SignIn {
+    /// The emulator's connection string, from `CS_ENV`.
+    fn connection_string(hub: &EventHubsEmulator) -> SignIn {
+        SignIn {
+            keys: format!("connection_string_env = \"{CS_ENV}\""),
+            env: vec![(CS_ENV.into(), hub.connection_string())],
+        }
+    }
+}
 
 /// The heart-rate body of the heart-rate template set (one reading per minute slot).
 /// Events in publishing order: (partition, body). Device `i` goes to partition `i % partitions`
@@ -46,21 +65,22 @@ struct Connector {
     config: PathBuf,
 }
 
-impl Connector {
-    fn start(
-        dir: &Path,
-        name: &str,
-        owner: &str,
-        hub: &EventHubsEmulator,
-        fhir_url: &str,
-    ) -> Connector {
-        let metrics_port = free_port();
-        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/heart-rate");
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"
+/// Writes the connector's config `<dir>/<name>.toml`.
+fn write_config(
+    dir: &Path,
+    name: &str,
+    owner: &str,
+    hub: &EventHubsEmulator,
+    fhir_url: &str,
+    sign_in: &SignIn,
+    metrics_port: u16,
+) -> PathBuf {
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/heart-rate");
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
 [templates]
 device_mapping = "{dm}"
 fhir_mapping = "{fm}"
@@ -72,7 +92,7 @@ retry_deadline_secs = 5
 
 [source]
 kind = "event_hubs"
-connection_string_env = "{CS_ENV}"
+{sign_in_keys}
 consumer_group = "$Default"
 custom_endpoint = "{endpoint}"
 checkpoint_dir = "checkpoints"
@@ -94,28 +114,71 @@ listen = "127.0.0.1:{metrics_port}"
 [log]
 level = "info"
 "#,
-                dm = templates.join("devicecontent.json").display(),
-                fm = templates.join("fhirmapping.json").display(),
-                endpoint = hub.endpoint(),
-            ),
+            dm = templates.join("devicecontent.json").display(),
+            fm = templates.join("fhirmapping.json").display(),
+            endpoint = hub.endpoint(),
+            sign_in_keys = sign_in.keys,
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Starts `iomt run --config <config>` with `env`, its stderr appended to `log`.
+fn spawn_connector(config: &Path, env: &[(String, String)], log: &Path) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iomt"));
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env_remove("IDENTITY_ENDPOINT")
+        .env_remove("IDENTITY_HEADER");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
         )
-        .unwrap();
+        .spawn()
+        .expect("start iomt run")
+}
+
+impl Connector {
+    fn start(
+        dir: &Path,
+        name: &str,
+        owner: &str,
+        hub: &EventHubsEmulator,
+        fhir_url: &str,
+    ) -> Connector {
+        Connector::start_with(
+            dir,
+            name,
+            owner,
+            hub,
+            fhir_url,
+            &SignIn::connection_string(hub),
+        )
+    }
+
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        owner: &str,
+        hub: &EventHubsEmulator,
+        fhir_url: &str,
+        sign_in: &SignIn,
+    ) -> Connector {
+        let metrics_port = free_port();
+        let config = write_config(dir, name, owner, hub, fhir_url, sign_in, metrics_port);
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_iomt"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env(CS_ENV, hub.connection_string())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .expect("start iomt run");
+        let child = spawn_connector(&config, &sign_in.env, &log);
         let c = Connector {
             child,
             metrics_port,
@@ -498,51 +561,366 @@ async fn two_event_hubs_instances_split_the_partitions() {
     );
 }
 
-/// The example config's commented Event Hubs `[source]` block, uncommented in place of the
-/// MQTT one, is valid; without its connection string variable, `validate` says so.
-#[test]
-fn example_event_hubs_source_validates() {
+// ---------------------------------------------------------------------------------------------
+// Azure AD (Microsoft Entra ID) sign-in, against the in-test token endpoint
+// (`support/token_endpoint.rs`, a stand-in: no Entra ID can run here).
+
+const SECRET_ENV: &str = "IOMT_TEST_EVENTHUBS_CLIENT_SECRET";
+const SECRET: &str = "eh~Test.Secret_value+/=";
+const NAMESPACE: &str = "iomt-emulator.servicebus.windows.net";
+
+fn entra_expected() -> token_endpoint::Expected {
+    token_endpoint::Expected {
+        tenant: "iomt-test.onmicrosoft.com".into(),
+        client_id: "7f3c0b8e-1a2b-4c3d-8e9f-10e7c0c0ffee".into(),
+        client_secret: SECRET.into(),
+        identity_header: "identity-header-value-7d1e".into(),
+    }
+}
+
+fn client_secret_sign_in(entra: &TokenEndpoint, secret: &str) -> SignIn {
+    let e = entra_expected();
+    SignIn {
+        keys: format!(
+            r#"fully_qualified_namespace = "{NAMESPACE}"
+event_hub = "telemetry"
+credential = {{ kind = "client_secret", tenant_id = "{}", client_id = "{}", client_secret_env = "{SECRET_ENV}", authority_host = "{}" }}"#,
+            e.tenant, e.client_id, entra.base
+        ),
+        env: vec![(SECRET_ENV.into(), secret.into())],
+    }
+}
+
+/// The emulator accepts only `jwt` tokens that `entra` issued (the test's own producer signs
+/// in with the connection string, as `servicebus.windows.net:sastoken`).
+fn accept_only_issued_jwts(hub: &EventHubsEmulator, entra: &TokenEndpoint) {
+    let issued = entra.issued_check();
+    hub.check_tokens(move |t| t.token_type != "jwt" || issued(&t.token));
+}
+
+/// The `jwt` put-tokens the emulator received; each carries `token` and expires about
+/// `life_secs` from now.
+fn assert_jwt_put_tokens(hub: &EventHubsEmulator, token: &str, life_secs: i64) {
+    let all = hub.put_tokens();
+    let jwts: Vec<_> = all.iter().filter(|t| t.token_type == "jwt").collect();
+    assert!(!jwts.is_empty(), "no jwt put-token: {all:#?}");
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for t in &jwts {
+        assert_eq!(t.token, token, "{t:#?}");
+        assert!(t.audience.contains("/telemetry"), "{t:#?}");
+        let left = t.expiration_ms.expect("put-token expiration") - now_ms;
+        assert!(
+            left > (life_secs - 600) * 1000 && left <= life_secs * 1000,
+            "expiration {left} ms from now: {t:#?}"
+        );
+    }
+    // The connection-string sign-in was not used by the connector.
+    assert!(
+        all.iter()
+            .all(|t| t.token_type == "jwt" || t.token_type == "servicebus.windows.net:sastoken"),
+        "{all:#?}"
+    );
+}
+
+/// `iomt run` with `[source.credential] kind = "client_secret"`: the connector gets a token
+/// from the token endpoint (which checks grant type, client id, secret and scope), presents it
+/// to the hub with CBS `put-token` type `jwt` (the emulator refuses any other jwt), and reads
+/// every event end to end; the token is fetched once and reused for every link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_hubs_with_an_azure_ad_client_secret_reads_everything_with_the_issued_jwt() {
+    let server = FhirServer::acquire().await;
+    let hub = EventHubsEmulator::start("telemetry", 2).await;
+    let entra = TokenEndpoint::start(entra_expected()).await;
+    accept_only_issued_jwts(&hub, &entra);
+    let dir = tempfile::tempdir().unwrap();
+    let devices = ["ea-a", "ea-b"];
+    publish(&hub, hr_events(&devices, 0..30, 2), Duration::ZERO).await;
+    let mut c = Connector::start_with(
+        dir.path(),
+        "aad",
+        "instance-1",
+        &hub,
+        &server.base,
+        &client_secret_sign_in(&entra, SECRET),
+    );
+    publish(&hub, hr_events(&devices, 30..60, 2), Duration::ZERO).await;
+    wait_for_complete_observations(&server, &devices, Duration::from_secs(60)).await;
+    wait_metric(
+        &c,
+        "iomt_events_acked_total",
+        120.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(c.metric("iomt_events_incoming_total"), 120.0);
+
+    let issued = entra.issued();
+    assert_eq!(
+        issued.len(),
+        1,
+        "one token, cached for every link: {issued:?}"
+    );
+    assert_jwt_put_tokens(&hub, &issued[0], 3599);
+    let status = c.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        c.log_text()
+    );
+    let log = c.log_text();
+    assert!(
+        log.contains("Azure AD token obtained for Event Hubs."),
+        "{log}"
+    );
+    assert!(!log.contains(SECRET), "{log}");
+}
+
+/// A wrong client secret stops `iomt run` at start (exit 2) with Entra's own error (HTTP
+/// status, error code, AADSTS description) and never prints the secret; the hub never sees a
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_hubs_with_a_wrong_client_secret_stops_at_start_with_entras_error() {
+    let hub = EventHubsEmulator::start("telemetry", 2).await;
+    let entra = TokenEndpoint::start(entra_expected()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "not~the.secret_value";
+    let sign_in = client_secret_sign_in(&entra, wrong);
+    let config = write_config(
+        dir.path(),
+        "aad-wrong",
+        "instance-1",
+        &hub,
+        "http://127.0.0.1:9/fhir",
+        &sign_in,
+        free_port(),
+    );
+    let log = dir.path().join("aad-wrong.log");
+    let mut child = spawn_connector(&config, &sign_in.env, &log);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!(
+                "the connector kept running:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(2), "{text}");
+    let e = entra_expected();
+    assert!(
+        text.contains(&format!(
+            "error: source sign-in: Azure AD client secret sign-in (tenant {}, client {}): {}/{}/oauth2/v2.0/token answered HTTP 401: invalid_client: AADSTS7000215: Invalid client secret provided.",
+            e.tenant, e.client_id, entra.base, e.tenant
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(wrong), "{text}");
+    assert_eq!(entra.requests(), 1);
+    assert!(entra.issued().is_empty());
+    assert!(hub.put_tokens().is_empty(), "{:#?}", hub.put_tokens());
+}
+
+/// `iomt run` with `[source.credential] kind = "managed_identity"` (user-assigned) on a host
+/// that sets `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` (App Service, Container Apps): the
+/// token comes from that endpoint (the header checked) and reaches the hub as a `jwt`
+/// put-token; every event is read end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_hubs_with_a_managed_identity_from_identity_endpoint_reads_with_its_token() {
+    let server = FhirServer::acquire().await;
+    let hub = EventHubsEmulator::start("telemetry", 2).await;
+    let entra = TokenEndpoint::start(entra_expected()).await;
+    accept_only_issued_jwts(&hub, &entra);
+    let dir = tempfile::tempdir().unwrap();
+    let devices = ["em-a", "em-b"];
+    publish(&hub, hr_events(&devices, 0..60, 2), Duration::ZERO).await;
+    let header = entra_expected().identity_header;
+    let sign_in = SignIn {
+        keys: format!(
+            r#"fully_qualified_namespace = "{NAMESPACE}"
+event_hub = "telemetry"
+credential = {{ kind = "managed_identity", client_id = "user-assigned-client-id" }}"#
+        ),
+        env: vec![
+            ("IDENTITY_ENDPOINT".into(), entra.identity_endpoint()),
+            ("IDENTITY_HEADER".into(), header.clone()),
+        ],
+    };
+    let mut c = Connector::start_with(dir.path(), "mi", "instance-1", &hub, &server.base, &sign_in);
+    wait_for_complete_observations(&server, &devices, Duration::from_secs(60)).await;
+    wait_metric(
+        &c,
+        "iomt_events_acked_total",
+        120.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    let issued = entra.issued();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(
+        entra.identity_client_ids(),
+        [Some("user-assigned-client-id".to_string())]
+    );
+    assert_jwt_put_tokens(&hub, &issued[0], 86_400);
+    let status = c.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        c.log_text()
+    );
+    assert!(!c.log_text().contains(&header), "{}", c.log_text());
+}
+
+/// `config/example.toml` with its MQTT `[source]` block replaced by the commented Event Hubs
+/// block, uncommented. `edit` sees the block's lines first, still commented: lines it leaves
+/// commented twice (`# # ...`) stay out.
+fn example_with_event_hubs(edit: impl Fn(Vec<String>) -> Vec<String>) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("config/example.toml")).unwrap();
     let start = example.find("# [source]\n# kind = \"event_hubs\"").unwrap();
     let end = start + example[start..].find("\n\n").unwrap();
-    let block: String = example[start..end]
-        .lines()
+    let block: String = edit(example[start..end].lines().map(String::from).collect())
+        .iter()
         .filter(|l| !l.starts_with("# #"))
         .map(|l| l.strip_prefix("# ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n");
     let mqtt_start = example.find("[source]\n").unwrap();
-    let text = format!("{}{}\n\n{}", &example[..mqtt_start], block, &example[end..])
-        .replace("\"../templates", &format!("\"{}/templates", root.display()));
+    format!("{}{}\n\n{}", &example[..mqtt_start], block, &example[end..])
+        .replace("\"../templates", &format!("\"{}/templates", root.display()))
+}
+
+/// Turns on the example's optional Azure AD lines: `fully_qualified_namespace` and the
+/// `[source.credential]` table of `kind` (its key lines, not the prose around them).
+fn with_credential(lines: Vec<String>, kind: &str) -> Vec<String> {
+    let is_key = |l: &str| {
+        l.strip_prefix("# # ").is_some_and(|rest| {
+            rest.starts_with('[')
+                || rest
+                    .split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        })
+    };
+    let table = lines
+        .windows(2)
+        .position(|w| w[0] == "# # [source.credential]" && w[1] == format!("# # kind = \"{kind}\""))
+        .unwrap_or_else(|| panic!("no {kind} credential in the example"));
+    let mut in_table = false;
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == table {
+                in_table = true;
+            } else if in_table && !is_key(l) {
+                in_table = false;
+            }
+            if in_table || l.starts_with("# # fully_qualified_namespace = ") {
+                l.replacen("# # ", "# ", 1)
+            } else {
+                l.clone()
+            }
+        })
+        .collect()
+}
+
+/// `iomt validate` of `text` with `env` set (and the other sign-in variables unset): the exit
+/// code and what it printed.
+fn validate_config(text: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("eh.toml");
     std::fs::write(&config, text).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iomt"));
+    command.args(["validate", "--config"]).arg(&config);
+    for k in [
+        "IOMT_EVENTHUBS_CONNECTION_STRING",
+        "IOMT_EVENTHUBS_CLIENT_SECRET",
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+    ] {
+        command.env_remove(k);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The example config's commented Event Hubs `[source]` block, uncommented in place of the
+/// MQTT one, is valid; without its connection string variable, `validate` says so.
+#[test]
+fn example_event_hubs_source_validates() {
+    let text = example_with_event_hubs(|lines| lines);
     let cs = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=a2V5";
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
-        .args(["validate", "--config"])
-        .arg(&config)
-        .env("IOMT_EVENTHUBS_CONNECTION_STRING", cs)
-        .output()
-        .unwrap();
+    let (code, out) = validate_config(&text, &[("IOMT_EVENTHUBS_CONNECTION_STRING", cs)]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = validate_config(&text, &[]);
+    assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.contains("IOMT_EVENTHUBS_CONNECTION_STRING is not set"),
+        "{out}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
-        .args(["validate", "--config"])
-        .arg(&config)
-        .env_remove("IOMT_EVENTHUBS_CONNECTION_STRING")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+}
+
+/// The example's Azure AD variants (connection string left out; namespace and a
+/// `[source.credential]` table in): the client secret one validates with its secret variable
+/// set and names the variable without it; the managed identity one validates as it is; a
+/// connection string together with a credential is refused.
+#[test]
+fn example_event_hubs_azure_ad_sources_validate() {
+    let without_cs = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|l| !l.starts_with("# connection_string_env = "))
+            .collect()
+    };
+    let secret = example_with_event_hubs(|l| with_credential(without_cs(l), "client_secret"));
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains("IOMT_EVENTHUBS_CONNECTION_STRING is not set"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        secret.contains("\n[source.credential]\nkind = \"client_secret\"\n"),
+        "{secret}"
+    );
+    let (code, out) = validate_config(&secret, &[("IOMT_EVENTHUBS_CLIENT_SECRET", "s3cret")]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    let (code, out) = validate_config(&secret, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("source.credential.client_secret_env: environment variable IOMT_EVENTHUBS_CLIENT_SECRET is not set"),
+        "{out}"
+    );
+
+    let identity = example_with_event_hubs(|l| with_credential(without_cs(l), "managed_identity"));
+    assert!(
+        identity.contains("\nkind = \"managed_identity\"\n"),
+        "{identity}"
+    );
+    let (code, out) = validate_config(&identity, &[]);
+    assert_eq!(code, Some(0), "{out}");
+
+    let both = example_with_event_hubs(|l| with_credential(l, "managed_identity"));
+    let cs = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=a2V5";
+    let (code, out) = validate_config(&both, &[("IOMT_EVENTHUBS_CONNECTION_STRING", cs)]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("source.credential: give either connection_string_env"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("source.fully_qualified_namespace: only used with [source.credential]"),
+        "one error for one mistake: {out}"
     );
 }
 

@@ -73,6 +73,9 @@ pub enum SourceError {
     /// The configuration cannot work.
     #[error("source configuration: {0}")]
     Config(String),
+    /// Signing in failed in a way retrying cannot fix (e.g. Azure AD refused the client secret).
+    #[error("source sign-in: {0}")]
+    Auth(String),
     /// The pipeline closed its channel.
     #[error("the pipeline stopped accepting events")]
     Closed,

@@ -111,7 +111,8 @@ pub enum AuthConfig {
 pub enum SourceConfig {
     /// MQTT (`[source]` with `kind = "mqtt"` and the MQTT settings).
     Mqtt(sources::mqtt::MqttConfig),
-    /// Azure Event Hubs (`[source]` with `kind = "event_hubs"` and the Event Hubs settings).
+    /// Azure Event Hubs (`[source]` with `kind = "event_hubs"` and the Event Hubs settings;
+    /// sign-in by connection string, or Azure AD with a `[source.credential]` table).
     EventHubs(sources::event_hubs::EventHubsConfig),
 }
 

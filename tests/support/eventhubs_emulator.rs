@@ -8,7 +8,10 @@
 //! security, management reads, partition receivers with offset filters, checkpoint resumption.
 //!
 //! What it answers:
-//! - `$cbs` `put-token`: `status-code` 202 (every token is accepted);
+//! - `$cbs` `put-token`: recorded (token type, audience, token, expiration; see
+//!   [`EventHubsEmulator::put_tokens`]) and answered `status-code` 202, or 401 when a check set
+//!   with [`EventHubsEmulator::check_tokens`] refuses the token (every token is accepted
+//!   without one);
 //! - `$management` `READ` of `com.microsoft:eventhub` and `com.microsoft:partition`: 200 with
 //!   the map body the SDK reads (partition ids, begin/last sequence numbers, offsets, times);
 //! - producer links with target `<hub>` (round robin over partitions) or `<hub>/Partitions/<n>`;
@@ -55,11 +58,28 @@ struct Partition {
     epochs: Mutex<HashMap<String, watch::Sender<u64>>>,
 }
 
+/// One `$cbs` `put-token` request as the emulator received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutToken {
+    /// `type`: `jwt` (Azure AD) or `servicebus.windows.net:sastoken` (shared access key).
+    pub token_type: String,
+    /// `name`: the audience (the entity URL the token is for).
+    pub audience: String,
+    /// The body: the token itself.
+    pub token: String,
+    /// `expiration`, Unix milliseconds.
+    pub expiration_ms: Option<i64>,
+}
+
+type TokenCheck = dyn Fn(&PutToken) -> bool + Send + Sync;
+
 struct Hub {
     name: String,
     partitions: Vec<Partition>,
     created_ms: i64,
     round_robin: AtomicUsize,
+    put_tokens: Mutex<Vec<PutToken>>,
+    token_check: Mutex<Option<Arc<TokenCheck>>>,
 }
 
 /// A running emulator of one event hub.
@@ -95,6 +115,8 @@ impl EventHubsEmulator {
                 .collect(),
             created_ms: now_ms(),
             round_robin: AtomicUsize::new(0),
+            put_tokens: Mutex::new(Vec::new()),
+            token_check: Mutex::new(None),
         });
         let h = hub.clone();
         let task = tokio::spawn(async move {
@@ -132,6 +154,17 @@ impl EventHubsEmulator {
             "Endpoint=sb://iomt-emulator.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=ZW11bGF0b3I=;EntityPath={}",
             self.hub.name
         )
+    }
+
+    /// Every `put-token` request so far, in order.
+    pub fn put_tokens(&self) -> Vec<PutToken> {
+        self.hub.put_tokens.lock().unwrap().clone()
+    }
+
+    /// From now on, a `put-token` whose token `check` refuses is answered 401 (as a hub
+    /// answers a token it does not accept), so links needing it cannot be opened.
+    pub fn check_tokens(&self, check: impl Fn(&PutToken) -> bool + Send + Sync + 'static) {
+        *self.hub.token_check.lock().unwrap() = Some(Arc::new(check));
     }
 
     /// Events stored in partition `p`.
@@ -507,7 +540,26 @@ fn answer(request: &Event, hub: &Hub) -> Event {
     let operation = app_property(request, "operation").unwrap_or_default();
     let entity = app_property(request, "type").unwrap_or_default();
     if operation == "put-token" {
-        return response(request, 202, None);
+        let put = PutToken {
+            token_type: entity,
+            audience: app_property(request, "name").unwrap_or_default(),
+            token: match &request.body {
+                Body::Value(AmqpValue(Value::String(t))) => t.clone(),
+                other => format!("{other:?}"),
+            },
+            expiration_ms: request
+                .application_properties
+                .as_ref()
+                .and_then(|p| p.0.get("expiration"))
+                .and_then(|v| match v {
+                    SimpleValue::Timestamp(t) => Some(t.milliseconds()),
+                    _ => None,
+                }),
+        };
+        let check = hub.token_check.lock().unwrap().clone();
+        let accepted = check.is_none_or(|c| c(&put));
+        hub.put_tokens.lock().unwrap().push(put);
+        return response(request, if accepted { 202 } else { 401 }, None);
     }
     if operation != "READ" {
         return response(request, 501, None);

@@ -24,8 +24,11 @@ pub fn hr_body(device: &str, minute: u32) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Differs between devices (by the bytes of the id, not only its length: with equal series,
+/// one device's Observation would pass for another's in [`wait_for_complete_observations`]).
 pub fn hr_value(device: &str, minute: u32) -> u32 {
-    60 + (minute * 7 + device.len() as u32 * 3) % 60
+    let seed: u32 = device.bytes().map(u32::from).sum();
+    60 + (minute * 7 + seed * 3) % 60
 }
 
 /// The SampledData `data` an hour of every minute from `device` must end up as.
