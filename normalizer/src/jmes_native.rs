@@ -276,7 +276,7 @@ impl<'a> Items<'_, 'a> {
 }
 
 fn member<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    if m.len() <= 8 {
+    if m.len() <= 16 {
         m.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
     } else {
         m.get(name)
