@@ -382,6 +382,42 @@ impl FhirClient {
         Ok(Some(Versioned { resource, version }))
     }
 
+    /// The versions of `type/id`, newest first (the first page of its history, which is
+    /// where recent writes are); empty when it does not exist.
+    pub async fn history(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Vec<Versioned>, WriteError> {
+        let url = format!("{}/{resource_type}/{id}/_history", self.base);
+        let a = self
+            .send(Method::GET, &url, &[("_count", "20")], None, None)
+            .await?;
+        if a.status == StatusCode::NOT_FOUND || a.status == StatusCode::GONE {
+            return Ok(Vec::new());
+        }
+        let bundle = a.body.ok_or_else(|| WriteError::InvalidResponse {
+            url: url.clone(),
+            detail: "empty history body".into(),
+        })?;
+        if bundle["resourceType"] != "Bundle" {
+            return Err(WriteError::InvalidResponse {
+                url,
+                detail: format!("expected a Bundle, got {}", bundle["resourceType"]),
+            });
+        }
+        Ok(bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("resource"))
+            .map(|r| Versioned {
+                version: version_of(r, None),
+                resource: r.clone(),
+            })
+            .collect())
+    }
+
     /// Searches `type?params`, following `next` links; returns the matched resources.
     pub async fn search(
         &self,

@@ -1,5 +1,8 @@
 //! Observation construction and merge (the reference's `CodeValueFhirTemplateProcessor`).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use grouper::{
     format_round_trip, GroupKey, MeasurementGroup, ObservationGroup, PeriodInterval, TimeValue,
@@ -550,6 +553,65 @@ fn is_service_coded(component: &Value, value_name: &str) -> bool {
                     && c.get("code").and_then(Value::as_str) == Some(value_name)
             })
         })
+}
+
+/// The SampledData samples of `lost`, an Observation that a blind create of `group`'s
+/// Observation replaced (another writer created it between our search and our `PUT`), as an
+/// observation group of the same key and window: merging it into the Observation as it now
+/// is puts those samples back. Only SampledData is recovered: Quantity, String and
+/// CodeableConcept Observations are one reading each, which both writers wrote alike.
+pub fn lost_samples<T>(
+    template: &CodeValueFhirTemplate,
+    group: &ObservationGroup<T>,
+    lost: &Value,
+) -> ObservationGroup<T> {
+    let start = lost
+        .as_object()
+        .and_then(existing_period)
+        .map_or(group.window.start, |(start, _)| start);
+    let samples = |holder: &Value, value: &FhirValue| -> Option<Vec<TimeValue>> {
+        let FhirValueKind::SampledData {
+            default_period_ms, ..
+        } = &value.kind
+        else {
+            return None;
+        };
+        let sd = holder.get("valueSampledData")?;
+        let period = sd
+            .get("period")
+            .and_then(Value::as_f64)
+            .filter(|p| *p > 0.0)
+            .unwrap_or(*default_period_ms);
+        let data = sd.get("data").and_then(Value::as_str)?;
+        Some(sampled::sampled_data_to_time_values(data, start, period))
+    };
+    let mut values = BTreeMap::new();
+    if let Some((v, name)) = main_value_name(template) {
+        if let Some(found) = samples(lost, v) {
+            values.insert(Arc::from(name), found);
+        }
+    }
+    let components = lost.get("component").and_then(Value::as_array);
+    for c in &template.components {
+        let Some(name) = c.value.value_name.as_deref() else {
+            continue;
+        };
+        let found = components
+            .into_iter()
+            .flatten()
+            .find(|comp| is_service_coded(comp, name))
+            .and_then(|comp| samples(comp, &c.value));
+        if let Some(found) = found {
+            values.insert(Arc::from(name), found);
+        }
+    }
+    ObservationGroup {
+        key: group.key.clone(),
+        period_interval: group.period_interval,
+        window: group.window,
+        values,
+        tags: Vec::new(),
+    }
 }
 
 /// Merges an observation group into an existing Observation: category replaced by the

@@ -22,8 +22,8 @@ use crate::cache::{CacheConfig, TtlCache};
 use crate::client::{FhirClient, Versioned, WriteError};
 use crate::identity::{IdentityError, IdentityResolver, ResolutionMode, ResolvedIdentity};
 use crate::observation::{
-    identifier_value, logical_id, observation_groups, to_observation, ObservationIdentity, Outcome,
-    SERVICE_SYSTEM,
+    identifier_value, logical_id, lost_samples, observation_groups, to_observation,
+    ObservationIdentity, Outcome, SERVICE_SYSTEM,
 };
 use crate::retry::{Attempt, Decision};
 use crate::template::{CodeValueFhirTemplate, FhirTemplates};
@@ -76,6 +76,9 @@ pub struct WriterStats {
     pub unchanged: AtomicU64,
     /// Re-reads after a version conflict.
     pub conflicts: AtomicU64,
+    /// Creates that replaced an Observation another writer had created meanwhile (between
+    /// our search and our `PUT`), whose samples were then merged back.
+    pub create_races: AtomicU64,
 }
 
 /// An error for some events of the batch.
@@ -307,7 +310,7 @@ impl FhirWriter {
             );
             for og in obs_groups {
                 match self
-                    .write_observation(template, &og, &obs_identity, issued)
+                    .write_observation(template, &og, &obs_identity, issued, 2)
                     .await
                 {
                     Ok(Written::Created(o)) => {
@@ -398,12 +401,16 @@ impl FhirWriter {
         }
     }
 
+    /// Writes one observation group: merged into the existing Observation, or created.
+    /// `repairs`: how many more times a create that replaced another writer's Observation is
+    /// repaired (see [`Self::replaced_version`]).
     async fn write_observation<T>(
         &self,
         template: &CodeValueFhirTemplate,
         og: &ObservationGroup<T>,
         identity: &ObservationIdentity,
         issued: Option<DateTime<Utc>>,
+        repairs: u8,
     ) -> Result<Written, WriteFailure> {
         let identifier = identifier_value(identity, og);
         let mut use_cache = true;
@@ -449,7 +456,31 @@ impl FhirWriter {
             };
             match self.client.put(&body, if_match.as_deref()).await {
                 Ok(written) => {
-                    self.observations.insert(identifier, written.clone());
+                    self.observations
+                        .insert(identifier.clone(), written.clone());
+                    if created && repairs > 0 && !template.is_point_in_time() {
+                        if let Some(lost) = self.replaced_version(&written).await? {
+                            // Another writer created this Observation after our search: our
+                            // blind create replaced it. Merge its samples back in (with
+                            // If-Match, as any update), so neither writer's readings are lost.
+                            self.stats.create_races.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(
+                                observation = %identifier,
+                                "An Observation created concurrently by another writer was replaced; merging its samples back."
+                            );
+                            self.stats.created.fetch_add(1, Ordering::Relaxed);
+                            let recovered = lost_samples(template, og, &lost.resource);
+                            self.observations.remove(&identifier);
+                            return Box::pin(self.write_observation(
+                                template,
+                                &recovered,
+                                identity,
+                                issued,
+                                repairs - 1,
+                            ))
+                            .await;
+                        }
+                    }
                     return Ok(if created {
                         self.stats.created.fetch_add(1, Ordering::Relaxed);
                         Written::Created(written.resource)
@@ -492,6 +523,34 @@ impl FhirWriter {
             url: format!("Observation?identifier={SERVICE_SYSTEM}|{identifier}"),
             status: 412,
         }))
+    }
+}
+
+impl FhirWriter {
+    /// The version our create replaced, when the Observation already existed: the version
+    /// just before ours in its history. `None` when ours is the first (the usual case).
+    async fn replaced_version(
+        &self,
+        written: &Versioned,
+    ) -> Result<Option<Versioned>, WriteFailure> {
+        let (Some(id), Some(ours)) = (
+            written.resource.get("id").and_then(Value::as_str),
+            written.version.as_deref(),
+        ) else {
+            return Ok(None);
+        };
+        let history = self
+            .client
+            .history("Observation", id)
+            .await
+            .map_err(WriteFailure::Request)?;
+        let Some(at) = history
+            .iter()
+            .position(|v| v.version.as_deref() == Some(ours))
+        else {
+            return Ok(None);
+        };
+        Ok(history.into_iter().nth(at + 1))
     }
 }
 

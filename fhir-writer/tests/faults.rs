@@ -12,6 +12,8 @@
 //!   present. Each run prints a `FAULTS ...` line with the requests retried.
 //! * `two_writers_merge_one_hourly_sampled_data_observation`: two independent writers (as two
 //!   processes would be) merge interleaved batches into one hourly SampledData Observation.
+//! * `a_create_that_replaces_another_writers_create_merges_its_samples_back`: the proxy holds
+//!   one writer's create while another creates the same Observation; no sample is lost.
 //! * `one_hz_heart_rate_needs_at_most_0_02_requests_per_measurement`: an hour of 1 Hz heart rate
 //!   in batches of 300 (the reference's batch size); prints `REQUESTS_PER_MEASUREMENT ...`.
 //! * `device_link_survives_a_dropped_answer` and `proxy_injects_the_faults_it_is_told_to`:
@@ -60,6 +62,8 @@ enum Fault {
     /// Forward (the server acts on the request), then close the connection without answering:
     /// the write happened but the client never hears of it.
     DropAfter,
+    /// Hold the request until the test calls [`FaultProxy::release`], then forward it.
+    Hold,
 }
 
 const TOO_MANY_REQUESTS: Fault = Fault::Status {
@@ -82,6 +86,7 @@ impl Fault {
             Fault::Status { code, .. } => code.to_string(),
             Fault::DropBefore => "drop-before".into(),
             Fault::DropAfter => "drop-after".into(),
+            Fault::Hold => "hold".into(),
         }
     }
 }
@@ -156,6 +161,10 @@ struct ProxyState {
     /// Requests the proxy could not parse or forward (must stay 0: a test would otherwise
     /// pass on faults the script did not ask for).
     broken: AtomicU64,
+    /// Held requests wait for a permit ([`FaultProxy::release`]).
+    gate: tokio::sync::Semaphore,
+    /// Requests being held now.
+    held: AtomicU64,
 }
 
 impl ProxyState {
@@ -289,6 +298,8 @@ impl FaultProxy {
             requests: AtomicU64::new(0),
             injected: Mutex::new(BTreeMap::new()),
             broken: AtomicU64::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+            held: AtomicU64::new(0),
         });
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -304,6 +315,22 @@ impl FaultProxy {
             state,
             task,
         }
+    }
+
+    /// Lets one held request through.
+    fn release(&self) {
+        self.state.gate.add_permits(1);
+    }
+
+    /// Waits until `n` requests are being held.
+    async fn wait_held(&self, n: u64) {
+        for _ in 0..2000 {
+            if self.state.held.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("no request was held");
     }
 
     /// Requests seen (every attempt).
@@ -344,6 +371,15 @@ async fn serve(state: Arc<ProxyState>, stream: TcpStream) {
             Fault::DropAfter => {
                 let _ = state.forward(&req).await;
                 return;
+            }
+            Fault::Hold => {
+                state.held.fetch_add(1, Ordering::SeqCst);
+                let Ok(permit) = state.gate.acquire().await else {
+                    return;
+                };
+                permit.forget();
+                state.held.fetch_sub(1, Ordering::SeqCst);
+                state.forward(&req).await
             }
         };
         if write_answer(&mut write, &answer).await.is_err() {
@@ -1372,6 +1408,64 @@ async fn two_writers_merge_one_hourly_sampled_data_observation() {
     assert!(
         ca >= 1,
         "writer A wrote from a stale cache without a conflict"
+    );
+    assert_eq!(proxy.broken(), 0);
+    assert_one_hz_hour_complete(&server, &all).await;
+}
+
+/// Two writers create the same hourly SampledData Observation at once: writer B searches,
+/// finds nothing, and its create (a `PUT` to the deterministic id) is held by the proxy while
+/// writer A searches and creates the Observation with its own samples. Then B's create goes
+/// through and replaces A's version. B must notice (the version before its own in the
+/// Observation's history) and merge A's samples back: in the end every sample of both is there
+/// once, and B counted one create race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_replaces_another_writers_create_merges_its_samples_back() {
+    let server = FhirServer::acquire().await;
+    let templates = fhir_templates(HR_1HZ_FHIR_MAPPING);
+    let all = one_hz_hour();
+    let mut held_once = false;
+    let proxy = FaultProxy::start(
+        &server.base,
+        Box::new(move |s: &Seen<'_>| {
+            let observation_create =
+                s.method == "PUT" && s.if_match.is_none() && s.target.contains("/Observation/");
+            if observation_create && !held_once {
+                held_once = true;
+                Fault::Hold
+            } else {
+                Fault::Pass
+            }
+        }),
+    )
+    .await;
+    let a = writer(&server.base, &templates);
+    let b = writer(&proxy.base, &templates);
+
+    let b_batch = all[1800..].to_vec();
+    let b_task = tokio::spawn(async move {
+        let r = b.write_batch(b_batch, None).await;
+        (b, r)
+    });
+    proxy.wait_held(1).await;
+    // B has searched and found nothing; its create is on hold. A creates meanwhile.
+    write_batches(&a, vec![all[..1800].to_vec()]).await;
+    assert_eq!(a.stats().created.load(Ordering::SeqCst), 1);
+    proxy.release();
+    let (b, r) = b_task.await.expect("writer B");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+
+    let races = b.stats().create_races.load(Ordering::SeqCst);
+    eprintln!(
+        "CREATE_RACE races_b={races} created_b={} updated_b={} conflicts_b={}",
+        b.stats().created.load(Ordering::SeqCst),
+        b.stats().updated.load(Ordering::SeqCst),
+        b.stats().conflicts.load(Ordering::SeqCst),
+    );
+    assert_eq!(proxy.injected().get("hold").copied(), Some(1));
+    assert_eq!(
+        races, 1,
+        "writer B did not notice it replaced A's Observation"
     );
     assert_eq!(proxy.broken(), 0);
     assert_one_hz_hour_complete(&server, &all).await;

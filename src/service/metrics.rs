@@ -99,6 +99,9 @@ pub struct Metrics {
     pub fhir_requests: AtomicU64,
     /// FHIR requests retried.
     pub fhir_retries: AtomicU64,
+    /// Creates that replaced another writer's concurrent create, repaired (copied from the
+    /// writer).
+    pub fhir_create_races: AtomicU64,
     /// 1 once the service is ready.
     pub ready: AtomicU64,
 }
@@ -218,6 +221,12 @@ impl Metrics {
             "iomt_fhir_request_retries_total",
             "FHIR requests retried after a transient failure.",
             self.fhir_retries.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_fhir_create_races_total",
+            "Observation creates that replaced another writer's concurrent create; its samples were merged back.",
+            self.fhir_create_races.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP iomt_fhir_resources_saved_total FHIR resources saved, by resource type and operation.\n# TYPE iomt_fhir_resources_saved_total counter");
         if let Ok(m) = self.saved.lock() {

@@ -243,6 +243,10 @@ impl Pipeline {
             self.metrics
                 .fhir_retries
                 .store(stats.retries.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.metrics.fhir_create_races.store(
+                self.writer.stats().create_races.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
             self.metrics
                 .saved("Observation", "Created", report.observations_created);
             self.metrics
