@@ -155,6 +155,21 @@ fn version_of(resource: &Value, etag: Option<&str>) -> Option<String> {
     })
 }
 
+/// A response body that must be a Bundle (`what`: "search", "history").
+fn as_bundle(url: &str, body: Option<Value>, what: &str) -> Result<Value, WriteError> {
+    let bundle = body.ok_or_else(|| WriteError::InvalidResponse {
+        url: url.to_string(),
+        detail: format!("empty {what} body"),
+    })?;
+    if bundle["resourceType"] != "Bundle" {
+        return Err(WriteError::InvalidResponse {
+            url: url.to_string(),
+            detail: format!("expected a Bundle, got {}", bundle["resourceType"]),
+        });
+    }
+    Ok(bundle)
+}
+
 /// The text of an OperationOutcome (or the raw body).
 pub fn outcome_text(body: &Option<Value>) -> String {
     match body {
@@ -396,16 +411,7 @@ impl FhirClient {
         if a.status == StatusCode::NOT_FOUND || a.status == StatusCode::GONE {
             return Ok(Vec::new());
         }
-        let bundle = a.body.ok_or_else(|| WriteError::InvalidResponse {
-            url: url.clone(),
-            detail: "empty history body".into(),
-        })?;
-        if bundle["resourceType"] != "Bundle" {
-            return Err(WriteError::InvalidResponse {
-                url,
-                detail: format!("expected a Bundle, got {}", bundle["resourceType"]),
-            });
-        }
+        let bundle = as_bundle(&url, a.body, "history")?;
         Ok(bundle["entry"]
             .as_array()
             .into_iter()
@@ -437,16 +443,7 @@ impl FhirClient {
                     outcome: outcome_text(&a.body),
                 });
             }
-            let bundle = a.body.ok_or_else(|| WriteError::InvalidResponse {
-                url: url.clone(),
-                detail: "empty search body".into(),
-            })?;
-            if bundle["resourceType"] != "Bundle" {
-                return Err(WriteError::InvalidResponse {
-                    url,
-                    detail: format!("expected a Bundle, got {}", bundle["resourceType"]),
-                });
-            }
+            let bundle = as_bundle(&url, a.body, "search")?;
             for e in bundle["entry"].as_array().into_iter().flatten() {
                 let mode = e
                     .pointer("/search/mode")
