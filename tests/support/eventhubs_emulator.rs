@@ -80,6 +80,8 @@ struct Hub {
     round_robin: AtomicUsize,
     put_tokens: Mutex<Vec<PutToken>>,
     token_check: Mutex<Option<Arc<TokenCheck>>>,
+    /// Message ids stored so far: an event sent again (the same id) is stored once.
+    message_ids: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A running emulator of one event hub.
@@ -117,6 +119,7 @@ impl EventHubsEmulator {
             round_robin: AtomicUsize::new(0),
             put_tokens: Mutex::new(Vec::new()),
             token_check: Mutex::new(None),
+            message_ids: Mutex::new(std::collections::HashSet::new()),
         });
         let h = hub.clone();
         let task = tokio::spawn(async move {
@@ -383,6 +386,17 @@ async fn serve_producer(mut receiver: Receiver, path: String, hub: Arc<Hub>) {
     // On an error (a remote detach), `recv` has answered it already.
     while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
         accept_unhurried(&receiver, &delivery).await;
+        let id = delivery
+            .message()
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_id.as_ref())
+            .map(|id| format!("{id:?}"));
+        if let Some(id) = id {
+            if !hub.message_ids.lock().unwrap().insert(id) {
+                continue; // sent again after a lost answer: stored already
+            }
+        }
         let p = fixed.unwrap_or_else(|| {
             hub.round_robin.fetch_add(1, Ordering::Relaxed) % hub.partitions.len()
         });
