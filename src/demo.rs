@@ -192,6 +192,7 @@ level = "info"
                 metrics_url: Some(format!("http://127.0.0.1:{}/metrics", args.metrics_port)),
                 thresholds: crate::review::default_thresholds(),
                 dead_letters: Some(dir.join("dead-letters")),
+                ..Default::default()
             },
         ));
         println!("  review page:      http://127.0.0.1:{}/", args.review_port);

@@ -130,6 +130,12 @@ enum Command {
         /// The connector's dead-letter directory, to list and inspect dead letters on the page.
         #[arg(long, value_name = "DIR")]
         dead_letters: Option<PathBuf>,
+        /// A device is fresh while its last reading is younger than this (minutes).
+        #[arg(long, default_value_t = 10, value_name = "MINUTES")]
+        fresh_minutes: u32,
+        /// A device is stale once its last reading is this old (minutes); aging in between.
+        #[arg(long, default_value_t = 60, value_name = "MINUTES")]
+        stale_minutes: u32,
     },
     /// Simulate devices: realistic vital-sign streams with faults, to stdout, a file or MQTT.
     Simulate(simulate::SimulateArgs),
@@ -260,8 +266,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             metrics_url,
             dead_letters,
+            fresh_minutes,
+            stale_minutes,
         } => {
             init_logging();
+            if fresh_minutes == 0 || fresh_minutes > stale_minutes {
+                anyhow::bail!(
+                    "--fresh-minutes ({fresh_minutes}) must be at least 1 and at most --stale-minutes ({stale_minutes})"
+                );
+            }
             let thresholds = match thresholds {
                 Some(p) => review::load_thresholds(&p)?,
                 None => review::default_thresholds(),
@@ -283,6 +296,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         metrics_url,
                         thresholds,
                         dead_letters,
+                        freshness: review::Freshness {
+                            fresh_secs: i64::from(fresh_minutes) * 60,
+                            stale_secs: i64::from(stale_minutes) * 60,
+                        },
                     },
                 )
                 .await

@@ -237,6 +237,38 @@ struct AppState {
     metrics_url: Option<String>,
     thresholds: Thresholds,
     dead_letters: Option<std::path::PathBuf>,
+    freshness: Freshness,
+}
+
+/// How recent a device's last reading must be to count as fresh, or at least aging; older
+/// (or none) is stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// Fresh below this age, in seconds (default 10 minutes).
+    pub fresh_secs: i64,
+    /// Aging below this age, stale from it, in seconds (default 1 hour).
+    pub stale_secs: i64,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Freshness {
+            fresh_secs: 600,
+            stale_secs: 3600,
+        }
+    }
+}
+
+impl Freshness {
+    /// `fresh`, `aging` or `stale` for a device whose last reading is `age` seconds old
+    /// (`None`: no reading at all).
+    pub fn class(&self, age: Option<i64>) -> &'static str {
+        match age {
+            Some(a) if a < self.fresh_secs => "fresh",
+            Some(a) if a < self.stale_secs => "aging",
+            _ => "stale",
+        }
+    }
 }
 
 /// Where the review page finds things besides the FHIR server.
@@ -248,6 +280,8 @@ pub struct ReviewOptions {
     pub thresholds: Thresholds,
     /// The connector's dead-letter directory, to list and inspect dead letters.
     pub dead_letters: Option<std::path::PathBuf>,
+    /// Device freshness classes.
+    pub freshness: Freshness,
 }
 
 async fn patients(state: &AppState) -> Result<Value, fhir_writer::WriteError> {
@@ -272,11 +306,19 @@ async fn patients(state: &AppState) -> Result<Value, fhir_writer::WriteError> {
             )
             .await?;
         let summary = latest(&obs, now, &state.thresholds);
+        let age = |d: &Value| {
+            summary["deviceAgeSeconds"][format!("Device/{}", d["id"].as_str().unwrap_or_default())]
+                .as_i64()
+        };
         out.push(json!({
             "id": id,
             "identifier": p["identifier"][0]["value"],
             "name": p["name"][0]["text"].as_str().or_else(|| p["name"][0]["family"].as_str()),
-            "devices": devices.iter().map(|d| json!({"id": d["id"], "identifier": d["identifier"][0]["value"]})).collect::<Vec<_>>(),
+            "devices": devices.iter().map(|d| json!({
+                "id": d["id"],
+                "identifier": d["identifier"][0]["value"],
+                "freshness": state.freshness.class(age(d)),
+            })).collect::<Vec<_>>(),
             "vitals": summary["vitals"],
             "deviceAgeSeconds": summary["deviceAgeSeconds"],
         }));
@@ -334,6 +376,7 @@ pub async fn serve(
         metrics_url: options.metrics_url,
         thresholds: options.thresholds,
         dead_letters: options.dead_letters,
+        freshness: options.freshness,
     });
     let s4 = state.clone();
     let s5 = state.clone();

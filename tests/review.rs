@@ -1,7 +1,8 @@
 //! `iomt review` against the real test FHIR server seeded by `iomt replay`: the patient list
-//! and the series API (SampledData expanded, gaps kept). The browser test of the page itself is
-//! still to come (issue 7).
+//! (with device freshness classes), the series API (SampledData expanded, gaps kept) and the
+//! dead-letter API. The browser test of the page itself is `tests/browser.rs`.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,8 @@ async fn review_api_lists_patients_and_expands_sampled_data() {
         .expect("patient-001 listed");
     assert!(p["vitals"]["heartrate"]["value"].is_number(), "{p}");
     assert!(!p["devices"].as_array().unwrap().is_empty());
+    // The readings are from 2024: stale with the default freshness (10 min / 1 h).
+    assert_eq!(p["devices"][0]["freshness"], "stale", "{p}");
     // The series behind the page's charts.
     let started = Instant::now();
     let series = loop {
@@ -141,4 +144,85 @@ async fn review_api_lists_patients_and_expands_sampled_data() {
     )
     .unwrap();
     assert_eq!(one["body"], "{\"heartRate\": ");
+}
+
+/// `--fresh-minutes` / `--stale-minutes` decide a device's freshness class on the page (the
+/// server classifies, the page only colours); an inconsistent pair is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_freshness_thresholds_are_configurable() {
+    let server = FhirServer::acquire().await;
+    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/heart-rate");
+    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
+        .args(["replay", "--device-mapping"])
+        .arg(set.join("devicecontent.json"))
+        .arg("--fhir-mapping")
+        .arg(set.join("fhirmapping.json"))
+        .arg("--events")
+        .arg(set.join("events.json"))
+        .args(["--fhir-url", &server.base, "--resolution", "Create"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The sample readings are about 1.4 million minutes old (2024) at the time of writing.
+    for (fresh, stale, want) in [
+        ("100000000", "100000001", "fresh"),
+        ("1", "100000000", "aging"),
+        ("10", "60", "stale"),
+    ] {
+        let port = free_port();
+        let _child = Killed(
+            Command::new(env!("CARGO_BIN_EXE_iomt"))
+                .args(["review", "--fhir-url", &server.base, "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["--fresh-minutes", fresh, "--stale-minutes", stale])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let started = Instant::now();
+        let patients = loop {
+            if let Some(p) = get(port, "/api/patients") {
+                break p;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "review did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let classes: Vec<&Value> = patients
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["devices"].as_array().unwrap())
+            .map(|d| &d["freshness"])
+            .collect();
+        assert!(!classes.is_empty());
+        assert!(
+            classes.iter().all(|c| *c == want),
+            "{fresh}/{stale}: {classes:?}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
+        .args([
+            "review",
+            "--fhir-url",
+            &server.base,
+            "--fresh-minutes",
+            "90",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--fresh-minutes (90) must be at least 1 and at most --stale-minutes (60)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
