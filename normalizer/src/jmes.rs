@@ -10,8 +10,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use jmespath::ast::{Ast, Comparator};
 use jmespath::functions::{ArgumentType, CustomFunction, Signature};
 use jmespath::{Context, ErrorReason, JmespathError, Rcvar, Runtime, Variable};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::doc::Doc;
 use crate::jsonpath::Token;
 
 /// A compiled JMESPath expression, bound to the shared runtime with custom functions.
@@ -219,29 +220,38 @@ pub fn to_variable(v: &Value) -> Rcvar {
     })
 }
 
-/// Converts a document token (a value, a property map, the event envelope) to a
-/// JMESPath variable.
+/// Converts a document value to a JMESPath variable (once per document). A member name
+/// occurs once in a [`Doc`] object, so none is lost to the crate's map.
+pub fn doc_to_variable(v: &Doc<'_>) -> Rcvar {
+    Arc::new(match v {
+        Doc::Null => Variable::Null,
+        Doc::Bool(b) => Variable::Bool(*b),
+        Doc::Number(n) => Variable::Number(n.clone()),
+        Doc::String(s) => Variable::String(s.to_string()),
+        Doc::Array(a) => Variable::Array(a.iter().map(doc_to_variable).collect()),
+        Doc::Object(m) => Variable::Object(
+            m.iter()
+                .map(|(k, x)| (k.to_string(), doc_to_variable(x)))
+                .collect(),
+        ),
+    })
+}
+
+/// Converts a document token (a value, the event envelope) to a JMESPath variable.
 pub fn token_to_variable(t: Token<'_>) -> Rcvar {
     match t {
-        Token::Value(v) => to_variable(v),
-        Token::Map(m) => map_to_variable(m),
+        Token::Value(v) => doc_to_variable(v),
         Token::Envelope(e) => {
             let mut o = BTreeMap::new();
-            o.insert("Body".to_string(), to_variable(e.body));
-            o.insert("Properties".to_string(), map_to_variable(e.properties));
+            o.insert("Body".to_string(), doc_to_variable(e.body));
+            o.insert("Properties".to_string(), doc_to_variable(e.properties));
             o.insert(
                 "SystemProperties".to_string(),
-                map_to_variable(e.system_properties),
+                doc_to_variable(e.system_properties),
             );
             Arc::new(Variable::Object(o))
         }
     }
-}
-
-fn map_to_variable(m: &Map<String, Value>) -> Rcvar {
-    Arc::new(Variable::Object(
-        m.iter().map(|(k, x)| (k.clone(), to_variable(x))).collect(),
-    ))
 }
 
 /// Converts a JMESPath result back to JSON.
@@ -256,6 +266,22 @@ pub fn to_value(v: &Variable) -> Value {
             Value::Object(m.iter().map(|(k, x)| (k.clone(), to_value(x))).collect())
         }
         Variable::Expref(_) => Value::Null,
+    }
+}
+
+/// Converts a JMESPath result to a document value (owning its strings).
+pub fn to_doc(v: &Variable) -> Doc<'static> {
+    match v {
+        Variable::Null | Variable::Expref(_) => Doc::Null,
+        Variable::String(s) => Doc::String(s.clone().into()),
+        Variable::Bool(b) => Doc::Bool(*b),
+        Variable::Number(n) => Doc::Number(n.clone()),
+        Variable::Array(a) => Doc::Array(a.iter().map(|x| to_doc(x)).collect()),
+        Variable::Object(m) => Doc::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone().into(), to_doc(x)))
+                .collect(),
+        ),
     }
 }
 

@@ -1,4 +1,4 @@
-//! JMESPath evaluated on the document as it is (`serde_json` values, the event's property
+//! JMESPath evaluated on the document as it is (the parsed [`Doc`], the event's property
 //! maps, the virtual envelope), without converting it into the `jmespath` crate's
 //! `Variable` tree first.
 //!
@@ -22,8 +22,9 @@ use std::cmp::Ordering;
 use chrono::{DateTime, SecondsFormat, Utc};
 use jmespath::ast::{Ast, Comparator};
 use jmespath::Variable;
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
+use crate::doc::{member, Doc};
 use crate::jsonpath::{Envelope, Token};
 
 /// The evaluation fell outside what this module covers, or failed: evaluate with the
@@ -45,9 +46,7 @@ pub enum J<'a> {
     /// A string.
     Str(Cow<'a, str>),
     /// A value of the document.
-    Val(&'a Value),
-    /// An object held as a bare map (an event's property map).
-    Map(&'a Map<String, Value>),
+    Val(&'a Doc<'a>),
     /// The event envelope `{Body, Properties, SystemProperties}`.
     Env(&'a Envelope<'a>),
     /// `CalculatedContent`'s root: the document plus a top-level `matchedToken`.
@@ -74,19 +73,18 @@ impl<'a> J<'a> {
     pub fn of_token(t: Token<'a>) -> J<'a> {
         match t {
             Token::Value(v) => J::Val(v),
-            Token::Map(m) => J::Map(m),
             Token::Envelope(e) => J::Env(e),
         }
     }
 
     fn kind(&self) -> Kind {
         match self {
-            J::Null | J::Val(Value::Null) => Kind::Null,
-            J::Bool(_) | J::Val(Value::Bool(_)) => Kind::Bool,
-            J::Num(_) | J::Val(Value::Number(_)) => Kind::Num,
-            J::Str(_) | J::Val(Value::String(_)) => Kind::Str,
-            J::Arr(_) | J::Val(Value::Array(_)) => Kind::Arr,
-            J::Obj(_) | J::Val(Value::Object(_)) | J::Map(_) | J::Env(_) | J::Root(..) => Kind::Obj,
+            J::Null | J::Val(Doc::Null) => Kind::Null,
+            J::Bool(_) | J::Val(Doc::Bool(_)) => Kind::Bool,
+            J::Num(_) | J::Val(Doc::Number(_)) => Kind::Num,
+            J::Str(_) | J::Val(Doc::String(_)) => Kind::Str,
+            J::Arr(_) | J::Val(Doc::Array(_)) => Kind::Arr,
+            J::Obj(_) | J::Val(Doc::Object(_)) | J::Env(_) | J::Root(..) => Kind::Obj,
         }
     }
 
@@ -102,7 +100,7 @@ impl<'a> J<'a> {
 
     fn number(&self) -> Option<&Number> {
         match self {
-            J::Num(n) | J::Val(Value::Number(n)) => Some(n),
+            J::Num(n) | J::Val(Doc::Number(n)) => Some(n),
             _ => None,
         }
     }
@@ -113,23 +111,21 @@ impl<'a> J<'a> {
 
     fn str(&self) -> Option<&str> {
         match self {
-            J::Str(s) => Some(s),
-            J::Val(Value::String(s)) => Some(s),
+            J::Str(s) | J::Val(Doc::String(s)) => Some(s),
             _ => None,
         }
     }
 
     fn truthy(&self) -> bool {
         match self {
-            J::Null | J::Val(Value::Null) => false,
-            J::Bool(b) | J::Val(Value::Bool(b)) => *b,
-            J::Num(_) | J::Val(Value::Number(_)) => true,
-            J::Str(s) => !s.is_empty(),
-            J::Val(Value::String(s)) => !s.is_empty(),
+            J::Null | J::Val(Doc::Null) => false,
+            J::Bool(b) | J::Val(Doc::Bool(b)) => *b,
+            J::Num(_) | J::Val(Doc::Number(_)) => true,
+            J::Str(s) | J::Val(Doc::String(s)) => !s.is_empty(),
             J::Arr(a) => !a.is_empty(),
-            J::Val(Value::Array(a)) => !a.is_empty(),
+            J::Val(Doc::Array(a)) => !a.is_empty(),
             J::Obj(o) => !o.is_empty(),
-            &J::Val(Value::Object(m)) | &J::Map(m) => !m.is_empty(),
+            J::Val(Doc::Object(m)) => !m.is_empty(),
             J::Env(_) | J::Root(..) => true,
         }
     }
@@ -138,7 +134,7 @@ impl<'a> J<'a> {
     fn items(&self) -> Option<Items<'_, 'a>> {
         match self {
             J::Arr(a) => Some(Items::Built(a)),
-            J::Val(Value::Array(a)) => Some(Items::Doc(a)),
+            J::Val(Doc::Array(a)) => Some(Items::Doc(a)),
             _ => None,
         }
     }
@@ -146,11 +142,11 @@ impl<'a> J<'a> {
     /// The member `name` of an object (`null` for anything else or a missing member).
     fn field(&self, name: &str) -> J<'a> {
         match self {
-            &J::Val(Value::Object(m)) | &J::Map(m) => member(m, name).map_or(J::Null, J::Val),
+            J::Val(Doc::Object(m)) => member(m, name).map_or(J::Null, J::Val),
             J::Env(e) => match name {
                 "Body" => J::Val(e.body),
-                "Properties" => J::Map(e.properties),
-                "SystemProperties" => J::Map(e.system_properties),
+                "Properties" => J::Val(e.properties),
+                "SystemProperties" => J::Val(e.system_properties),
                 _ => J::Null,
             },
             J::Root(_, matched) if name == "matchedToken" => J::of_token(*matched),
@@ -166,9 +162,9 @@ impl<'a> J<'a> {
     fn entries(&self) -> Option<Vec<(Cow<'a, str>, J<'a>)>> {
         let mut out: Vec<(Cow<'a, str>, J<'a>)> = match self {
             J::Obj(o) => return Some(o.clone()),
-            &J::Val(Value::Object(m)) | &J::Map(m) => m
+            J::Val(Doc::Object(m)) => m
                 .iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), J::Val(v)))
+                .map(|(k, v)| (Cow::Borrowed(k.as_ref()), J::Val(v)))
                 .collect(),
             J::Env(e) => Envelope::NAMES
                 .iter()
@@ -188,41 +184,44 @@ impl<'a> J<'a> {
 
     fn len(&self) -> Option<usize> {
         match self {
-            J::Str(s) => Some(s.chars().count()),
-            J::Val(Value::String(s)) => Some(s.chars().count()),
+            J::Str(s) | J::Val(Doc::String(s)) => Some(s.chars().count()),
             J::Arr(a) => Some(a.len()),
-            J::Val(Value::Array(a)) => Some(a.len()),
+            J::Val(Doc::Array(a)) => Some(a.len()),
             J::Obj(o) => Some(o.len()),
-            &J::Val(Value::Object(m)) | &J::Map(m) => Some(m.len()),
+            J::Val(Doc::Object(m)) => Some(m.len()),
             J::Env(_) => Some(3),
             J::Root(..) => self.entries().map(|e| e.len()),
             _ => None,
         }
     }
 
-    /// The value as JSON: borrowed when it is a part of the document.
-    pub fn to_value(&self) -> Cow<'a, Value> {
+    /// The value as a document value: borrowed when it is a part of the document.
+    pub fn to_doc(&self) -> Cow<'a, Doc<'a>> {
         match self {
             J::Val(v) => Cow::Borrowed(*v),
-            other => Cow::Owned(other.to_owned_value()),
+            other => Cow::Owned(other.to_owned_doc()),
         }
     }
 
-    fn to_owned_value(&self) -> Value {
+    /// The value as JSON (a copy).
+    pub fn to_value(&self) -> Value {
+        self.to_doc().to_value()
+    }
+
+    fn to_owned_doc(&self) -> Doc<'a> {
         match self {
-            J::Null => Value::Null,
-            J::Bool(b) => Value::Bool(*b),
-            J::Num(n) => Value::Number(n.clone()),
-            J::Str(s) => Value::String(s.to_string()),
+            J::Null => Doc::Null,
+            J::Bool(b) => Doc::Bool(*b),
+            J::Num(n) => Doc::Number(n.clone()),
+            J::Str(s) => Doc::String(s.clone()),
             J::Val(v) => (*v).clone(),
-            J::Map(m) => Value::Object((*m).clone()),
-            J::Env(e) => e.to_value(),
-            J::Arr(a) => Value::Array(a.iter().map(J::to_owned_value).collect()),
-            J::Obj(_) | J::Root(..) => Value::Object(
+            J::Env(e) => e.to_doc(),
+            J::Arr(a) => Doc::Array(a.iter().map(J::to_owned_doc).collect()),
+            J::Obj(_) | J::Root(..) => Doc::Object(
                 self.entries()
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|(k, v)| (k.into_owned(), v.to_owned_value()))
+                    .map(|(k, v)| (k, v.to_owned_doc()))
                     .collect(),
             ),
         }
@@ -251,7 +250,7 @@ impl<'a> J<'a> {
 /// The items of an array, wherever it lives.
 #[derive(Clone, Copy)]
 enum Items<'s, 'a> {
-    Doc(&'a [Value]),
+    Doc(&'a [Doc<'a>]),
     Built(&'s [J<'a>]),
 }
 
@@ -272,14 +271,6 @@ impl<'a> Items<'_, 'a> {
 
     fn to_vec(self) -> Vec<J<'a>> {
         (0..self.len()).filter_map(|i| self.get(i)).collect()
-    }
-}
-
-fn member<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    if m.len() <= 16 {
-        m.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
-    } else {
-        m.get(name)
     }
 }
 
@@ -374,8 +365,9 @@ fn compare<'a>(c: &Comparator, a: &J<'_>, b: &J<'_>) -> J<'a> {
 /// use normalizer::jmes_native::{eval, J};
 /// let e = normalizer::jmes::compile("Body[?hr > `60`].hr").unwrap();
 /// let doc = serde_json::json!({"Body": [{"hr": 58}, {"hr": 72}]});
+/// let doc = normalizer::doc::Doc::from_value(&doc);
 /// let r = eval(e.as_ast(), &J::Val(&doc)).unwrap();
-/// assert_eq!(r.to_value().into_owned(), serde_json::json!([72]));
+/// assert_eq!(r.to_value(), serde_json::json!([72]));
 /// ```
 pub fn eval<'a>(ast: &'a Ast, data: &J<'a>) -> Eval<'a> {
     Ok(match ast {
@@ -748,6 +740,6 @@ fn sorted(x: &J<'_>) -> Value {
                 .map(|i| i.to_vec().iter().map(sorted).collect())
                 .unwrap_or_default(),
         ),
-        _ => x.to_owned_value(),
+        _ => x.to_owned_doc().to_value(),
     }
 }

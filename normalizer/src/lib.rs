@@ -24,6 +24,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod doc;
 pub mod jmes;
 pub mod jmes_native;
 pub mod jsonpath;

@@ -10,6 +10,7 @@ use jmespath::{Rcvar, Variable};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::doc::Doc;
 use crate::jmes;
 use crate::jmes_native::{self, J};
 use crate::jsonpath::{Envelope, Scope, Token};
@@ -146,9 +147,9 @@ fn shorten(s: &str) -> String {
     }
 }
 
-fn describe(v: &Value) -> String {
+fn describe(v: &Doc<'_>) -> String {
     match v {
-        Value::String(s) => shorten(s),
+        Doc::String(s) => shorten(s),
         other => shorten(&other.to_string()),
     }
 }
@@ -161,12 +162,12 @@ pub struct Normalizer {
 }
 
 /// Per-document state: the document, and its JMESPath form built at most once.
-struct Doc<'a> {
+struct Document<'a> {
     top: Token<'a>,
     var: OnceCell<Rcvar>,
 }
 
-impl Doc<'_> {
+impl Document<'_> {
     fn var(&self) -> &Rcvar {
         self.var.get_or_init(|| jmes::token_to_variable(self.top))
     }
@@ -177,8 +178,8 @@ impl Doc<'_> {
 struct Match<'a> {
     /// The matched token of the document (JSONPath matches).
     token: Option<Token<'a>>,
-    /// The JSON form of a JMESPath match, built when a JSONPath expression needs it.
-    owned: OnceCell<Value>,
+    /// The document form of a JMESPath match, built when a JSONPath expression needs it.
+    owned: OnceCell<Doc<'a>>,
     var: OnceCell<Rcvar>,
     /// `CalculatedContent`'s JMESPath root: the document plus `matchedToken`.
     root: OnceCell<Rcvar>,
@@ -199,11 +200,10 @@ impl<'a> Match<'a> {
     fn of_native(j: J<'a>) -> Self {
         match j {
             J::Val(v) => Match::of_token(Token::Value(v)),
-            J::Map(m) => Match::of_token(Token::Map(m)),
             J::Env(e) => Match::of_token(Token::Envelope(e)),
             other => Match {
                 token: None,
-                owned: OnceCell::from(other.to_value().into_owned()),
+                owned: OnceCell::from(other.to_doc().into_owned()),
                 var: OnceCell::new(),
                 root: OnceCell::new(),
             },
@@ -217,7 +217,7 @@ impl Match<'_> {
             Some(t) => t,
             None => Token::Value(
                 self.owned
-                    .get_or_init(|| self.var.get().map_or(Value::Null, |v| jmes::to_value(v))),
+                    .get_or_init(|| self.var.get().map_or(Doc::Null, |v| jmes::to_doc(v))),
             ),
         }
     }
@@ -227,7 +227,7 @@ impl Match<'_> {
             .get_or_init(|| jmes::token_to_variable(self.token()))
     }
 
-    fn root(&self, doc: &Doc<'_>) -> &Rcvar {
+    fn root(&self, doc: &Document<'_>) -> &Rcvar {
         self.root.get_or_init(|| {
             let mut map: BTreeMap<String, Rcvar> = match &**doc.var() {
                 Variable::Object(o) => o.clone(),
@@ -242,7 +242,7 @@ impl Match<'_> {
 /// What an expression selected, for a single-value field.
 enum One<'a> {
     Missing,
-    Found(Cow<'a, Value>),
+    Found(Cow<'a, Doc<'a>>),
 }
 
 impl Normalizer {
@@ -280,12 +280,17 @@ impl Normalizer {
         system_properties: &Map<String, Value>,
         ingestion_time: Option<DateTime<Utc>>,
     ) -> Result<Vec<Measurement>, NormalizeError> {
-        let body: Value = serde_json::from_slice(body).map_err(NormalizeError::invalid_format)?;
-        // The document `{Body, Properties, SystemProperties}`, without copying the maps.
+        // A tree borrowing the body's strings, parsed by serde_json's own deserializer: what
+        // is valid JSON, the errors and the numbers are those of `Value` (see `Doc`).
+        let body: Doc<'_> = serde_json::from_slice(body).map_err(NormalizeError::invalid_format)?;
+        // The document `{Body, Properties, SystemProperties}`, never built: the property
+        // maps as documents borrowing their strings (one vector each).
+        let (properties, system_properties) =
+            (Doc::from_map(properties), Doc::from_map(system_properties));
         let envelope = Envelope {
             body: &body,
-            properties,
-            system_properties,
+            properties: &properties,
+            system_properties: &system_properties,
         };
         let present = self.prefilter.present_envelope(&envelope);
         self.normalize_token(Token::Envelope(&envelope), present, ingestion_time)
@@ -298,8 +303,9 @@ impl Normalizer {
         doc: &Value,
         ingestion_time: Option<DateTime<Utc>>,
     ) -> Result<Vec<Measurement>, NormalizeError> {
-        let present = self.prefilter.present(doc);
-        self.normalize_token(Token::Value(doc), present, ingestion_time)
+        let doc = Doc::from_value(doc); // borrows the strings
+        let present = self.prefilter.present(&doc);
+        self.normalize_token(Token::Value(&doc), present, ingestion_time)
     }
 
     /// Normalizes a document whose tracked names `present` (see [`Prefilter`]) are known.
@@ -309,7 +315,7 @@ impl Normalizer {
         present: u64,
         ingestion_time: Option<DateTime<Utc>>,
     ) -> Result<Vec<Measurement>, NormalizeError> {
-        let doc = Doc {
+        let doc = Document {
             top,
             var: OnceCell::new(),
         };
@@ -356,7 +362,7 @@ fn unset(t: &ContentTemplate, field: &str) -> NormalizeError {
 
 fn type_matches<'a>(
     t: &'a ContentTemplate,
-    doc: &'a Doc<'a>,
+    doc: &'a Document<'a>,
 ) -> Result<Vec<Match<'a>>, NormalizeError> {
     let e = &t.type_match;
     match &e.compiled {
@@ -375,7 +381,7 @@ fn type_matches<'a>(
                         .filter(|x| !x.is_null())
                         .map(Match::of_native)
                         .collect(),
-                    J::Val(Value::Array(items)) => items
+                    J::Val(Doc::Array(items)) => items
                         .iter()
                         .filter(|x| !x.is_null())
                         .map(|x| Match::of_token(Token::Value(x)))
@@ -419,7 +425,7 @@ fn select_one<'s>(
     t: &ContentTemplate,
     field: &str,
     e: &'s Expression,
-    doc: &'s Doc<'_>,
+    doc: &'s Document<'_>,
     m: &'s Match<'_>,
 ) -> Result<One<'s>, NormalizeError> {
     let legacy = t.kind != TemplateKind::CalculatedContent;
@@ -455,16 +461,16 @@ fn select_one<'s>(
             if let Ok(r) = jmes_native::eval(j.as_ast(), &data) {
                 return match r {
                     J::Arr(mut a) if a.len() <= 1 => {
-                        Ok(a.pop().map_or(One::Missing, |x| One::Found(x.to_value())))
+                        Ok(a.pop().map_or(One::Missing, |x| One::Found(x.to_doc())))
                     }
-                    J::Val(Value::Array(a)) if a.len() <= 1 => Ok(a
+                    J::Val(Doc::Array(a)) if a.len() <= 1 => Ok(a
                         .first()
                         .map_or(One::Missing, |x| One::Found(Cow::Borrowed(x)))),
-                    J::Arr(_) | J::Val(Value::Array(_)) => {
+                    J::Arr(_) | J::Val(Doc::Array(_)) => {
                         Err(many(t, field, e, r.array_len().unwrap_or(0)))
                     }
                     r if r.is_null() => Ok(One::Missing),
-                    r => Ok(One::Found(r.to_value())),
+                    r => Ok(One::Found(r.to_doc())),
                 };
             }
             let root = if legacy { m.var() } else { m.root(doc) };
@@ -484,10 +490,10 @@ fn select_one<'s>(
                 Variable::Null => Ok(One::Missing),
                 Variable::Array(a) if a.is_empty() => Ok(One::Missing),
                 Variable::Array(a) if a.len() == 1 => {
-                    Ok(One::Found(Cow::Owned(jmes::to_value(&a[0]))))
+                    Ok(One::Found(Cow::Owned(jmes::to_doc(&a[0]))))
                 }
                 Variable::Array(a) => Err(many(t, field, e, a.len())),
-                other => Ok(One::Found(Cow::Owned(jmes::to_value(other)))),
+                other => Ok(One::Found(Cow::Owned(jmes::to_doc(other)))),
             }
         }
     }
@@ -521,14 +527,14 @@ fn string_field(
     t: &ContentTemplate,
     field: &str,
     e: &Expression,
-    doc: &Doc<'_>,
+    doc: &Document<'_>,
     m: &Match<'_>,
 ) -> Result<Option<Arc<str>>, NormalizeError> {
     match select_one(t, field, e, doc, m)? {
         One::Missing => Ok(None),
         // The common case, a string of the document: one allocation, no `String` first.
         One::Found(v) => match &*v {
-            Value::String(s) if !s.trim().is_empty() => Ok(Some(Arc::from(s.as_str()))),
+            Doc::String(s) if !s.trim().is_empty() => Ok(Some(Arc::from(s.as_ref()))),
             _ => text_field(t, field, e, &v).map(|s| s.map(Arc::from)),
         },
     }
@@ -539,7 +545,7 @@ fn text_field(
     t: &ContentTemplate,
     field: &str,
     e: &Expression,
-    v: &Value,
+    v: &Doc<'_>,
 ) -> Result<Option<String>, NormalizeError> {
     match value_text(v) {
         ValueText::Missing => Ok(None),
@@ -559,7 +565,7 @@ fn value_field(
     t: &ContentTemplate,
     field: &str,
     e: &Expression,
-    doc: &Doc<'_>,
+    doc: &Document<'_>,
     m: &Match<'_>,
 ) -> Result<Option<String>, NormalizeError> {
     match select_one(t, field, e, doc, m)? {
@@ -571,16 +577,16 @@ fn value_field(
 fn timestamp_field(
     t: &ContentTemplate,
     e: &Expression,
-    doc: &Doc<'_>,
+    doc: &Document<'_>,
     m: &Match<'_>,
 ) -> Result<Option<DateTime<Utc>>, NormalizeError> {
     const FIELD: &str = "TimestampExpression";
     match select_one(t, FIELD, e, doc, m)? {
         One::Missing => Ok(None),
         One::Found(v) => match &*v {
-            Value::Null => Ok(None),
-            Value::String(s) if s.trim().is_empty() => Ok(None),
-            Value::String(s) => parse_timestamp(s).map(Some).ok_or_else(|| {
+            Doc::Null => Ok(None),
+            Doc::String(s) if s.trim().is_empty() => Ok(None),
+            Doc::String(s) => parse_timestamp(s).map(Some).ok_or_else(|| {
                 NormalizeError::incompatible(t, FIELD, Some(e), Some(shorten(s)), format!("Unable to convert the value of [{FIELD}] to a date and time"))
             }),
             other => Err(NormalizeError::incompatible(t, FIELD, Some(e), Some(describe(other)), format!("Unable to convert the value of [{FIELD}] to a date and time: expected an ISO 8601 string, found {}", kind_name(other)))),
@@ -588,14 +594,14 @@ fn timestamp_field(
     }
 }
 
-fn kind_name(v: &Value) -> &'static str {
+fn kind_name(v: &Doc<'_>) -> &'static str {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Doc::Null => "null",
+        Doc::Bool(_) => "a boolean",
+        Doc::Number(_) => "a number",
+        Doc::String(_) => "a string",
+        Doc::Array(_) => "an array",
+        Doc::Object(_) => "an object",
     }
 }
 
@@ -650,7 +656,7 @@ fn memo_string(
     t: &ContentTemplate,
     field: &str,
     e: &Expression,
-    doc: &Doc<'_>,
+    doc: &Document<'_>,
     m: &Match<'_>,
 ) -> Result<Option<Arc<str>>, NormalizeError> {
     match memo.and_then(|memo| memo.strings.get_mut(i)?.as_mut()) {
@@ -672,7 +678,7 @@ fn memo_value(
     t: &ContentTemplate,
     field: &str,
     e: &Expression,
-    doc: &Doc<'_>,
+    doc: &Document<'_>,
     m: &Match<'_>,
 ) -> Result<Option<String>, NormalizeError> {
     match memo.and_then(|memo| memo.strings.get_mut(i)?.as_mut()) {
@@ -692,7 +698,7 @@ fn memo_time(
     i: usize,
     t: &ContentTemplate,
     e: &Expression,
-    doc: &Doc<'_>,
+    doc: &Document<'_>,
     m: &Match<'_>,
 ) -> Result<Option<DateTime<Utc>>, NormalizeError> {
     match memo.and_then(|memo| memo.times[i].as_mut()) {
@@ -708,7 +714,7 @@ fn memo_time(
 
 fn measurement(
     t: &ContentTemplate,
-    doc: &Doc<'_>,
+    doc: &Document<'_>,
     m: &Match<'_>,
     mut memo: Option<&mut Memo>,
     ingestion_time: Option<DateTime<Utc>>,
@@ -856,7 +862,7 @@ impl Prefilter {
     }
 
     /// The bits of the tracked names that occur in `doc` (all bits when none is tracked).
-    fn present(&self, doc: &Value) -> u64 {
+    fn present(&self, doc: &Doc<'_>) -> u64 {
         if self.names.is_empty() {
             return u64::MAX;
         }
@@ -876,8 +882,8 @@ impl Prefilter {
         for name in Envelope::NAMES {
             self.key(name, &mut bits);
         }
-        self.scan_map(e.properties, &mut bits);
-        self.scan_map(e.system_properties, &mut bits);
+        self.scan(e.properties, &mut bits);
+        self.scan(e.system_properties, &mut bits);
         bits
     }
 
@@ -895,21 +901,19 @@ impl Prefilter {
         }
     }
 
-    fn scan_map(&self, m: &Map<String, Value>, bits: &mut u64) {
-        for (k, x) in m {
-            self.key(k, bits);
-            if x.is_object() || x.is_array() {
-                self.scan(x, bits);
-            }
-        }
-    }
-
-    fn scan(&self, v: &Value, bits: &mut u64) {
+    fn scan(&self, v: &Doc<'_>, bits: &mut u64) {
         match v {
-            Value::Object(m) => self.scan_map(m, bits),
-            Value::Array(a) => {
+            Doc::Object(m) => {
+                for (k, x) in m {
+                    self.key(k, bits);
+                    if x.is_container() {
+                        self.scan(x, bits);
+                    }
+                }
+            }
+            Doc::Array(a) => {
                 for x in a {
-                    if x.is_object() || x.is_array() {
+                    if x.is_container() {
                         self.scan(x, bits);
                     }
                 }

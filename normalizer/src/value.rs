@@ -2,7 +2,9 @@
 //! (Newtonsoft.Json on .NET) renders them.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use serde_json::{Number, Value};
+use serde_json::Number;
+
+use crate::doc::Doc;
 
 /// Renders a JSON number as .NET renders the parsed value: integers in full,
 /// floating-point numbers as the shortest round-trip text, switching to `E+XX`/`E-XX`
@@ -141,15 +143,15 @@ pub enum ValueText {
 /// Numbers as [`format_number`]; booleans as .NET's `True`/`False`; strings unchanged
 /// (date-like strings keep their original text, where the reference would re-render
 /// them in a culture format).
-pub fn value_text(v: &Value) -> ValueText {
+pub fn value_text(v: &Doc<'_>) -> ValueText {
     match v {
-        Value::Null => ValueText::Missing,
-        Value::String(s) if s.trim().is_empty() => ValueText::Missing,
-        Value::String(s) => ValueText::Text(s.clone()),
-        Value::Number(n) => ValueText::Text(format_number(n)),
-        Value::Bool(b) => ValueText::Text(if *b { "True" } else { "False" }.into()),
-        Value::Array(_) => ValueText::NotScalar("an array"),
-        Value::Object(_) => ValueText::NotScalar("an object"),
+        Doc::Null => ValueText::Missing,
+        Doc::String(s) if s.trim().is_empty() => ValueText::Missing,
+        Doc::String(s) => ValueText::Text(s.to_string()),
+        Doc::Number(n) => ValueText::Text(format_number(n)),
+        Doc::Bool(b) => ValueText::Text(if *b { "True" } else { "False" }.into()),
+        Doc::Array(_) => ValueText::NotScalar("an array"),
+        Doc::Object(_) => ValueText::NotScalar("an object"),
     }
 }
 

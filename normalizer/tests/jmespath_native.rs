@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use normalizer::doc::Doc;
 use normalizer::jmes::{self, JmesExpression};
 use normalizer::jmes_native::{eval, J};
 use normalizer::jsonpath::{Envelope, Token};
@@ -169,7 +170,7 @@ proptest! {
     #[test]
     fn native_agrees_with_the_crate_on_values(v in doc()) {
         for (e, x) in compiled() {
-            agree(e, &x, &J::Val(&v), &jmes::to_variable(&v));
+            agree(e, &x, &J::Val(&Doc::from_value(&v)), &jmes::to_variable(&v));
         }
     }
 
@@ -177,8 +178,20 @@ proptest! {
     fn native_agrees_with_the_crate_on_envelopes_and_roots(
         body in doc(), properties in object(), system in object(), matched in doc()
     ) {
-        let env = Envelope { body: &body, properties: &properties, system_properties: &system };
-        let crate_env = jmes::token_to_variable(Token::Envelope(&env));
+        let (body_doc, properties_doc, system_doc, matched_doc) = (
+            Doc::from_value(&body),
+            Doc::from_map(&properties),
+            Doc::from_map(&system),
+            Doc::from_value(&matched),
+        );
+        let env = Envelope { body: &body_doc, properties: &properties_doc, system_properties: &system_doc };
+        // The crate's input built from the `serde_json` values, not from the documents.
+        let mut crate_env = std::collections::BTreeMap::new();
+        crate_env.insert("Body".to_string(), jmes::to_variable(&body));
+        crate_env.insert("Properties".to_string(), jmes::to_variable(&Value::Object(properties.clone())));
+        crate_env.insert("SystemProperties".to_string(), jmes::to_variable(&Value::Object(system.clone())));
+        let crate_env = std::sync::Arc::new(jmespath::Variable::Object(crate_env));
+        prop_assert_eq!(&crate_env, &jmes::token_to_variable(Token::Envelope(&env)));
         let mut root = match &*crate_env {
             jmespath::Variable::Object(o) => o.clone(),
             _ => unreachable!("the envelope is an object"),
@@ -187,8 +200,8 @@ proptest! {
         let crate_root = std::sync::Arc::new(jmespath::Variable::Object(root));
         for (e, x) in compiled() {
             agree(e, &x, &J::Env(&env), &crate_env);
-            agree(e, &x, &J::Root(Token::Envelope(&env), Token::Value(&matched)), &crate_root);
-            agree(e, &x, &J::Map(&properties), &jmes::token_to_variable(Token::Map(&properties)));
+            agree(e, &x, &J::Root(Token::Envelope(&env), Token::Value(&matched_doc)), &crate_root);
+            agree(e, &x, &J::Val(&properties_doc), &jmes::to_variable(&Value::Object(properties.clone())));
         }
     }
 }
@@ -215,7 +228,7 @@ fn native_covers_what_templates_use() {
     ] {
         let x = jmes::compile(e).unwrap();
         assert!(
-            agree(e, &x, &J::Val(&doc), &jmes::to_variable(&doc)),
+            agree(e, &x, &J::Val(&Doc::from_value(&doc)), &jmes::to_variable(&doc)),
             "{e}: the native evaluation gave up"
         );
     }
@@ -227,6 +240,9 @@ fn native_covers_what_templates_use() {
         "a[::0]",
     ] {
         let x = jmes::compile(e).unwrap();
-        assert!(eval(x.as_ast(), &J::Val(&doc)).is_err(), "{e}");
+        assert!(
+            eval(x.as_ast(), &J::Val(&Doc::from_value(&doc))).is_err(),
+            "{e}"
+        );
     }
 }
