@@ -257,6 +257,79 @@ async fn backoff(attempt: &mut u32, done: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// The connection loop both protocol versions share: their `rumqttc` types differ (the
+/// caller's `use` of `Event`, `Packet` and `QoS` decides which), their logic does not.
+/// `$parts` takes an incoming publish to its topic and application properties.
+macro_rules! connection_loop {
+    ($config:ident, $client:ident, $eventloop:ident, $out:ident, $shutdown:ident, $done:ident, $parts:expr) => {{
+        let filters = $config.filters();
+        let mut attempt = 0u32;
+        loop {
+            if $out.is_some() && *$shutdown.borrow() {
+                $out = None; // stop delivering; keep the connection for the last acks
+            }
+            let event = tokio::select! {
+                e = $eventloop.poll() => e,
+                _ = $shutdown.changed(), if $out.is_some() => continue,
+                _ = until_true(&mut $done) => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    attempt = 0;
+                    tracing::info!(session_present = ack.session_present, "MQTT connected.");
+                    for f in &filters {
+                        if let Err(e) = $client.subscribe(f.clone(), QoS::AtLeastOnce).await {
+                            tracing::error!(error = %e, filter = %f, "MQTT subscribe failed.");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let (topic, properties) = ($parts)(&p);
+                    let ack_client = $client.clone();
+                    let publish = p.clone();
+                    let ev = SourceEvent {
+                        body: p.payload.to_vec(),
+                        properties,
+                        system_properties: system_properties(&$config, &topic),
+                        ingestion_time: Utc::now(),
+                        origin: topic,
+                        ack: Ack::new(move || {
+                            Box::pin(async move {
+                                if publish.qos != QoS::AtMostOnce {
+                                    if let Err(e) = ack_client.ack(&publish).await {
+                                        tracing::warn!(error = %e, "MQTT ack failed; the broker will redeliver.");
+                                    }
+                                }
+                            })
+                        }),
+                    };
+                    if let Some(o) = &$out {
+                        if o.send(ev).await.is_err() {
+                            return Err(SourceError::Closed);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "MQTT connection failed; reconnecting.");
+                    if !backoff(&mut attempt, &mut $done).await {
+                        break;
+                    }
+                }
+            }
+        }
+        // Flush the queued acks, then disconnect (the session stays on the broker).
+        let _ = $client.disconnect().await;
+        let flush = async {
+            while let Ok(e) = $eventloop.poll().await {
+                tracing::trace!(?e, "MQTT event while disconnecting.");
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;
+        Ok(())
+    }};
+}
+
 async fn run_v5(
     config: MqttConfig,
     out: mpsc::Sender<SourceEvent>,
@@ -281,80 +354,27 @@ async fn run_v5(
         opts.set_transport(rumqttc::Transport::tls_with_config(tls_config(&config)?));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, config.inflight as usize);
-    let filters = config.filters();
-    let mut attempt = 0u32;
-    loop {
-        if out.is_some() && *shutdown.borrow() {
-            out = None; // stop delivering; keep the connection for the last acks
-        }
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = shutdown.changed(), if out.is_some() => continue,
-            _ = until_true(&mut done) => break,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                attempt = 0;
-                tracing::info!(session_present = ack.session_present, "MQTT connected.");
-                for f in &filters {
-                    if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
-                        tracing::error!(error = %e, filter = %f, "MQTT subscribe failed.");
-                    }
+    connection_loop!(
+        config,
+        client,
+        eventloop,
+        out,
+        shutdown,
+        done,
+        |p: &rumqttc::v5::mqttbytes::v5::Publish| {
+            let topic = String::from_utf8_lossy(&p.topic).into_owned();
+            let mut properties = Map::new();
+            if let Some(props) = &p.properties {
+                for (k, v) in &props.user_properties {
+                    properties.insert(k.clone(), Value::String(v.clone()));
+                }
+                if let Some(ct) = &props.content_type {
+                    properties.insert("content-type".into(), Value::String(ct.clone()));
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                let mut properties = Map::new();
-                if let Some(props) = &p.properties {
-                    for (k, v) in &props.user_properties {
-                        properties.insert(k.clone(), Value::String(v.clone()));
-                    }
-                    if let Some(ct) = &props.content_type {
-                        properties.insert("content-type".into(), Value::String(ct.clone()));
-                    }
-                }
-                let ack_client = client.clone();
-                let publish = p.clone();
-                let ev = SourceEvent {
-                    body: p.payload.to_vec(),
-                    properties,
-                    system_properties: system_properties(&config, &topic),
-                    ingestion_time: Utc::now(),
-                    origin: topic,
-                    ack: Ack::new(move || {
-                        Box::pin(async move {
-                            if publish.qos != QoS::AtMostOnce {
-                                if let Err(e) = ack_client.ack(&publish).await {
-                                    tracing::warn!(error = %e, "MQTT ack failed; the broker will redeliver.");
-                                }
-                            }
-                        })
-                    }),
-                };
-                if let Some(o) = &out {
-                    if o.send(ev).await.is_err() {
-                        return Err(SourceError::Closed);
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "MQTT connection failed; reconnecting.");
-                if !backoff(&mut attempt, &mut done).await {
-                    break;
-                }
-            }
+            (topic, properties)
         }
-    }
-    // Flush the queued acks, then disconnect (the session stays on the broker).
-    let _ = client.disconnect().await;
-    let flush = async {
-        while let Ok(e) = eventloop.poll().await {
-            tracing::trace!(?e, "MQTT event while disconnecting.");
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;
-    Ok(())
+    )
 }
 
 async fn run_v4(
@@ -379,71 +399,15 @@ async fn run_v4(
         opts.set_transport(rumqttc::Transport::tls_with_config(tls_config(&config)?));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, config.inflight as usize);
-    let filters = config.filters();
-    let mut attempt = 0u32;
-    loop {
-        if out.is_some() && *shutdown.borrow() {
-            out = None; // stop delivering; keep the connection for the last acks
-        }
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = shutdown.changed(), if out.is_some() => continue,
-            _ = until_true(&mut done) => break,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                attempt = 0;
-                tracing::info!(session_present = ack.session_present, "MQTT connected.");
-                for f in &filters {
-                    if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
-                        tracing::error!(error = %e, filter = %f, "MQTT subscribe failed.");
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let topic = p.topic.clone();
-                let ack_client = client.clone();
-                let publish = p.clone();
-                let ev = SourceEvent {
-                    body: p.payload.to_vec(),
-                    properties: Map::new(),
-                    system_properties: system_properties(&config, &topic),
-                    ingestion_time: Utc::now(),
-                    origin: topic,
-                    ack: Ack::new(move || {
-                        Box::pin(async move {
-                            if publish.qos != QoS::AtMostOnce {
-                                if let Err(e) = ack_client.ack(&publish).await {
-                                    tracing::warn!(error = %e, "MQTT ack failed; the broker will redeliver.");
-                                }
-                            }
-                        })
-                    }),
-                };
-                if let Some(o) = &out {
-                    if o.send(ev).await.is_err() {
-                        return Err(SourceError::Closed);
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "MQTT connection failed; reconnecting.");
-                if !backoff(&mut attempt, &mut done).await {
-                    break;
-                }
-            }
-        }
-    }
-    // Flush the queued acks, then disconnect (the session stays on the broker).
-    let _ = client.disconnect().await;
-    let flush = async {
-        while let Ok(e) = eventloop.poll().await {
-            tracing::trace!(?e, "MQTT event while disconnecting.");
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;
-    Ok(())
+    connection_loop!(
+        config,
+        client,
+        eventloop,
+        out,
+        shutdown,
+        done,
+        |p: &rumqttc::Publish| { (p.topic.clone(), Map::new()) }
+    )
 }
 
 #[cfg(test)]
