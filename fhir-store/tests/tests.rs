@@ -12,3 +12,5 @@ mod fhir_server;
 mod http;
 mod support;
 mod writer;
+#[path = "../../tests/support/writer_fixtures.rs"]
+mod writer_fixtures;

@@ -9,18 +9,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use fhir_writer::retry::RetryPolicy;
 use fhir_writer::sampled::sampled_data_to_time_values;
 use fhir_writer::{
     parse_fhir_datetime, FhirClient, FhirClientConfig, FhirTemplates, FhirWriter, ResolutionMode,
     WriteReport, WriterConfig,
 };
-use normalizer::{Measurement, Normalizer};
+use normalizer::Measurement;
 use serde_json::{json, Value};
 
 use crate::fhir_server::FhirServer;
 use crate::support::Running;
+use crate::writer_fixtures::{
+    device_normalizer, fhir_templates, normalize, number, one_hz_hour, read, write_batches,
+    HR_1HZ_FHIR_MAPPING,
+};
 
 fn writer(base: &str, templates: &Arc<FhirTemplates>, resolution: ResolutionMode) -> FhirWriter {
     let mut c = FhirClientConfig::new(base);
@@ -53,46 +57,6 @@ fn template_sets() -> Vec<PathBuf> {
         .collect();
     sets.sort();
     sets
-}
-
-fn read(path: PathBuf) -> String {
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn fhir_templates(text: &str) -> Arc<FhirTemplates> {
-    let (templates, errors) = FhirTemplates::load(text);
-    assert!(errors.is_empty(), "FHIR mapping: {errors:?}");
-    Arc::new(templates)
-}
-
-fn device_normalizer(text: &str) -> Normalizer {
-    Normalizer::new(
-        normalizer::load_device_mapping(text)
-            .into_result()
-            .expect("device mapping"),
-    )
-}
-
-/// Normalizes events in the `events.json` format; events that fail or match nothing are left
-/// out, as the pipeline dead-letters them before the writer.
-fn normalize(n: &Normalizer, events: &[Value]) -> Vec<(usize, Measurement)> {
-    let mut out = Vec::new();
-    for (i, ev) in events.iter().enumerate() {
-        let body = match (&ev["body"], ev["bodyText"].as_str()) {
-            (_, Some(text)) => text.as_bytes().to_vec(),
-            (b, None) => b.to_string().into_bytes(),
-        };
-        let map = |k: &str| ev[k].as_object().cloned().unwrap_or_default();
-        let (properties, system_properties) = (map("properties"), map("systemProperties"));
-        let ingestion = ["iothub-enqueuedtime", "x-opt-enqueued-time", "enqueuedTime"]
-            .iter()
-            .find_map(|k| system_properties.get(*k)?.as_str())
-            .and_then(normalizer::value::parse_timestamp);
-        if let Ok(ms) = n.normalize(&body, &properties, &system_properties, ingestion) {
-            out.extend(ms.into_iter().map(|m| (i, m)));
-        }
-    }
-    out
 }
 
 /// A resource without what a server sets (`meta`) or a write stamps (`issued`).
@@ -209,6 +173,7 @@ async fn every_template_set_writes_the_same_resources_as_on_the_test_fhir_server
         let measurements = normalize(
             &device_normalizer(&read(set.join("devicecontent.json"))),
             &events,
+            0,
         );
         assert!(!measurements.is_empty(), "{name}: no measurements");
 
@@ -312,60 +277,6 @@ async fn every_template_set_writes_the_same_resources_as_on_the_test_fhir_server
             created[1].len(),
             created[2].len()
         );
-    }
-}
-
-const HR_1HZ_DEVICE_MAPPING: &str = r#"{"templateType": "CollectionContent", "template": [{
-  "templateType": "JsonPathContent",
-  "template": {"typeName": "heartrate", "typeMatchExpression": "$..[?(@heartRate)]",
-               "deviceIdExpression": "$.deviceId", "patientIdExpression": "$.patientId",
-               "timestampExpression": "$.endDate",
-               "values": [{"valueName": "hr", "valueExpression": "$.heartRate", "required": true}]}
-}]}"#;
-
-const HR_1HZ_FHIR_MAPPING: &str = r#"{"templateType": "CollectionFhir", "template": [{
-  "templateType": "CodeValueFhir",
-  "template": {"typeName": "heartrate", "periodInterval": 60,
-               "codes": [{"code": "8867-4", "system": "http://loinc.org", "display": "Heart rate"}],
-               "value": {"valueType": "SampledData", "valueName": "hr", "defaultPeriod": 1000, "unit": "/min"}}
-}]}"#;
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// A value in a canonical form, so `97`, `97.0` and `"97"` compare equal.
-fn number(v: &str) -> String {
-    match v.trim().parse::<f64>() {
-        Ok(f) => f.to_string(),
-        Err(_) => v.to_string(),
-    }
-}
-
-/// One hour of 1 Hz heart rate from one device of one patient; every value distinct.
-fn one_hz_hour() -> Vec<(usize, Measurement)> {
-    let start = Utc
-        .with_ymd_and_hms(2024, 3, 1, 10, 0, 0)
-        .single()
-        .expect("time");
-    let events: Vec<Value> = (0..3600)
-        .map(|s| {
-            json!({"body": {
-                "deviceId": "hr-1hz-01", "patientId": "patient-1hz",
-                "endDate": rfc3339(start + chrono::Duration::seconds(s)),
-                "heartRate": 40.0 + s as f64 / 100.0,
-            }})
-        })
-        .collect();
-    let ms = normalize(&device_normalizer(HR_1HZ_DEVICE_MAPPING), &events);
-    assert_eq!(ms.len(), 3600);
-    ms
-}
-
-async fn write_batches(w: &FhirWriter, batches: Vec<Vec<(usize, Measurement)>>) {
-    for batch in batches {
-        let r = w.write_batch(batch, None).await;
-        assert!(r.errors.is_empty(), "{:?}", r.errors);
     }
 }
 

@@ -21,6 +21,8 @@
 
 #[path = "../../tests/support/fhir_server.rs"]
 mod fhir_server;
+#[path = "../../tests/support/writer_fixtures.rs"]
+mod writer_fixtures;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, DurationRound, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use fhir_server::FhirServer;
 use fhir_writer::retry::RetryPolicy;
 use fhir_writer::sampled::sampled_data_to_time_values;
@@ -39,12 +41,16 @@ use fhir_writer::{
     logical_id, parse_fhir_datetime, FhirClient, FhirClientConfig, FhirTemplates, FhirWriter,
     ResolutionMode, WriterConfig, SERVICE_SYSTEM,
 };
-use normalizer::{Measurement, Normalizer};
+use normalizer::Measurement;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
+use writer_fixtures::{
+    device_normalizer, fhir_templates, normalize, number, one_hz_hour, read, rfc3339,
+    write_batches, HR_1HZ_FHIR_MAPPING,
+};
 
 // ---------------------------------------------------------------------------------------------
 // The fault-injecting proxy.
@@ -625,55 +631,10 @@ fn templates_dir(kind: &str) -> PathBuf {
         .join(kind)
 }
 
-fn read(path: PathBuf) -> String {
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn fhir_templates(text: &str) -> Arc<FhirTemplates> {
-    let (templates, errors) = FhirTemplates::load(text);
-    assert!(errors.is_empty(), "FHIR mapping: {errors:?}");
-    Arc::new(templates)
-}
-
-fn device_normalizer(text: &str) -> Normalizer {
-    Normalizer::new(
-        normalizer::load_device_mapping(text)
-            .into_result()
-            .expect("device mapping"),
-    )
-}
-
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .expect("time")
         .with_timezone(&Utc)
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// Normalizes events in the `events.json` format (`body` or `bodyText`, `properties`,
-/// `systemProperties`), tagging measurements with `first_tag + index`. Events that fail or
-/// match nothing are left out, as the pipeline dead-letters them before the writer.
-fn normalize(n: &Normalizer, events: &[Value], first_tag: usize) -> Vec<(usize, Measurement)> {
-    let mut out = Vec::new();
-    for (i, ev) in events.iter().enumerate() {
-        let body = match (&ev["body"], ev["bodyText"].as_str()) {
-            (_, Some(text)) => text.as_bytes().to_vec(),
-            (b, None) => b.to_string().into_bytes(),
-        };
-        let map = |k: &str| ev[k].as_object().cloned().unwrap_or_default();
-        let (properties, system_properties) = (map("properties"), map("systemProperties"));
-        let ingestion = ["iothub-enqueuedtime", "x-opt-enqueued-time", "enqueuedTime"]
-            .iter()
-            .find_map(|k| system_properties.get(*k)?.as_str())
-            .and_then(normalizer::value::parse_timestamp);
-        if let Ok(ms) = n.normalize(&body, &properties, &system_properties, ingestion) {
-            out.extend(ms.into_iter().map(|m| (first_tag + i, m)));
-        }
-    }
-    out
 }
 
 /// A template set from `templates/` with batches to write: the set's own sample events
@@ -764,14 +725,6 @@ impl Set {
 }
 
 type SampleKey = (String, String, i64);
-
-/// A value in a canonical form, so `97`, `97.0` and `"97"` compare equal.
-fn number(v: &str) -> String {
-    match v.trim().parse::<f64>() {
-        Ok(f) => f.to_string(),
-        Err(_) => v.to_string(),
-    }
-}
 
 /// Generated heart rate: 3 devices, one reading a minute for 3 hours (one per SampledData
 /// slot), in batches of 10 minutes: each hourly Observation is created, then updated 5 times.
@@ -1277,41 +1230,6 @@ async fn proxy_injects_the_faults_it_is_told_to() {
 // Hourly 1 Hz SampledData: concurrency and request count.
 // ---------------------------------------------------------------------------------------------
 
-const HR_1HZ_DEVICE_MAPPING: &str = r#"{"templateType": "CollectionContent", "template": [{
-  "templateType": "JsonPathContent",
-  "template": {"typeName": "heartrate", "typeMatchExpression": "$..[?(@heartRate)]",
-               "deviceIdExpression": "$.deviceId", "patientIdExpression": "$.patientId",
-               "timestampExpression": "$.endDate",
-               "values": [{"valueName": "hr", "valueExpression": "$.heartRate", "required": true}]}
-}]}"#;
-
-const HR_1HZ_FHIR_MAPPING: &str = r#"{"templateType": "CollectionFhir", "template": [{
-  "templateType": "CodeValueFhir",
-  "template": {"typeName": "heartrate", "periodInterval": 60,
-               "codes": [{"code": "8867-4", "system": "http://loinc.org", "display": "Heart rate"}],
-               "value": {"valueType": "SampledData", "valueName": "hr", "defaultPeriod": 1000, "unit": "/min"}}
-}]}"#;
-
-/// One hour of 1 Hz heart rate from one device of one patient; every value distinct.
-fn one_hz_hour() -> Vec<(usize, Measurement)> {
-    let start = Utc
-        .with_ymd_and_hms(2024, 3, 1, 10, 0, 0)
-        .single()
-        .expect("time");
-    let events: Vec<Value> = (0..3600)
-        .map(|s| {
-            json!({"body": {
-                "deviceId": "hr-1hz-01", "patientId": "patient-1hz",
-                "endDate": rfc3339(start + chrono::Duration::seconds(s)),
-                "heartRate": 40.0 + s as f64 / 100.0,
-            }})
-        })
-        .collect();
-    let ms = normalize(&device_normalizer(HR_1HZ_DEVICE_MAPPING), &events, 0);
-    assert_eq!(ms.len(), 3600);
-    ms
-}
-
 /// The hourly Observation of [`one_hz_hour`], read from the server; asserts there is exactly
 /// one and that slot `i` holds measurement `i`'s value (so every sample once, at its slot).
 async fn assert_one_hz_hour_complete(server: &FhirServer, measurements: &[(usize, Measurement)]) {
@@ -1337,13 +1255,6 @@ async fn assert_one_hz_hour_complete(server: &FhirServer, measurements: &[(usize
             number(&m.properties[0].value),
             "value at slot {i}"
         );
-    }
-}
-
-async fn write_batches(w: &FhirWriter, batches: Vec<Vec<(usize, Measurement)>>) {
-    for batch in batches {
-        let r = w.write_batch(batch, None).await;
-        assert!(r.errors.is_empty(), "{:?}", r.errors);
     }
 }
 

@@ -1,0 +1,109 @@
+//! Fixtures the FHIR writer's tests share (`fhir-writer/tests/faults.rs`, and the local store's
+//! `fhir-store/tests/writer.rs`): loading mappings, normalizing `events.json`-style events into
+//! tagged measurements, and an hour of 1 Hz heart rate into hourly SampledData.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use fhir_writer::{FhirTemplates, FhirWriter};
+use normalizer::{Measurement, Normalizer};
+use serde_json::{json, Value};
+
+pub fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn fhir_templates(text: &str) -> Arc<FhirTemplates> {
+    let (templates, errors) = FhirTemplates::load(text);
+    assert!(errors.is_empty(), "FHIR mapping: {errors:?}");
+    Arc::new(templates)
+}
+
+pub fn device_normalizer(text: &str) -> Normalizer {
+    Normalizer::new(
+        normalizer::load_device_mapping(text)
+            .into_result()
+            .expect("device mapping"),
+    )
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A value in a canonical form, so `97`, `97.0` and `"97"` compare equal.
+pub fn number(v: &str) -> String {
+    match v.trim().parse::<f64>() {
+        Ok(f) => f.to_string(),
+        Err(_) => v.to_string(),
+    }
+}
+
+/// Normalizes events in the `events.json` format (`body` or `bodyText`, `properties`,
+/// `systemProperties`), tagging measurements with `first_tag + index`. Events that fail or
+/// match nothing are left out, as the pipeline dead-letters them before the writer.
+pub fn normalize(n: &Normalizer, events: &[Value], first_tag: usize) -> Vec<(usize, Measurement)> {
+    let mut out = Vec::new();
+    for (i, ev) in events.iter().enumerate() {
+        let body = match (&ev["body"], ev["bodyText"].as_str()) {
+            (_, Some(text)) => text.as_bytes().to_vec(),
+            (b, None) => b.to_string().into_bytes(),
+        };
+        let map = |k: &str| ev[k].as_object().cloned().unwrap_or_default();
+        let (properties, system_properties) = (map("properties"), map("systemProperties"));
+        let ingestion = ["iothub-enqueuedtime", "x-opt-enqueued-time", "enqueuedTime"]
+            .iter()
+            .find_map(|k| system_properties.get(*k)?.as_str())
+            .and_then(normalizer::value::parse_timestamp);
+        if let Ok(ms) = n.normalize(&body, &properties, &system_properties, ingestion) {
+            out.extend(ms.into_iter().map(|m| (first_tag + i, m)));
+        }
+    }
+    out
+}
+
+pub const HR_1HZ_DEVICE_MAPPING: &str = r#"{"templateType": "CollectionContent", "template": [{
+  "templateType": "JsonPathContent",
+  "template": {"typeName": "heartrate", "typeMatchExpression": "$..[?(@heartRate)]",
+               "deviceIdExpression": "$.deviceId", "patientIdExpression": "$.patientId",
+               "timestampExpression": "$.endDate",
+               "values": [{"valueName": "hr", "valueExpression": "$.heartRate", "required": true}]}
+}]}"#;
+
+pub const HR_1HZ_FHIR_MAPPING: &str = r#"{"templateType": "CollectionFhir", "template": [{
+  "templateType": "CodeValueFhir",
+  "template": {"typeName": "heartrate", "periodInterval": 60,
+               "codes": [{"code": "8867-4", "system": "http://loinc.org", "display": "Heart rate"}],
+               "value": {"valueType": "SampledData", "valueName": "hr", "defaultPeriod": 1000, "unit": "/min"}}
+}]}"#;
+
+/// One hour of 1 Hz heart rate from one device of one patient; every value distinct.
+pub fn one_hz_hour() -> Vec<(usize, Measurement)> {
+    let start = Utc
+        .with_ymd_and_hms(2024, 3, 1, 10, 0, 0)
+        .single()
+        .expect("time");
+    let events: Vec<Value> = (0..3600)
+        .map(|s| {
+            json!({"body": {
+                "deviceId": "hr-1hz-01", "patientId": "patient-1hz",
+                "endDate": rfc3339(start + chrono::Duration::seconds(s)),
+                "heartRate": 40.0 + s as f64 / 100.0,
+            }})
+        })
+        .collect();
+    let ms = normalize(&device_normalizer(HR_1HZ_DEVICE_MAPPING), &events, 0);
+    assert_eq!(ms.len(), 3600);
+    ms
+}
+
+/// Writes the batches in order; every one must write without errors.
+pub async fn write_batches(w: &FhirWriter, batches: Vec<Vec<(usize, Measurement)>>) {
+    for batch in batches {
+        let r = w.write_batch(batch, None).await;
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+}
