@@ -18,8 +18,9 @@ use azure_messaging_eventhubs::{ProducerClient, SendEventOptions, SendMessageOpt
 use serde_json::Value;
 
 use crate::fhir_server::FhirServer;
-use crate::hr::{hr_body, http_get, metric, wait_for_complete_observations};
+use crate::hr::{hr_body, wait_for_complete_observations};
 use crate::mosquitto::free_port;
+use crate::process::ConnectorProcess;
 use eventhubs_emulator::EventHubsEmulator;
 use token_endpoint::TokenEndpoint;
 
@@ -58,11 +59,23 @@ fn hr_events(
     out
 }
 
+/// The connector under test and its config; [`ConnectorProcess`] does the process handling.
 struct Connector {
-    child: Child,
-    metrics_port: u16,
-    log: PathBuf,
+    process: ConnectorProcess,
     config: PathBuf,
+}
+
+impl std::ops::Deref for Connector {
+    type Target = ConnectorProcess;
+    fn deref(&self) -> &ConnectorProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Connector {
+    fn deref_mut(&mut self) -> &mut ConnectorProcess {
+        &mut self.process
+    }
 }
 
 /// Writes the connector's config `<dir>/<name>.toml`.
@@ -180,82 +193,15 @@ impl Connector {
         let log = dir.join(format!("{name}.log"));
         let child = spawn_connector(&config, &sign_in.env, &log);
         let c = Connector {
-            child,
-            metrics_port,
-            log,
+            process: ConnectorProcess {
+                child,
+                metrics_port,
+                log,
+            },
             config,
         };
-        c.wait_ready();
+        c.wait_ready(Duration::ZERO);
         c
-    }
-
-    fn wait_ready(&self) {
-        let started = Instant::now();
-        loop {
-            if let Some(body) = http_get(self.metrics_port, "/readyz") {
-                if body.starts_with("ready") {
-                    return;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "connector not ready:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        metric(&self.metrics_text(), name)
-    }
-
-    /// The `/metrics` text (retried: a read can fail while the process is busy starting).
-    fn metrics_text(&self) -> String {
-        for _ in 0..5 {
-            if let Some(text) = http_get(self.metrics_port, "/metrics") {
-                if text.contains("iomt_events_incoming_total") {
-                    return text;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        String::new()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(40),
-                "connector did not stop:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Connector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,21 +1,34 @@
 //! `iomt run` end to end: a real Mosquitto broker, the real test FHIR server, the connector as
 //! a separate process (so it can be killed with SIGKILL), events published over MQTT at QoS 1.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::fhir_server::FhirServer;
-use crate::hr::{hr_body, http_get, metric, wait_for_complete_observations, HOUR};
+use crate::hr::{hr_body, wait_for_complete_observations, HOUR};
 use crate::mosquitto::{free_port, Mosquitto};
+use crate::process::ConnectorProcess;
 
+/// The connector under test; [`ConnectorProcess`] does the process handling.
 struct Connector {
-    child: Child,
-    metrics_port: u16,
-    log: PathBuf,
+    process: ConnectorProcess,
+}
+
+impl std::ops::Deref for Connector {
+    type Target = ConnectorProcess;
+    fn deref(&self) -> &ConnectorProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Connector {
+    fn deref_mut(&mut self) -> &mut ConnectorProcess {
+        &mut self.process
+    }
 }
 
 impl Connector {
@@ -95,85 +108,15 @@ level = "info"
             .spawn()
             .expect("start iomt run");
         let c = Connector {
-            child,
-            metrics_port,
-            log,
+            process: ConnectorProcess {
+                child,
+                metrics_port,
+                log,
+            },
         };
-        c.wait_ready();
+        // Give the MQTT session a moment to subscribe once ready.
+        c.wait_ready(Duration::from_millis(300));
         c
-    }
-
-    fn wait_ready(&self) {
-        let started = Instant::now();
-        loop {
-            if let Some(body) = http_get(self.metrics_port, "/readyz") {
-                if body.starts_with("ready") {
-                    // Give the MQTT session a moment to subscribe.
-                    std::thread::sleep(Duration::from_millis(300));
-                    return;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "connector not ready:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        metric(
-            &http_get(self.metrics_port, "/metrics").unwrap_or_default(),
-            name,
-        )
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(40),
-                "connector did not stop:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Connector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

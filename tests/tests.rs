@@ -6,6 +6,8 @@ mod fhir_server;
 mod hr;
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
+#[path = "support/process.rs"]
+mod process;
 
 mod browser;
 mod cli_normalize;

@@ -1,0 +1,100 @@
+//! The connector as a child process (`iomt run`), as the service tests drive it: ready
+//! check, metrics, logs, SIGTERM and SIGKILL, peak memory. Killed when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::hr::{http_get, metric};
+
+pub struct ConnectorProcess {
+    pub child: Child,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl ConnectorProcess {
+    /// Waits (20 s at most) until `/readyz` answers ready, then `settle` more.
+    pub fn wait_ready(&self, settle: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(body) = http_get(self.metrics_port, "/readyz") {
+                if body.starts_with("ready") {
+                    std::thread::sleep(settle);
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "connector not ready:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        metric(&self.metrics_text(), name)
+    }
+
+    /// The `/metrics` text (retried: a read can fail while the process is busy starting).
+    pub fn metrics_text(&self) -> String {
+        for _ in 0..5 {
+            if let Some(text) = http_get(self.metrics_port, "/metrics") {
+                if text.contains("iomt_events_incoming_total") {
+                    return text;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        String::new()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "connector did not stop:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process's peak resident set (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
