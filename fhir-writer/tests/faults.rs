@@ -14,6 +14,7 @@
 //!   processes would be) merge interleaved batches into one hourly SampledData Observation.
 //! * `a_create_that_replaces_another_writers_create_merges_its_samples_back`: the proxy holds
 //!   one writer's create while another creates the same Observation; no sample is lost.
+//!   `a_server_without_history_still_gets_its_creates`: the check never fails a write.
 //! * `one_hz_heart_rate_needs_at_most_0_02_requests_per_measurement`: an hour of 1 Hz heart rate
 //!   in batches of 300 (the reference's batch size); prints `REQUESTS_PER_MEASUREMENT ...`.
 //! * `device_link_survives_a_dropped_answer` and `proxy_injects_the_faults_it_is_told_to`:
@@ -1379,6 +1380,39 @@ async fn a_create_that_replaces_another_writers_create_merges_its_samples_back()
         "writer B did not notice it replaced A's Observation"
     );
     assert_eq!(proxy.broken(), 0);
+    assert_one_hz_hour_complete(&server, &all).await;
+}
+
+/// A server that shows no history (here the proxy answers every `_history` read 405): a
+/// create still succeeds, only the create-race check is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_history_still_gets_its_creates() {
+    let server = FhirServer::acquire().await;
+    let templates = fhir_templates(HR_1HZ_FHIR_MAPPING);
+    let all = one_hz_hour();
+    let proxy = FaultProxy::start(
+        &server.base,
+        Box::new(|s: &Seen<'_>| {
+            if s.method == "GET" && s.target.contains("/_history") {
+                Fault::Status {
+                    code: 405,
+                    retry_after: None,
+                }
+            } else {
+                Fault::Pass
+            }
+        }),
+    )
+    .await;
+    let w = writer(&proxy.base, &templates);
+    write_batches(&w, vec![all[..600].to_vec(), all[600..].to_vec()]).await;
+    assert_eq!(w.stats().created.load(Ordering::SeqCst), 1);
+    assert_eq!(w.stats().create_races.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        proxy.injected().get("405").copied(),
+        Some(1),
+        "one history read"
+    );
     assert_one_hz_hour_complete(&server, &all).await;
 }
 
