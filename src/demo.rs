@@ -113,7 +113,7 @@ level = "info"
         ),
     )?;
     let config =
-        crate::service::validate(&config_path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+        pipeline::validate(&config_path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
     crate::init_service_logging(&config);
 
     // The broker runs on its own threads for the life of the process.
@@ -162,7 +162,7 @@ level = "info"
 
         // The connector.
         let (svc_tx, svc_rx) = tokio::sync::watch::channel(false);
-        let service = tokio::spawn(crate::service::run(config, svc_rx));
+        let service = tokio::spawn(pipeline::run(config, svc_rx));
 
         // The simulator, in real time.
         let sim_config = simulators::SimConfig {

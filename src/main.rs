@@ -5,7 +5,7 @@
 mod demo;
 mod events;
 mod review;
-mod service;
+
 mod simulate;
 
 use std::io::Write;
@@ -516,7 +516,7 @@ fn load_normalizer(device_mapping: &Path, skip_invalid: bool) -> Result<Option<N
 }
 
 fn validate_config(path: &Path, format: Format) -> Result<ExitCode> {
-    let result = service::validate(path);
+    let result = pipeline::validate(path);
     let stdout = &mut std::io::stdout().lock();
     let errors = result.as_ref().err().cloned().unwrap_or_default();
     match format {
@@ -543,7 +543,7 @@ fn validate_config(path: &Path, format: Format) -> Result<ExitCode> {
     })
 }
 
-fn init_service_logging(config: &service::config::Config) {
+fn init_service_logging(config: &pipeline::config::Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
@@ -557,7 +557,7 @@ fn init_service_logging(config: &service::config::Config) {
 }
 
 fn run_service(path: &Path) -> Result<ExitCode> {
-    let config = match service::validate(path) {
+    let config = match pipeline::validate(path) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors {
@@ -594,14 +594,14 @@ fn run_service(path: &Path) -> Result<ExitCode> {
             tracing::info!("Shutting down: stopping the source, flushing, acknowledging.");
             let _ = tx.send(true);
         });
-        service::run(config, rx).await
+        pipeline::run(config, rx).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn dead_letters(path: &Path, action: DeadLetterAction) -> Result<ExitCode> {
-    let config = service::config::Config::load(path).map_err(|e| anyhow::anyhow!(e))?;
-    let store = service::deadletter::DeadLetterStore::open(&config.dead_letters.dir)?;
+    let config = pipeline::config::Config::load(path).map_err(|e| anyhow::anyhow!(e))?;
+    let store = pipeline::deadletter::DeadLetterStore::open(&config.dead_letters.dir)?;
     let stdout = &mut std::io::stdout().lock();
     match action {
         DeadLetterAction::List => {
@@ -621,7 +621,7 @@ fn dead_letters(path: &Path, action: DeadLetterAction) -> Result<ExitCode> {
             writeln!(stdout, "{}", serde_json::to_string_pretty(&dl)?)?;
         }
         DeadLetterAction::Replay { id } => {
-            let config = service::validate(path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+            let config = pipeline::validate(path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
             init_service_logging(&config);
             let list = match id {
                 Some(id) => vec![store
@@ -632,12 +632,12 @@ fn dead_letters(path: &Path, action: DeadLetterAction) -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let metrics = std::sync::Arc::new(service::metrics::Metrics::default());
+            let metrics = std::sync::Arc::new(pipeline::metrics::Metrics::default());
             // Replays go through the same pipeline; failures land in a scratch store so the
             // original record stays until an event succeeds.
             let mut scratch = config.clone();
             scratch.dead_letters.dir = config.dead_letters.dir.join(".replay");
-            let pipeline = service::Pipeline::new(&scratch, metrics.clone())?;
+            let pipeline = pipeline::Pipeline::new(&scratch, metrics.clone())?;
             let (_never, give_up) = tokio::sync::watch::channel(false);
             let (mut ok, mut still) = (0, 0);
             for dl in list {

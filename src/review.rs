@@ -443,7 +443,7 @@ pub async fn serve(
                     let Some(dir) = &s.dead_letters else {
                         return Json(json!([])).into_response();
                     };
-                    match crate::service::deadletter::DeadLetterStore::open(dir).and_then(|d| d.list()) {
+                    match pipeline::deadletter::DeadLetterStore::open(dir).and_then(|d| d.list()) {
                         Ok(list) => Json(json!(list
                             .iter()
                             .rev()
@@ -464,7 +464,7 @@ pub async fn serve(
                     let Some(dir) = &s.dead_letters else {
                         return StatusCode::NOT_FOUND.into_response();
                     };
-                    match crate::service::deadletter::DeadLetterStore::open(dir).and_then(|d| d.get(&id)) {
+                    match pipeline::deadletter::DeadLetterStore::open(dir).and_then(|d| d.get(&id)) {
                         Ok(dl) => Json(json!(dl)).into_response(),
                         Err(_) => StatusCode::NOT_FOUND.into_response(),
                     }

@@ -5,10 +5,10 @@
 //! parallelises devices within a batch. On SIGTERM/Ctrl-C the source stops, the buffered events
 //! are processed and flushed, acks are sent, and the process exits.
 
-pub mod config;
-pub mod deadletter;
-pub mod http;
-pub mod metrics;
+
+
+
+
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -22,9 +22,10 @@ use normalizer::{Measurement, Normalizer};
 use sources::SourceEvent;
 use tokio::sync::{mpsc, watch};
 
-use config::Config;
-use deadletter::{DeadLetterStore, Failure};
-use metrics::Metrics;
+use crate::config::{self, Config};
+use crate::deadletter::{DeadLetterStore, Failure};
+use crate::metrics::Metrics;
+use crate::http;
 
 /// Everything the pipeline needs, built from the config.
 pub struct Pipeline {

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Serves until `shutdown`.
 pub async fn serve(

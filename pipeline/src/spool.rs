@@ -1,0 +1,1 @@
+//! The durable spool (see the module's full documentation once it lands).
