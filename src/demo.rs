@@ -96,8 +96,8 @@ device_id_from_topic = "devices/{{deviceId}}/telemetry"
 max_packet_bytes = 16777216
 
 [pipeline]
-batch_max_events = 300
-batch_max_delay_ms = 1000
+
+flush_interval_ms = 2000
 
 [dead_letters]
 dir = "dead-letters"

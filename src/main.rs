@@ -214,7 +214,10 @@ impl FhirArgs {
         }
     }
 
-    fn writer(&self, templates: fhir_writer::FhirTemplates) -> Result<fhir_writer::FhirWriter> {
+    fn writer(
+        &self,
+        templates: std::sync::Arc<fhir_writer::FhirTemplates>,
+    ) -> Result<fhir_writer::FhirWriter> {
         let mut cc = fhir_writer::FhirClientConfig::new(self.fhir_url.clone());
         cc.auth = Self::auth()?;
         cc.retry.deadline = std::time::Duration::from_secs(self.retry_deadline);
@@ -225,11 +228,7 @@ impl FhirArgs {
             max_concurrency: self.max_concurrency,
             ..Default::default()
         };
-        Ok(fhir_writer::FhirWriter::new(
-            client,
-            std::sync::Arc::new(templates),
-            config,
-        ))
+        Ok(fhir_writer::FhirWriter::new(client, templates, config))
     }
 }
 
@@ -634,27 +633,43 @@ fn dead_letters(path: &Path, action: DeadLetterAction) -> Result<ExitCode> {
                 .build()?;
             let metrics = std::sync::Arc::new(pipeline::metrics::Metrics::default());
             // Replays go through the same pipeline; failures land in a scratch store so the
-            // original record stays until an event succeeds.
+            // original record stays until its event succeeds.
             let mut scratch = config.clone();
             scratch.dead_letters.dir = config.dead_letters.dir.join(".replay");
-            let pipeline = pipeline::Pipeline::new(&scratch, metrics.clone())?;
-            let (_never, give_up) = tokio::sync::watch::channel(false);
+            let pipeline = pipeline::Pipeline::new(&scratch, metrics.clone())?.with_options(
+                pipeline::RunOptions {
+                    report: true,
+                    retry_unavailable: false,
+                },
+            );
+            let summary = runtime.block_on(async {
+                let (tx, rx) = tokio::sync::mpsc::channel(list.len().max(1));
+                for dl in &list {
+                    let _ = tx
+                        .send(sources::SourceEvent {
+                            body: dl.body_bytes(),
+                            properties: dl.properties.clone(),
+                            system_properties: dl.system_properties.clone(),
+                            ingestion_time: dl.ingestion_time,
+                            origin: dl.origin.clone(),
+                            ack: sources::Ack::none(),
+                        })
+                        .await;
+                }
+                drop(tx);
+                let (_never, shutdown) = tokio::sync::watch::channel(false);
+                let (watermark, _) = tokio::sync::watch::channel(0);
+                pipeline.run(rx, shutdown, watermark).await
+            });
+            let report = summary.report.unwrap_or_default();
+            let mut failing = report.failed.clone();
+            for e in &report.write.errors {
+                failing.extend(e.events.iter().copied());
+            }
             let (mut ok, mut still) = (0, 0);
-            for dl in list {
-                let before = pipeline.dead_letters().list()?.len();
-                let ev = sources::SourceEvent {
-                    body: dl.body_bytes(),
-                    properties: dl.properties.clone(),
-                    system_properties: dl.system_properties.clone(),
-                    ingestion_time: dl.ingestion_time,
-                    origin: dl.origin.clone(),
-                    ack: sources::Ack::none(),
-                };
-                let acked = runtime
-                    .block_on(pipeline.process_batch(vec![ev], &give_up))
-                    .len();
-                let failed_again = pipeline.dead_letters().list()?.len() > before;
-                if acked == 1 && !failed_again {
+            for (i, dl) in list.iter().enumerate() {
+                let seq = i as u64;
+                if seq < summary.watermark && !failing.contains(&seq) {
                     store.remove(&dl.id)?;
                     ok += 1;
                     writeln!(stdout, "{}\treplayed", dl.id)?;
@@ -701,16 +716,83 @@ fn replay(
         return Ok(ExitCode::from(1));
     };
     let events = events::read_events(events)?;
-    let n = normalize_events(&normalizer, &events, false)?;
-    let normalized = events.len() - n.dropped.len() - n.errors.len();
-    let writer = fhir.writer(templates)?;
+    let templates = std::sync::Arc::new(templates);
+    let writer = std::sync::Arc::new(fhir.writer(templates.clone())?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report =
-        runtime.block_on(writer.write_batch(n.measurements.clone(), Some(chrono::Utc::now())));
-    let mut errors = n.errors;
-    for e in &report.errors {
+    // The events file as a source: one pass through the stage graph, no spool, no dead-letter
+    // store (failures are reported), everything flushed when the file ends.
+    let pipeline = pipeline::Pipeline::from_parts(
+        normalizer,
+        templates,
+        writer.clone(),
+        pipeline::config::PipelineConfig::default(),
+        std::sync::Arc::new(pipeline::metrics::Metrics::default()),
+        None,
+    )
+    .with_options(pipeline::RunOptions {
+        report: true,
+        retry_unavailable: false,
+    });
+    let incoming = events.len();
+    let summary = runtime.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let feed = tokio::spawn(async move {
+            for ev in events {
+                let sent = tx
+                    .send(pipeline::Input {
+                        event: pipeline::Event {
+                            ingestion_time: ev.ingestion_time(),
+                            body: ev.body,
+                            properties: ev.properties,
+                            system_properties: ev.system_properties,
+                            origin: "file".into(),
+                        },
+                        ack: sources::Ack::none(),
+                    })
+                    .await;
+                if sent.is_err() {
+                    break;
+                }
+            }
+        });
+        let (_never, shutdown) = tokio::sync::watch::channel(false);
+        let (watermark, _) = tokio::sync::watch::channel(0);
+        let summary = pipeline.run(rx, shutdown, watermark).await;
+        let _ = feed.await;
+        summary
+    });
+    let mut report = summary.report.unwrap_or_default();
+    // Workers finish chunks in any order; the report is in event order.
+    report.measurements.sort_by_key(|(seq, _)| *seq);
+    let measurements: Vec<(usize, normalizer::Measurement)> = report
+        .measurements
+        .iter()
+        .map(|(seq, m)| (*seq as usize, m.clone()))
+        .collect();
+    let mut errors: Vec<(u64, Value)> = Vec::new();
+    for (seq, e) in &report.normalize_errors {
+        let mut v = serde_json::to_value(e)?;
+        v["event"] = json!(seq);
+        v["stage"] = json!("normalize");
+        errors.push((*seq, v));
+    }
+    for (seq, message) in &report.too_large {
+        errors.push((
+            *seq,
+            json!({"type": "PayloadTooLargeException", "message": message, "event": seq, "stage": "normalize"}),
+        ));
+    }
+    errors.sort_by_key(|(seq, _)| *seq);
+    let mut errors: Vec<Value> = errors.into_iter().map(|(_, v)| v).collect();
+    let normalized = {
+        let mut with: Vec<u64> = report.measurements.iter().map(|(s, _)| *s).collect();
+        with.dedup();
+        with.len()
+    };
+    let report_write = report.write;
+    for e in &report_write.errors {
         let mut v = serde_json::to_value(e)?;
         v["event"] = json!(e.events.first());
         v["stage"] = json!("fhir");
@@ -722,18 +804,20 @@ fn replay(
             .entry(e["type"].as_str().unwrap_or("Unknown").to_string())
             .or_default() += 1;
     }
+    let mut dropped = report.dropped.clone();
+    dropped.sort_unstable();
     let stats = writer.client().stats();
     let out = json!({
-        "measurements": measurement_json(&n.measurements)?,
-        "observations": report.observations,
+        "measurements": measurement_json(&measurements)?,
+        "observations": report_write.observations,
         "errors": errors,
-        "dropped": n.dropped,
-        "incoming": events.len(),
+        "dropped": dropped,
+        "incoming": incoming,
         "normalized": normalized,
         "errorsByType": by_type,
-        "observationsCreated": report.observations_created,
-        "observationsUpdated": report.observations_updated,
-        "observationsUnchanged": report.observations_unchanged,
+        "observationsCreated": report_write.observations_created,
+        "observationsUpdated": report_write.observations_updated,
+        "observationsUnchanged": report_write.observations_unchanged,
         "fhirRequests": stats.requests.load(std::sync::atomic::Ordering::Relaxed),
         "fhirRetries": stats.retries.load(std::sync::atomic::Ordering::Relaxed),
     });

@@ -115,8 +115,8 @@ load_balancing_interval_secs = 1
 ownership_expiry_secs = 6
 
 [pipeline]
-batch_max_events = 50
-batch_max_delay_ms = 200
+
+flush_interval_ms = 200
 
 [dead_letters]
 dir = "dead-letters-{name}"

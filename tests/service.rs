@@ -79,8 +79,8 @@ device_id_from_topic = "devices/{{deviceId}}/telemetry"
 {extra_source}
 
 [pipeline]
-batch_max_events = 50
-batch_max_delay_ms = 200
+
+flush_interval_ms = 200
 max_event_bytes = 1048576
 
 [dead_letters]

@@ -71,8 +71,7 @@ impl<T> MeasurementGroup<T> {
     }
 }
 
-/// Accumulates measurements into groups; the shared core of [`group_measurements`] and
-/// [`crate::Grouper`].
+/// Accumulates measurements into groups; the core of [`group_measurements`].
 #[derive(Debug)]
 pub(crate) struct Accumulator<T> {
     index: HashMap<GroupKey, usize>,
@@ -136,10 +135,6 @@ impl<T> Accumulator<T> {
                 by_time.insert(time, Entry { tag, measurement });
             }
         }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.groups.is_empty()
     }
 
     /// Takes every group out, in order of first appearance.

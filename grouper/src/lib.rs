@@ -1,4 +1,4 @@
-//! Groups normalized measurements into observation groups (issue 3).
+//! Groups normalized measurements into observation groups.
 //!
 //! Two layers, as everywhere in this workspace:
 //!
@@ -6,9 +6,10 @@
 //!   [`GroupKey`] (deviceId, type, patientId, encounterId, correlationId), keeping per occurrence
 //!   time the measurement with the latest ingestion time;
 //!   [`MeasurementGroup::observation_groups`] splits a group into windows by the FHIR template's
-//!   [`PeriodInterval`]; [`Grouper`] cuts a stream into tumbling batches
-//!   (`push(tag, m, now)` / `expire(now)` / `flush_all()`);
-//! * an async shell, [`Grouper::run`], that only moves data between bounded channels.
+//!   [`PeriodInterval`]; [`Grouper`] accumulates a stream per Observation window across
+//!   batches and releases a window `flush_interval` after its first pending measurement, past a
+//!   memory cap, or at shutdown (`push(tag, m, interval, now)` / `expire(now)` / `flush_all()`).
+//!   Its async shell is the pipeline's group stage (`pipeline/src/group.rs`).
 //!
 //! ```
 //! use chrono::{TimeZone, Utc};
@@ -38,12 +39,11 @@
 //! ```
 #![deny(missing_docs)]
 
-mod batcher;
 mod group;
-mod shell;
+mod stream;
 mod window;
 
-pub use batcher::{Grouper, GrouperConfig};
+pub use stream::{Grouper, GrouperConfig, WindowKey};
 pub use group::{group_measurements, Entry, GroupKey, MeasurementGroup};
 pub use normalizer::{Measurement, MeasurementProperty};
 pub use window::{

@@ -1,4 +1,4 @@
-//! Grouper: windows, batching core, async shell (paused tokio time) and grouping invariants.
+//! Grouper: windows, the streaming core and grouping invariants.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -10,7 +10,6 @@ use grouper::{
     MeasurementProperty, PeriodInterval, Window,
 };
 use proptest::prelude::*;
-use tokio::sync::mpsc;
 
 fn m(device: &str, t: DateTime<Utc>, value: &str) -> Measurement {
     Measurement {
@@ -99,102 +98,70 @@ fn correlation_window_needs_a_correlation_id() {
 }
 
 #[test]
-fn batcher_closes_by_size_and_by_age() {
+fn windows_are_released_by_age_in_arrival_order() {
     let cfg = GrouperConfig {
-        max_events: NonZeroUsize::new(3).expect("nonzero"),
-        max_delay_ms: 1_000,
+        flush_interval: Duration::from_secs(30),
+        max_pending: NonZeroUsize::new(1_000).expect("nonzero"),
     };
     let mut g = Grouper::new(cfg);
     let t0 = Instant::now();
-    assert!(g.push(0, m("a", t(1, 0, 0), "1"), t0).is_none());
-    assert!(g.push(1, m("b", t(1, 0, 0), "1"), t0).is_none());
-    let batch = g.push(2, m("a", t(1, 0, 1), "1"), t0).expect("full");
-    assert_eq!(batch.len(), 2);
-    assert!(g.is_empty() && g.deadline().is_none());
+    let s = Duration::from_secs;
+    g.push(0, m("a", t(1, 0, 0), "1"), PeriodInterval::Hourly, t0);
+    g.push(1, m("b", t(1, 0, 0), "1"), PeriodInterval::Hourly, t0 + s(10));
+    // Same hour as event 0: the same pending window, whatever the batch it came in.
+    g.push(2, m("a", t(1, 30, 0), "2"), PeriodInterval::Hourly, t0 + s(20));
+    // Another hour: another window (another Observation).
+    g.push(3, m("a", t(2, 0, 0), "3"), PeriodInterval::Hourly, t0 + s(20));
+    assert_eq!((g.pending_windows(), g.pending_measurements()), (3, 4));
+    assert_eq!(g.next_deadline(), Some(t0 + s(30)));
+    assert_eq!(g.oldest_age(t0 + s(25)), s(25));
 
-    assert!(g
-        .push(3, m("a", t(1, 0, 0), "1"), t0 + Duration::from_millis(10))
-        .is_none());
-    assert!(g.expire(t0 + Duration::from_millis(500)).is_none());
-    assert_eq!(g.deadline(), Some(t0 + Duration::from_millis(1_010)));
-    let batch = g
-        .expire(t0 + Duration::from_millis(1_010))
-        .expect("expired");
-    assert_eq!(batch[0].entries[0].tag, 3);
-    assert!(g.flush_all().is_empty());
+    assert!(g.expire(t0 + s(29)).is_empty());
+    let due: Vec<usize> = g.expire(t0 + s(30)).into_iter().map(|(tag, _)| tag).collect();
+    assert_eq!(due, vec![0, 2], "window a/01h with both its readings");
+    assert_eq!(g.next_deadline(), Some(t0 + s(40)));
+    // A reading for a released window opens a new pending window with a new deadline.
+    g.push(4, m("a", t(1, 59, 0), "4"), PeriodInterval::Hourly, t0 + s(31));
+    let due: Vec<usize> = g.expire(t0 + s(50)).into_iter().map(|(tag, _)| tag).collect();
+    assert_eq!(due, vec![1, 3]);
+    let rest: Vec<usize> = g.flush_all().into_iter().map(|(tag, _)| tag).collect();
+    assert_eq!(rest, vec![4]);
+    assert!(g.is_empty() && g.next_deadline().is_none());
 }
 
 #[test]
-fn config_defaults_and_strictness() {
-    let c: GrouperConfig = serde_json::from_str("{}").expect("defaults");
-    assert_eq!(c, GrouperConfig::default());
-    assert_eq!(c.max_events.get(), 300);
-    assert_eq!(c.max_delay(), Duration::from_secs(5));
-    assert!(serde_json::from_str::<GrouperConfig>("{\"max_events\": 0}").is_err());
-    assert!(serde_json::from_str::<GrouperConfig>("{\"max_delay\": 5}").is_err());
-}
-
-/// The shell closes a batch after `max_delay` of virtual time; no test sleeps in real time.
-#[tokio::test(start_paused = true)]
-async fn shell_flushes_by_delay_and_on_shutdown() {
+fn the_memory_cap_releases_the_oldest_windows_early() {
     let cfg = GrouperConfig {
-        max_events: NonZeroUsize::new(100).expect("nonzero"),
-        max_delay_ms: 2_000,
+        flush_interval: Duration::from_secs(3600),
+        max_pending: NonZeroUsize::new(3).expect("nonzero"),
     };
-    let (in_tx, in_rx) = mpsc::channel(8);
-    let (out_tx, mut out_rx) = mpsc::channel(8);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(Grouper::new(cfg).run(in_rx, out_tx, async {
-        let _ = stop_rx.await;
-    }));
-
-    in_tx
-        .send((0usize, m("a", t(1, 0, 0), "1")))
-        .await
-        .expect("send");
-    in_tx
-        .send((1usize, m("a", t(1, 0, 5), "2")))
-        .await
-        .expect("send");
-    tokio::time::advance(Duration::from_millis(1_500)).await;
-    assert!(out_rx.try_recv().is_err(), "not yet expired");
-    tokio::time::advance(Duration::from_millis(600)).await;
-    let batch = out_rx.recv().await.expect("batch by delay");
-    assert_eq!(batch[0].entries.len(), 2);
-
-    in_tx
-        .send((2usize, m("b", t(1, 0, 0), "3")))
-        .await
-        .expect("send");
-    tokio::task::yield_now().await;
-    stop_tx.send(()).expect("stop");
-    let batch = out_rx.recv().await.expect("flushed on shutdown");
-    assert_eq!(batch[0].key.device_id, "b".into());
-    task.await.expect("run ends");
-    assert!(out_rx.recv().await.is_none(), "sender dropped after run");
-}
-
-#[tokio::test(start_paused = true)]
-async fn shell_flushes_by_size_and_when_input_closes() {
-    let cfg = GrouperConfig {
-        max_events: NonZeroUsize::new(2).expect("nonzero"),
-        max_delay_ms: 60_000,
-    };
-    let (in_tx, in_rx) = mpsc::channel(8);
-    let (out_tx, mut out_rx) = mpsc::channel(8);
-    let task = tokio::spawn(Grouper::new(cfg).run(in_rx, out_tx, std::future::pending()));
-    for i in 0..3usize {
-        in_tx
-            .send((i, m("a", t(1, 0, i as u32), "1")))
-            .await
-            .expect("send");
+    let mut g = Grouper::new(cfg);
+    let t0 = Instant::now();
+    for (i, dev) in ["a", "b", "c"].iter().enumerate() {
+        g.push(i, m(dev, t(1, 0, 0), "1"), PeriodInterval::Hourly, t0);
     }
-    let first = out_rx.recv().await.expect("size batch");
-    assert_eq!(first[0].entries.len(), 2);
-    drop(in_tx);
-    let rest = out_rx.recv().await.expect("rest on close");
-    assert_eq!(rest[0].entries[0].tag, 2);
-    task.await.expect("run ends");
+    assert!(g.is_over_cap());
+    let due: Vec<usize> = g.expire(t0).into_iter().map(|(tag, _)| tag).collect();
+    assert_eq!(due, vec![0], "only as much as brings it under the cap");
+    assert!(!g.is_over_cap());
+    assert_eq!(g.pending_measurements(), 2);
+}
+
+#[test]
+fn instant_and_correlation_windows() {
+    let mut g = Grouper::new(GrouperConfig::default());
+    let t0 = Instant::now();
+    g.push(0, m("a", t(1, 0, 0), "1"), PeriodInterval::Instant, t0);
+    g.push(1, m("a", t(1, 0, 1), "1"), PeriodInterval::Instant, t0);
+    g.push(2, m("a", t(1, 0, 1), "2"), PeriodInterval::Instant, t0);
+    assert_eq!(g.pending_windows(), 2, "one per instant");
+    let mut c1 = m("a", t(1, 0, 0), "1");
+    c1.correlation_id = Some("run-1".into());
+    let mut c2 = m("a", t(9, 0, 0), "1");
+    c2.correlation_id = Some("run-1".into());
+    g.push(3, c1, PeriodInterval::CorrelationId, t0);
+    g.push(4, c2, PeriodInterval::CorrelationId, t0);
+    assert_eq!(g.pending_windows(), 3, "one per correlation id, whatever the times");
 }
 
 fn arb_measurement() -> impl Strategy<Value = Measurement> {

@@ -120,19 +120,29 @@ pub enum SourceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Events buffered between the source and the pipeline (back-pressure beyond).
+    /// Events buffered between the source and the pipeline, and between stages (in chunks of
+    /// `chunk_events`): back-pressure beyond, never loss.
     #[serde(default = "default_channel")]
     pub channel_capacity: usize,
-    /// Write a batch once it holds this many events…
-    #[serde(default = "default_batch_events")]
-    pub batch_max_events: usize,
-    /// …or once its first event is this old, in milliseconds.
-    #[serde(default = "default_batch_delay")]
-    pub batch_max_delay_ms: u64,
+    /// Events normalized together by one worker.
+    #[serde(default = "default_chunk")]
+    pub chunk_events: usize,
+    /// Normalization workers (0: one per core).
+    #[serde(default)]
+    pub normalize_workers: usize,
+    /// A window's pending measurements are written this long after the first of them arrived,
+    /// in milliseconds (MedTech waits about 5 minutes).
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval_ms: u64,
+    /// Most measurements pending in all windows together; past it the oldest windows are
+    /// written early (bounds memory).
+    #[serde(default = "default_max_pending")]
+    pub max_pending_measurements: usize,
     /// Larger event bodies are dead-lettered unparsed (bounds memory).
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
-    /// On shutdown, give the last batch this long to be written, in seconds.
+    /// On shutdown, give the last writes this long, in seconds; what is not written by then
+    /// stays un-acknowledged (MQTT: in the spool) and is delivered again on the next start.
     #[serde(default = "default_drain")]
     pub shutdown_drain_secs: u64,
 }
@@ -140,11 +150,14 @@ pub struct PipelineConfig {
 fn default_channel() -> usize {
     1000
 }
-fn default_batch_events() -> usize {
-    300
+fn default_chunk() -> usize {
+    256
 }
-fn default_batch_delay() -> u64 {
-    1000
+fn default_flush_interval() -> u64 {
+    30_000
+}
+fn default_max_pending() -> usize {
+    500_000
 }
 fn default_max_event_bytes() -> usize {
     1024 * 1024
@@ -157,8 +170,10 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             channel_capacity: default_channel(),
-            batch_max_events: default_batch_events(),
-            batch_max_delay_ms: default_batch_delay(),
+            chunk_events: default_chunk(),
+            normalize_workers: 0,
+            flush_interval_ms: default_flush_interval(),
+            max_pending_measurements: default_max_pending(),
             max_event_bytes: default_max_event_bytes(),
             shutdown_drain_secs: default_drain(),
         }
@@ -166,9 +181,18 @@ impl Default for PipelineConfig {
 }
 
 impl PipelineConfig {
-    /// The batch delay.
-    pub fn batch_max_delay(&self) -> Duration {
-        Duration::from_millis(self.batch_max_delay_ms)
+    /// The flush interval.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// Normalization workers, resolved (at least one).
+    pub fn workers(&self) -> usize {
+        if self.normalize_workers > 0 {
+            self.normalize_workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
     }
 }
 
@@ -282,8 +306,11 @@ impl Config {
         if self.pipeline.channel_capacity == 0 {
             errors.push("pipeline.channel_capacity: must be at least 1".into());
         }
-        if self.pipeline.batch_max_events == 0 {
-            errors.push("pipeline.batch_max_events: must be at least 1".into());
+        if self.pipeline.chunk_events == 0 {
+            errors.push("pipeline.chunk_events: must be at least 1".into());
+        }
+        if self.pipeline.max_pending_measurements == 0 {
+            errors.push("pipeline.max_pending_measurements: must be at least 1".into());
         }
         if self.log.format != "text" && self.log.format != "json" {
             errors.push(format!(

@@ -22,17 +22,27 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Buckets of the ingestion→written latency (seconds): up to several flush intervals.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 35.0, 45.0, 60.0, 120.0, 300.0, 900.0,
+];
+
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram {
-            buckets: BUCKETS.iter().map(|b| (*b, AtomicU64::new(0))).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
+        Histogram::with_buckets(&BUCKETS)
     }
 }
 
 impl Histogram {
+    /// A histogram with these upper bounds (seconds).
+    pub fn with_buckets(bounds: &[f64]) -> Self {
+        Histogram {
+            buckets: bounds.iter().map(|b| (*b, AtomicU64::new(0))).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
         let s = d.as_secs_f64();
@@ -66,9 +76,42 @@ impl Histogram {
     }
 }
 
+/// Latency from an event's ingestion time to the moment every measurement it produced is
+/// written (or it is dead-lettered).
+#[derive(Debug)]
+pub struct LatencyHistogram(pub Histogram);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram(Histogram::with_buckets(&LATENCY_BUCKETS))
+    }
+}
+
 /// All the connector's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Events committed: every measurement written to FHIR, or the event dead-lettered.
+    pub committed: AtomicU64,
+    /// Ingestion→written latency per committed event.
+    pub ingestion_to_written: LatencyHistogram,
+    /// Measurements pending in the group stage (gauge).
+    pub pending_measurements: AtomicU64,
+    /// Windows (future Observation writes) pending in the group stage (gauge).
+    pub pending_windows: AtomicU64,
+    /// Age of the oldest pending measurement, in milliseconds (gauge).
+    pub pending_oldest_ms: AtomicU64,
+    /// Events in flight between the source and their commit (gauge).
+    pub events_in_flight: AtomicU64,
+    /// Bytes in the spool (gauge).
+    pub spool_bytes: AtomicU64,
+    /// Spool fsyncs.
+    pub spool_fsyncs: AtomicU64,
+    /// Spool I/O errors (appends or syncs that failed; the events were not acknowledged).
+    pub spool_errors: AtomicU64,
+    /// Time a stage waited for the next one (back-pressure), by stage, in microseconds.
+    backpressure_micros: Mutex<BTreeMap<&'static str, u64>>,
+    /// Write batches (flushes) sent to the FHIR writer.
+    pub flushes: AtomicU64,
     /// Events received from the source.
     pub incoming: AtomicU64,
     /// Events that produced at least one measurement.
@@ -149,6 +192,16 @@ impl Metrics {
         }
     }
 
+    /// Adds time a stage spent waiting for the next stage.
+    pub fn backpressure(&self, stage: &'static str, d: Duration) {
+        if d < Duration::from_micros(50) {
+            return;
+        }
+        if let Ok(mut m) = self.backpressure_micros.lock() {
+            *m.entry(stage).or_default() += d.as_micros() as u64;
+        }
+    }
+
     /// Counts saved resources.
     pub fn saved(&self, resource: &'static str, operation: &'static str, n: u64) {
         if n == 0 {
@@ -203,6 +256,82 @@ impl Metrics {
             "iomt_events_acked_total",
             "Events acknowledged to the source after being written or dead-lettered.",
             self.acked.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_events_committed_total",
+            "Events whose every measurement is written to FHIR, or that are dead-lettered.",
+            self.committed.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_flushes_total",
+            "Write batches the group stage released to the FHIR writer.",
+            self.flushes.load(Ordering::Relaxed),
+        );
+        let gauge = |out: &mut String, name: &str, help: &str, v: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "iomt_pending_measurements",
+            "Measurements waiting in the group stage for their window to be written.",
+            self.pending_measurements.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "iomt_pending_windows",
+            "Observation windows waiting in the group stage.",
+            self.pending_windows.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "iomt_pending_oldest_age_seconds",
+            "How long the oldest pending measurement has waited.",
+            format!("{}", self.pending_oldest_ms.load(Ordering::Relaxed) as f64 / 1e3),
+        );
+        gauge(
+            &mut out,
+            "iomt_events_in_flight",
+            "Events received and not yet committed.",
+            self.events_in_flight.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "iomt_spool_bytes",
+            "Bytes in the local spool (events acknowledged to the source, not yet committed).",
+            self.spool_bytes.load(Ordering::Relaxed).to_string(),
+        );
+        counter(
+            &mut out,
+            "iomt_spool_fsyncs_total",
+            "Spool fsyncs (group commits).",
+            self.spool_fsyncs.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iomt_spool_errors_total",
+            "Spool appends or syncs that failed (the events were not acknowledged).",
+            self.spool_errors.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP iomt_backpressure_seconds_total Time a stage waited for the next one.\n# TYPE iomt_backpressure_seconds_total counter"
+        );
+        if let Ok(m) = self.backpressure_micros.lock() {
+            for stage in ["source", "ingest", "normalize", "group"] {
+                let v = m.get(stage).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "iomt_backpressure_seconds_total{{stage=\"{stage}\"}} {}",
+                    v as f64 / 1e6
+                );
+            }
+        }
+        self.ingestion_to_written.0.render(
+            "iomt_ingestion_to_written_seconds",
+            "From an event's ingestion time until every measurement it produced is written.",
+            &mut out,
         );
         counter(
             &mut out,

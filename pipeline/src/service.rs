@@ -1,39 +1,88 @@
-//! The long-running service (`iomt run`): source → bounded channel → normalize → batch
-//! (max events / max delay) → group + FHIR write → ack. At-least-once: an event is acknowledged
-//! only after every measurement it produced is written, or the event is dead-lettered. Batches
-//! are written one after another, so one device's readings are written in order; the writer
-//! parallelises devices within a batch. On SIGTERM/Ctrl-C the source stops, the buffered events
-//! are processed and flushed, acks are sent, and the process exits.
+//! Building the stage graph from a config, and running it: as the service (`run`, a source
+//! until shutdown) or over a finite list of events ([`Pipeline::run`] with a channel the caller
+//! fills: `iomt replay`, `iomt dead-letters replay`).
 
-
-
-
-
-
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use chrono::Utc;
-use normalizer::{Measurement, Normalizer};
+use fhir_writer::{FhirTemplates, FhirWriter};
+use grouper::GrouperConfig;
+use normalizer::Normalizer;
 use sources::SourceEvent;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{self, Config};
-use crate::deadletter::{DeadLetterStore, Failure};
-use crate::metrics::Metrics;
+use crate::config::{self, Config, PipelineConfig};
+use crate::deadletter::DeadLetterStore;
 use crate::http;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::shared::{Report, Shared};
+use crate::{commit, group, ingest, normalize, write};
 
-/// Everything the pipeline needs, built from the config.
+/// Why the pipeline could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The config or its mappings are invalid (every problem, one per line).
+    #[error("{}", .0.join("\n"))]
+    Config(Vec<String>),
+    /// A local resource could not be opened (dead-letter store, spool, HTTP listener).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being opened.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("building the FHIR HTTP client: {0}")]
+    Client(String),
+    /// The source stopped with an error.
+    #[error(transparent)]
+    Source(#[from] sources::SourceError),
+}
+
+/// Everything the stage graph needs: the mappings, the writer, the limits, the metrics and
+/// where dead letters go.
 pub struct Pipeline {
-    normalizer: Normalizer,
-    writer: fhir_writer::FhirWriter,
-    dead_letters: DeadLetterStore,
+    normalizer: Arc<Normalizer>,
+    templates: Arc<FhirTemplates>,
+    writer: Arc<FhirWriter>,
+    config: PipelineConfig,
     metrics: Arc<Metrics>,
-    config: config::PipelineConfig,
+    dead_letters: Option<DeadLetterStore>,
+    options: RunOptions,
+}
+
+/// How a run behaves beyond the config.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Collect a [`Report`] of everything done (for `iomt replay`).
+    pub report: bool,
+    /// Retry measurements while the FHIR server is unavailable (the service); one-shot runs
+    /// report them instead and leave them un-committed.
+    pub retry_unavailable: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            report: false,
+            retry_unavailable: true,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// The report, when asked for.
+    pub report: Option<Report>,
+    /// The commit watermark at the end: events with a smaller sequence number are done.
+    pub watermark: u64,
+    /// Events admitted and not committed at the end (the source delivers them again).
+    pub uncommitted: usize,
 }
 
 /// Loads both mappings, reporting every error.
@@ -95,17 +144,18 @@ pub fn validate(path: &Path) -> Result<Config, Vec<String>> {
 
 impl Pipeline {
     /// Builds the pipeline from a validated config.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self> {
-        let (normalizer, templates) =
-            load_mappings(config).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, PipelineError> {
+        let (normalizer, templates) = load_mappings(config).map_err(PipelineError::Config)?;
         let mut cc = fhir_writer::FhirClientConfig::new(config.fhir.url.clone());
         cc.auth = config.auth();
         cc.retry.deadline = Duration::from_secs(config.fhir.retry_deadline_secs);
         cc.request_timeout = Duration::from_secs(config.fhir.request_timeout_secs);
-        let client = fhir_writer::FhirClient::new(cc).context("building the HTTP client")?;
-        let writer = fhir_writer::FhirWriter::new(
+        let client = fhir_writer::FhirClient::new(cc)
+            .map_err(|e| PipelineError::Client(e.to_string()))?;
+        let templates = Arc::new(templates);
+        let writer = FhirWriter::new(
             client,
-            Arc::new(templates),
+            templates.clone(),
             fhir_writer::WriterConfig {
                 resolution: config.fhir.resolution,
                 device_identifier_system: config.fhir.device_identifier_system.clone(),
@@ -113,229 +163,178 @@ impl Pipeline {
                 ..Default::default()
             },
         );
-        let dead_letters = DeadLetterStore::open(&config.dead_letters.dir).with_context(|| {
-            format!(
-                "opening the dead-letter store {}",
-                config.dead_letters.dir.display()
-            )
-        })?;
-        Ok(Pipeline {
+        let dead_letters =
+            DeadLetterStore::open(&config.dead_letters.dir).map_err(|e| PipelineError::Io {
+                what: format!(
+                    "opening the dead-letter store {}",
+                    config.dead_letters.dir.display()
+                ),
+                source: e,
+            })?;
+        Ok(Pipeline::from_parts(
             normalizer,
-            writer,
-            dead_letters,
+            templates,
+            Arc::new(writer),
+            config.pipeline.clone(),
             metrics,
-            config: config.pipeline.clone(),
-        })
+            Some(dead_letters),
+        ))
     }
 
-    /// The dead-letter store.
-    pub fn dead_letters(&self) -> &DeadLetterStore {
-        &self.dead_letters
-    }
-
-    fn dead_letter(&self, ev: &SourceEvent, failure: Failure<'_>) -> bool {
-        let stage = failure.stage;
-        match self.dead_letters.put(
-            failure,
-            &ev.origin,
-            ev.ingestion_time,
-            &ev.body,
-            &ev.properties,
-            &ev.system_properties,
-        ) {
-            Ok(id) => {
-                self.metrics.dead_letter(stage);
-                tracing::debug!(id, origin = %ev.origin, "Event dead-lettered.");
-                true
-            }
-            Err(e) => {
-                // Not stored: do not ack, so the source delivers it again.
-                tracing::error!(error = %e, "Could not store a dead letter; the event will be redelivered.");
-                false
-            }
+    /// A pipeline from parts already built (`iomt replay` has no config file; without a
+    /// dead-letter store, failed events are only reported).
+    pub fn from_parts(
+        normalizer: Normalizer,
+        templates: Arc<FhirTemplates>,
+        writer: Arc<FhirWriter>,
+        config: PipelineConfig,
+        metrics: Arc<Metrics>,
+        dead_letters: Option<DeadLetterStore>,
+    ) -> Self {
+        Pipeline {
+            normalizer: Arc::new(normalizer),
+            templates,
+            writer,
+            config,
+            metrics,
+            dead_letters,
+            options: RunOptions::default(),
         }
     }
 
-    /// Processes one batch; returns the events that may be acknowledged (in order), and
-    /// keeps back the ones whose writes could not complete before `give_up` fired.
-    pub async fn process_batch(
-        &self,
-        events: Vec<SourceEvent>,
-        give_up: &watch::Receiver<bool>,
-    ) -> Vec<SourceEvent> {
-        let mut done = vec![true; events.len()];
-        let mut measurements: Vec<(usize, Measurement)> = Vec::new();
-        for (i, ev) in events.iter().enumerate() {
-            self.metrics.incoming.fetch_add(1, Ordering::Relaxed);
-            if ev.body.len() > self.config.max_event_bytes {
-                let msg = format!(
-                    "The event body is {} bytes; the limit (pipeline.max_event_bytes) is {}",
-                    ev.body.len(),
-                    self.config.max_event_bytes
-                );
-                self.metrics.error("normalize", "PayloadTooLargeException");
-                tracing::warn!(
-                    error_type = "PayloadTooLargeException",
-                    bytes = ev.body.len(),
-                    "Event too large."
-                );
-                done[i] = self.dead_letter(
-                    ev,
-                    Failure {
-                        stage: "normalize",
-                        error_type: "PayloadTooLargeException",
-                        message: &msg,
-                    },
-                );
-                continue;
-            }
-            let t = Instant::now();
-            let result = self.normalizer.normalize(
-                &ev.body,
-                &ev.properties,
-                &ev.system_properties,
-                Some(ev.ingestion_time),
-            );
-            self.metrics.normalize_latency.observe(t.elapsed());
-            match result {
-                Ok(ms) if ms.is_empty() => {
-                    self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(origin = %ev.origin, "Event matched no template.");
+    /// Sets the run options.
+    pub fn with_options(mut self, options: RunOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The FHIR writer (for its counters).
+    pub fn writer(&self) -> &FhirWriter {
+        &self.writer
+    }
+
+    /// The dead-letter store, if one is kept.
+    pub fn dead_letters(&self) -> Option<&DeadLetterStore> {
+        self.dead_letters.as_ref()
+    }
+
+    /// Runs the stage graph over the events arriving on `events` until its senders are gone and
+    /// everything is written (or, after `shutdown` turns true, until `shutdown_drain_secs`
+    /// have passed). `watermark` follows the commit watermark.
+    pub async fn run<I: Into<crate::ledger::Input> + Send + 'static>(
+        self,
+        events: mpsc::Receiver<I>,
+        shutdown: watch::Receiver<bool>,
+        watermark: watch::Sender<u64>,
+    ) -> RunSummary {
+        let cap = self.config.channel_capacity.max(1);
+        let chunk = self.config.chunk_events.max(1);
+        // Channels between stages carry chunks: size them in events, roughly.
+        let chunks = (cap / chunk).max(2);
+        let shared = Arc::new(Shared::new(
+            Ledger::starting_at(0),
+            self.metrics.clone(),
+            self.dead_letters,
+            self.options.report,
+        ));
+        let (chunk_tx, chunk_rx) = mpsc::channel(chunks);
+        let (norm_tx, norm_rx) = mpsc::channel(chunks);
+        let (flush_tx, flush_rx) = mpsc::channel(1);
+
+        // After shutdown, the last writes get `shutdown_drain_secs`.
+        let (give_up_tx, give_up_rx) = watch::channel(false);
+        let drain = Duration::from_secs(self.config.shutdown_drain_secs);
+        let drain_timer = {
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if shutdown.wait_for(|s| *s).await.is_ok() {
+                    tokio::time::sleep(drain).await;
+                    let _ = give_up_tx.send(true);
                 }
-                Ok(ms) => {
-                    self.metrics.normalized.fetch_add(1, Ordering::Relaxed);
-                    self.metrics
-                        .measurements
-                        .fetch_add(ms.len() as u64, Ordering::Relaxed);
-                    measurements.extend(ms.into_iter().map(|m| (i, m)));
-                }
-                Err(e) => {
-                    self.metrics.error("normalize", e.type_name());
-                    tracing::warn!(error_type = e.type_name(), "Event could not be normalized.");
-                    tracing::debug!(error = %e, origin = %ev.origin, "Normalization error.");
-                    done[i] = self.dead_letter(
-                        ev,
-                        Failure {
-                            stage: "normalize",
-                            error_type: e.type_name(),
-                            message: &e.message,
-                        },
-                    );
-                }
+            })
+        };
+
+        let (finished_tx, finished_rx) = watch::channel(false);
+        let commit = tokio::spawn(commit::run(shared.clone(), watermark, finished_rx));
+        let ingest = tokio::spawn(ingest::run(events, shared.clone(), chunk, chunk_tx));
+        let normalize = tokio::spawn(normalize::run(
+            self.normalizer.clone(),
+            shared.clone(),
+            self.config.max_event_bytes,
+            self.config.workers(),
+            chunk_rx,
+            norm_tx,
+        ));
+        let group = tokio::spawn(group::run(
+            self.templates.clone(),
+            shared.clone(),
+            GrouperConfig {
+                flush_interval: self.config.flush_interval(),
+                max_pending: std::num::NonZeroUsize::new(self.config.max_pending_measurements)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            },
+            norm_rx,
+            flush_tx,
+        ));
+        let write = tokio::spawn(write::run(
+            self.writer.clone(),
+            shared.clone(),
+            flush_rx,
+            give_up_rx,
+            self.options.retry_unavailable,
+        ));
+        for (name, task) in [
+            ("ingest", ingest),
+            ("normalize", normalize),
+            ("group", group),
+            ("write", write),
+        ] {
+            if let Err(e) = task.await {
+                tracing::error!(stage = name, error = %e, "A pipeline stage failed; its events stay un-acknowledged.");
             }
         }
-
-        let mut todo = measurements;
-        let mut attempt = 0u32;
-        while !todo.is_empty() {
-            let t = Instant::now();
-            let groups = grouper::group_measurements(todo.iter().cloned()).len();
-            self.metrics.group_latency.observe(t.elapsed());
-            let t = Instant::now();
-            let report = self
-                .writer
-                .write_batch(todo.clone(), Some(Utc::now()))
-                .await;
-            self.metrics.fhir_write_latency.observe(t.elapsed());
-            let stats = self.writer.client().stats();
-            self.metrics
-                .fhir_requests
-                .store(stats.requests.load(Ordering::Relaxed), Ordering::Relaxed);
-            self.metrics
-                .fhir_retries
-                .store(stats.retries.load(Ordering::Relaxed), Ordering::Relaxed);
-            self.metrics.fhir_create_races.store(
-                self.writer.stats().create_races.load(Ordering::Relaxed),
-                Ordering::Relaxed,
-            );
-            self.metrics
-                .saved("Observation", "Created", report.observations_created);
-            self.metrics
-                .saved("Observation", "Updated", report.observations_updated);
-            self.metrics
-                .saved("Observation", "NoOperation", report.observations_unchanged);
-            let mut retry: BTreeSet<usize> = BTreeSet::new();
-            let mut failed: BTreeMap<usize, (&'static str, String)> = BTreeMap::new();
-            for e in &report.errors {
-                self.metrics.error("fhir", e.error_type);
-                if e.retryable {
-                    retry.extend(e.events.iter().copied());
-                } else {
-                    tracing::warn!(error_type = e.error_type, measurement_type = %e.measurement_type, "Measurements could not be written.");
-                    for ev in &e.events {
-                        failed
-                            .entry(*ev)
-                            .or_insert((e.error_type, e.message.clone()));
-                    }
-                }
-            }
-            self.metrics.groups.fetch_add(
-                groups.saturating_sub(report.errors.len()) as u64,
-                Ordering::Relaxed,
-            );
-            for (i, (error_type, message)) in &failed {
-                if !retry.contains(i) {
-                    done[*i] = self.dead_letter(
-                        &events[*i],
-                        Failure {
-                            stage: "fhir",
-                            error_type,
-                            message,
-                        },
-                    );
-                }
-            }
-            if retry.is_empty() {
-                break;
-            }
-            // The FHIR server is unavailable: keep the events and try again (never drop).
-            self.metrics.batch_retries.fetch_add(1, Ordering::Relaxed);
-            let delay = Duration::from_millis((500u64 << attempt.min(6)).min(30_000));
-            attempt += 1;
+        let _ = finished_tx.send(true);
+        let watermark = commit.await.unwrap_or(0);
+        drain_timer.abort();
+        let uncommitted = shared.ledger().in_flight();
+        if uncommitted > 0 {
             tracing::warn!(
-                events = retry.len(),
-                delay_ms = delay.as_millis() as u64,
-                "FHIR server unavailable; retrying the batch."
+                unacknowledged = uncommitted,
+                "Stopping with events not written; the source will deliver them again."
             );
-            todo.retain(|(i, _)| retry.contains(i));
-            let mut give_up = give_up.clone();
-            if *give_up.borrow() {
-                for i in &retry {
-                    done[*i] = false;
-                }
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = give_up.changed() => {
-                    for i in &retry {
-                        done[*i] = false;
-                    }
-                    break;
-                }
-            }
         }
-        events
-            .into_iter()
-            .zip(done)
-            .filter_map(|(ev, ok)| ok.then_some(ev))
-            .collect()
+        let report = shared
+            .report
+            .as_ref()
+            .map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|e| e.into_inner())));
+        RunSummary {
+            report,
+            watermark,
+            uncommitted,
+        }
     }
 }
 
-/// Runs the service until `shutdown` turns true.
-pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
+/// Runs the service until `shutdown` turns true: the configured source into the stage graph,
+/// the metrics endpoint beside it; on shutdown the source stops, everything pending is written
+/// (within `shutdown_drain_secs`), acks and checkpoints are sent, then it returns.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
     let metrics = Arc::new(Metrics::default());
-    let pipeline = Arc::new(Pipeline::new(&config, metrics.clone())?);
-    let (tx, mut rx) = mpsc::channel::<SourceEvent>(config.pipeline.channel_capacity.max(1));
+    let pipeline = Pipeline::new(&config, metrics.clone())?;
+    let (tx, rx) = mpsc::channel::<SourceEvent>(config.pipeline.channel_capacity.max(1));
 
     let http = if config.http.listen.is_empty() {
         None
     } else {
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await
-            .with_context(|| format!("binding the metrics endpoint {}", config.http.listen))?;
-        tracing::info!(address = %listener.local_addr()?, "Serving /metrics, /healthz, /readyz.");
+            .map_err(|e| PipelineError::Io {
+                what: format!("binding the metrics endpoint {}", config.http.listen),
+                source: e,
+            })?;
+        if let Ok(a) = listener.local_addr() {
+            tracing::info!(address = %a, "Serving /metrics, /healthz, /readyz.");
+        }
         Some(tokio::spawn(http::serve(
             listener,
             metrics.clone(),
@@ -355,61 +354,24 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     metrics.ready.store(1, Ordering::Relaxed);
     tracing::info!("Connector running.");
 
-    // After shutdown, the last batches get `shutdown_drain_secs` to be written.
-    let (give_up_tx, give_up_rx) = watch::channel(false);
-    {
-        let mut shutdown = shutdown.clone();
-        let drain = Duration::from_secs(config.pipeline.shutdown_drain_secs);
-        tokio::spawn(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-            tokio::time::sleep(drain).await;
-            let _ = give_up_tx.send(true);
-        });
-    }
-
-    let max = config.pipeline.batch_max_events.max(1);
-    let delay = config.pipeline.batch_max_delay();
-    loop {
-        let Some(first) = rx.recv().await else {
-            break; // the source stopped and the channel is drained
-        };
-        let deadline = tokio::time::Instant::now() + delay;
-        let mut batch = vec![first];
-        while batch.len() < max {
-            tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(ev) => batch.push(ev),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        let n = batch.len();
-        let ackable = pipeline.process_batch(batch, &give_up_rx).await;
-        let acked = ackable.len();
-        for ev in ackable {
-            ev.ack.ack().await;
-        }
-        metrics.acked.fetch_add(acked as u64, Ordering::Relaxed);
-        if acked < n {
-            tracing::warn!(
-                unacknowledged = n - acked,
-                "Shutting down with events not written; the source will deliver them again."
-            );
-        }
-    }
+    let (watermark_tx, _watermark_rx) = watch::channel(0u64);
+    let summary = pipeline.run(rx, shutdown.clone(), watermark_tx).await;
     let _ = done_tx.send(true);
-    match source.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(anyhow::anyhow!(e)),
-        Err(e) => return Err(anyhow::anyhow!("source task failed: {e}")),
-    }
+    let result = match source.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(PipelineError::Source(e)),
+        Err(e) => Err(PipelineError::Source(sources::SourceError::Config(format!(
+            "the source task failed: {e}"
+        )))),
+    };
     if let Some(h) = http {
         let _ = h.await;
     }
     tracing::info!(
         acked = metrics.acked.load(Ordering::Relaxed),
+        committed = metrics.committed.load(Ordering::Relaxed),
+        uncommitted = summary.uncommitted,
         "Connector stopped."
     );
-    Ok(())
+    result
 }

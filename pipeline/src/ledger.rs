@@ -1,0 +1,272 @@
+//! The ledger of events in flight: from the moment an event enters the pipeline (it gets the
+//! next sequence number) until every measurement it produced is written to FHIR or the event is
+//! dead-lettered. The **commit watermark** is the lowest sequence number not yet done: the spool
+//! is truncated below it, and the acks of sources without a spool (Event Hubs checkpoints, files)
+//! run in order as it passes them.
+//!
+//! Pure bookkeeping, no I/O and no clock: the stages share it behind a mutex and hold the lock
+//! only to update counts.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sources::Ack;
+
+/// An event as the pipeline keeps it until it is done (the body is needed to dead-letter it if
+/// FHIR refuses its measurements).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The raw body.
+    pub body: Vec<u8>,
+    /// Application properties.
+    pub properties: Map<String, Value>,
+    /// System properties.
+    pub system_properties: Map<String, Value>,
+    /// When the event reached the source (a file's event may not say; then same-time readings
+    /// are ordered by arrival alone, as in `iomt map`).
+    pub ingestion_time: Option<DateTime<Utc>>,
+    /// Topic or partition.
+    pub origin: String,
+}
+
+/// An event entering the pipeline with its acknowledgement.
+#[derive(Debug)]
+pub struct Input {
+    /// The event.
+    pub event: Event,
+    /// Sent once the event is committed.
+    pub ack: Ack,
+}
+
+impl From<sources::SourceEvent> for Input {
+    fn from(ev: sources::SourceEvent) -> Self {
+        Input {
+            event: Event {
+                body: ev.body,
+                properties: ev.properties,
+                system_properties: ev.system_properties,
+                ingestion_time: Some(ev.ingestion_time),
+                origin: ev.origin,
+            },
+            ack: ev.ack,
+        }
+    }
+}
+
+/// The state of one sequence number.
+#[derive(Debug)]
+struct Slot {
+    /// Measurements not yet written; `None` until the event is normalized.
+    remaining: Option<usize>,
+    /// Set when the event could not be made durable (e.g. a dead letter could not be stored):
+    /// it stays un-committed so that the source or the spool delivers it again after a restart.
+    stuck: bool,
+    event: Option<Arc<Event>>,
+    ack: Option<Ack>,
+}
+
+/// What passing the watermark released.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The new watermark: every event below it is done.
+    pub watermark: u64,
+    /// Acks to send, in sequence order.
+    pub acks: Vec<Ack>,
+    /// Ingestion times of the events committed, for the ingestion→written latency.
+    pub ingestion_times: Vec<DateTime<Utc>>,
+    /// Events committed.
+    pub events: usize,
+}
+
+/// Events in flight by sequence number.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    base: u64,
+    slots: VecDeque<Slot>,
+}
+
+impl Ledger {
+    /// An empty ledger whose first event will be `first_seq`.
+    pub fn starting_at(first_seq: u64) -> Self {
+        Ledger {
+            base: first_seq,
+            slots: VecDeque::new(),
+        }
+    }
+
+    /// The next sequence number to admit.
+    pub fn next_seq(&self) -> u64 {
+        self.base + self.slots.len() as u64
+    }
+
+    /// The commit watermark.
+    pub fn watermark(&self) -> u64 {
+        self.base
+    }
+
+    /// Events admitted and not yet committed.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Admits the next event; returns its sequence number. `ack` runs once it is committed.
+    pub fn admit(&mut self, event: Arc<Event>, ack: Option<Ack>) -> u64 {
+        let seq = self.next_seq();
+        self.slots.push_back(Slot {
+            remaining: None,
+            stuck: false,
+            event: Some(event),
+            ack,
+        });
+        seq
+    }
+
+    /// Admits an event whose sequence number is already given (replayed from the spool); the
+    /// numbers must come in increasing order. Numbers skipped (committed before a restart)
+    /// are treated as done.
+    pub fn admit_at(&mut self, seq: u64, event: Arc<Event>) {
+        if seq < self.next_seq() {
+            return;
+        }
+        if self.slots.is_empty() {
+            self.base = seq;
+        }
+        while self.next_seq() < seq {
+            self.slots.push_back(Slot {
+                remaining: Some(0),
+                stuck: false,
+                event: None,
+                ack: None,
+            });
+        }
+        self.admit(event, None);
+    }
+
+    fn slot(&mut self, seq: u64) -> Option<&mut Slot> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get_mut(i)
+    }
+
+    /// The event normalized into `measurements` measurements (0: dropped, or dead-lettered).
+    pub fn normalized(&mut self, seq: u64, measurements: usize) {
+        if let Some(s) = self.slot(seq) {
+            s.remaining = Some(measurements);
+        }
+    }
+
+    /// `n` of the event's measurements are written (or dead-lettered with the event).
+    pub fn written(&mut self, seq: u64, n: usize) {
+        if let Some(s) = self.slot(seq) {
+            if let Some(r) = &mut s.remaining {
+                *r = r.saturating_sub(n);
+            }
+        }
+    }
+
+    /// The event is done whatever its measurements still pending do (it was dead-lettered).
+    pub fn finish(&mut self, seq: u64) {
+        if let Some(s) = self.slot(seq) {
+            s.remaining = Some(0);
+        }
+    }
+
+    /// The event cannot be made durable now: keep it un-committed (redelivered after a restart).
+    pub fn stick(&mut self, seq: u64) {
+        if let Some(s) = self.slot(seq) {
+            s.stuck = true;
+        }
+    }
+
+    /// The event, while it is in flight.
+    pub fn event(&self, seq: u64) -> Option<Arc<Event>> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get(i).and_then(|s| s.event.clone())
+    }
+
+    /// Advances the watermark past every leading event that is done.
+    pub fn commit(&mut self) -> Committed {
+        let mut out = Committed::default();
+        while let Some(front) = self.slots.front() {
+            if front.stuck || front.remaining != Some(0) {
+                break;
+            }
+            if let Some(s) = self.slots.pop_front() {
+                if let Some(t) = s.event.as_ref().and_then(|e| e.ingestion_time) {
+                    out.ingestion_times.push(t);
+                }
+                out.events += 1;
+                out.acks.extend(s.ack);
+            }
+            self.base += 1;
+        }
+        out.watermark = self.base;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev() -> Arc<Event> {
+        Arc::new(Event {
+            body: b"{}".to_vec(),
+            properties: Map::new(),
+            system_properties: Map::new(),
+            ingestion_time: Some(Utc::now()),
+            origin: "t".into(),
+        })
+    }
+
+    #[test]
+    fn the_watermark_passes_only_events_that_are_done_in_order() {
+        let mut l = Ledger::starting_at(10);
+        let a = l.admit(ev(), Some(Ack::none()));
+        let b = l.admit(ev(), Some(Ack::none()));
+        let c = l.admit(ev(), Some(Ack::none()));
+        assert_eq!((a, b, c), (10, 11, 12));
+        l.normalized(a, 2);
+        l.normalized(b, 0); // matched no template
+        l.normalized(c, 1);
+        l.written(c, 1);
+        let done = l.commit();
+        assert_eq!((done.watermark, done.acks.len()), (10, 0), "a still pending");
+        l.written(a, 1);
+        assert_eq!(l.commit().watermark, 10);
+        l.written(a, 1);
+        let done = l.commit();
+        assert_eq!((done.watermark, done.acks.len()), (13, 3));
+        assert_eq!(l.in_flight(), 0);
+        // Late updates for committed events are ignored.
+        l.written(a, 1);
+        l.finish(b);
+        assert_eq!(l.commit().watermark, 13);
+    }
+
+    #[test]
+    fn unnormalized_and_stuck_events_hold_the_watermark() {
+        let mut l = Ledger::starting_at(0);
+        let a = l.admit(ev(), None);
+        let b = l.admit(ev(), None);
+        l.normalized(b, 0);
+        assert_eq!(l.commit().watermark, 0, "a is not normalized yet");
+        l.normalized(a, 0);
+        l.stick(a);
+        assert_eq!(l.commit().watermark, 0, "a could not be made durable");
+        assert!(l.event(a).is_some());
+    }
+
+    #[test]
+    fn replayed_sequence_numbers_may_skip() {
+        let mut l = Ledger::starting_at(0);
+        l.admit_at(5, ev());
+        l.admit_at(8, ev());
+        assert_eq!(l.next_seq(), 9);
+        l.finish(5);
+        assert_eq!(l.commit().watermark, 8, "6 and 7 were committed before the restart");
+        l.finish(8);
+        assert_eq!(l.commit().watermark, 9);
+    }
+}
