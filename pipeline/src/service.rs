@@ -365,6 +365,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         )))),
     };
     if let Some(h) = http {
+        if result.is_err() {
+            h.abort(); // the source failed: stop now, without waiting for a shutdown signal
+        }
         let _ = h.await;
     }
     tracing::info!(

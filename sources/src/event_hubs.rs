@@ -109,7 +109,10 @@ pub struct EventHubsConfig {
     #[serde(default = "default_prefetch")]
     pub prefetch: u32,
     /// Most events one partition may have handed to the pipeline and not yet acknowledged; the
-    /// partition's reader waits when it is reached (bounds memory and redelivery after a crash).
+    /// partition's reader waits when it is reached (bounds redelivery after a crash). An event
+    /// is acknowledged once its window is written, up to `pipeline.flush_interval_ms` later, so
+    /// this must hold a partition's events for a whole flush interval or it caps throughput at
+    /// this many events per interval; the pipeline's `max_pending_measurements` bounds memory.
     #[serde(default = "default_max_unacked")]
     pub max_unacked_per_partition: usize,
     /// `"greedy"` or `"balanced"` partition claiming.
@@ -196,7 +199,7 @@ fn default_prefetch() -> u32 {
     300
 }
 fn default_max_unacked() -> usize {
-    1000
+    100_000
 }
 fn default_lb_interval() -> u64 {
     10
