@@ -1,6 +1,6 @@
 //! The commit stage: advances the ledger's watermark whenever a stage reports progress, sends
 //! the acks of sources without a spool in order (Event Hubs checkpoints), records the
-//! ingestion→written latency, and publishes the watermark (the spool truncates below it).
+//! ingestion→written latency, publishes the watermark and truncates the spool below it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::watch;
 
+use crate::ingest::SharedSpool;
 use crate::shared::Shared;
 
 /// Runs until `finished` turns true, then commits once more and returns the final watermark.
@@ -15,7 +16,9 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     watermark: watch::Sender<u64>,
     mut finished: watch::Receiver<bool>,
+    spool: Option<Arc<SharedSpool>>,
 ) -> u64 {
+    let mut truncated = 0u64;
     loop {
         let last = tokio::select! {
             _ = shared.commit.notified() => false,
@@ -38,6 +41,27 @@ pub(crate) async fn run(
         m.events_in_flight
             .store(shared.ledger().in_flight() as u64, Ordering::Relaxed);
         watermark.send_replace(committed.watermark);
+        if let Some(spool) = &spool {
+            if committed.watermark > truncated {
+                truncated = committed.watermark;
+                let (s, w, metrics) = (spool.clone(), truncated, shared.metrics.clone());
+                let done = tokio::task::spawn_blocking(move || {
+                    let mut guard = s.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(sp) = guard.as_mut() {
+                        if let Err(e) = sp.commit(w) {
+                            metrics.spool_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, "Spool truncation failed; written events are replayed after a restart (harmless).");
+                        }
+                        metrics.spool_bytes.store(sp.bytes(), Ordering::Relaxed);
+                        metrics.spool_fsyncs.store(sp.fsyncs(), Ordering::Relaxed);
+                    }
+                })
+                .await;
+                if done.is_err() {
+                    tracing::error!("Spool truncation task failed.");
+                }
+            }
+        }
         if last {
             return committed.watermark;
         }

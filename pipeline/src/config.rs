@@ -22,6 +22,9 @@ pub struct Config {
     /// The dead-letter store.
     #[serde(default)]
     pub dead_letters: DeadLetterConfig,
+    /// The durable spool between the source and the pipeline.
+    #[serde(default)]
+    pub spool: SpoolSection,
     /// The HTTP endpoint for metrics and health.
     #[serde(default)]
     pub http: HttpConfig,
@@ -217,6 +220,63 @@ impl Default for DeadLetterConfig {
     }
 }
 
+/// `[spool]`: the local on-disk log the MQTT source acknowledges into (see
+/// `pipeline::spool`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// Use the spool: default on for MQTT (PUBACK once the event is fsynced to the spool),
+    /// off for Event Hubs (the partition checkpoint follows the FHIR writes instead).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The spool's directory, relative to the config file; one per connector process.
+    #[serde(default = "default_spool_dir")]
+    pub dir: PathBuf,
+    /// When the spool holds this many bytes, the source stops reading (back-pressure, never
+    /// loss). Default 1 GiB.
+    #[serde(default = "default_spool_max")]
+    pub max_bytes: std::num::NonZeroU64,
+    /// Segment size: the unit in which written events' space is given back. Default 64 MiB.
+    #[serde(default = "default_spool_segment")]
+    pub segment_bytes: std::num::NonZeroU64,
+}
+
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("spool")
+}
+fn default_spool_max() -> std::num::NonZeroU64 {
+    crate::spool::DEFAULT_MAX_BYTES
+}
+fn default_spool_segment() -> std::num::NonZeroU64 {
+    crate::spool::DEFAULT_SEGMENT_BYTES
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            enabled: None,
+            dir: default_spool_dir(),
+            max_bytes: default_spool_max(),
+            segment_bytes: default_spool_segment(),
+        }
+    }
+}
+
+impl Config {
+    /// The spool's settings when the spool is in use for this source.
+    pub fn spool(&self) -> Option<crate::spool::SpoolConfig> {
+        let on = self
+            .spool
+            .enabled
+            .unwrap_or(matches!(self.source, SourceConfig::Mqtt(_)));
+        on.then(|| crate::spool::SpoolConfig {
+            dir: self.spool.dir.clone(),
+            max_bytes: self.spool.max_bytes,
+            segment_bytes: self.spool.segment_bytes,
+        })
+    }
+}
+
 /// `[http]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +337,7 @@ impl Config {
             &mut c.templates.device_mapping,
             &mut c.templates.fhir_mapping,
             &mut c.dead_letters.dir,
+            &mut c.spool.dir,
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);

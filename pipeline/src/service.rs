@@ -19,6 +19,7 @@ use crate::http;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::shared::{Report, Shared};
+use crate::spool::{Replay, Spool, SpoolConfig};
 use crate::{commit, group, ingest, normalize, write};
 
 /// Why the pipeline could not start or stopped.
@@ -38,6 +39,9 @@ pub enum PipelineError {
     /// The HTTP client could not be built.
     #[error("building the FHIR HTTP client: {0}")]
     Client(String),
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(crate::spool::SpoolError),
     /// The source stopped with an error.
     #[error(transparent)]
     Source(#[from] sources::SourceError),
@@ -53,6 +57,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     dead_letters: Option<DeadLetterStore>,
     options: RunOptions,
+    spool: Option<(Spool, Replay, SpoolConfig)>,
 }
 
 /// How a run behaves beyond the config.
@@ -171,14 +176,28 @@ impl Pipeline {
                 ),
                 source: e,
             })?;
-        Ok(Pipeline::from_parts(
+        let spool = match config.spool() {
+            Some(sc) => {
+                let (spool, replay) = Spool::open(&sc).map_err(PipelineError::Spool)?;
+                tracing::info!(
+                    dir = %sc.dir.display(),
+                    bytes = spool.bytes(),
+                    "Spool open."
+                );
+                Some((spool, replay, sc))
+            }
+            None => None,
+        };
+        let mut p = Pipeline::from_parts(
             normalizer,
             templates,
             Arc::new(writer),
             config.pipeline.clone(),
             metrics,
             Some(dead_letters),
-        ))
+        );
+        p.spool = spool;
+        Ok(p)
     }
 
     /// A pipeline from parts already built (`iomt replay` has no config file; without a
@@ -199,6 +218,7 @@ impl Pipeline {
             metrics,
             dead_letters,
             options: RunOptions::default(),
+            spool: None,
         }
     }
 
@@ -231,8 +251,15 @@ impl Pipeline {
         let chunk = self.config.chunk_events.max(1);
         // Channels between stages carry chunks: size them in events, roughly.
         let chunks = (cap / chunk).max(2);
+        let (spool, replay, first_seq) = match self.spool {
+            Some((s, r, c)) => {
+                let start = s.committed();
+                (Some((Arc::new(std::sync::Mutex::new(Some(s))), c)), Some(r), start)
+            }
+            None => (None, None, 0),
+        };
         let shared = Arc::new(Shared::new(
-            Ledger::starting_at(0),
+            Ledger::starting_at(first_seq),
             self.metrics.clone(),
             self.dead_letters,
             self.options.report,
@@ -255,8 +282,26 @@ impl Pipeline {
         };
 
         let (finished_tx, finished_rx) = watch::channel(false);
-        let commit = tokio::spawn(commit::run(shared.clone(), watermark, finished_rx));
-        let ingest = tokio::spawn(ingest::run(events, shared.clone(), chunk, chunk_tx));
+        let commit = tokio::spawn(commit::run(
+            shared.clone(),
+            watermark,
+            finished_rx,
+            spool.as_ref().map(|(s, _)| s.clone()),
+        ));
+        let ingest = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                match spool {
+                    Some((spool, config)) => {
+                        if let Some(r) = replay {
+                            ingest::replay(r, &shared, chunk, &chunk_tx).await;
+                        }
+                        ingest::run_spooled(events, shared, chunk, chunk_tx, spool, config).await
+                    }
+                    None => ingest::run(events, shared, chunk, chunk_tx).await,
+                }
+            })
+        };
         let normalize = tokio::spawn(normalize::run(
             self.normalizer.clone(),
             shared.clone(),
