@@ -119,6 +119,9 @@
 //! item, without failing the records around it. `open` itself reads only the last segment
 //! (to find where it ends); older segments are read by the replay.
 
+mod config;
+mod error;
+mod lock;
 mod record;
 mod replay;
 mod segment;
@@ -128,230 +131,23 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
-use std::num::NonZeroU64;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use tracing::warn;
 
+pub use config::{SpoolConfig, DEFAULT_MAX_BYTES, DEFAULT_SEGMENT_BYTES};
+pub use error::{SpoolError, SpoolOp};
 pub use record::{SpoolRecord, MAX_RECORD_BYTES};
 pub use replay::Replay;
 
+use lock::lock_dir;
 use record::encode_frame;
 use replay::ReplaySegment;
 use segment::{SegmentFile, HEADER, HEADER_LEN};
 
-/// Default [`SpoolConfig::max_bytes`]: 1 GiB.
-pub const DEFAULT_MAX_BYTES: NonZeroU64 = NonZeroU64::new(1 << 30).unwrap();
-
-/// Default [`SpoolConfig::segment_bytes`]: 64 MiB.
-pub const DEFAULT_SEGMENT_BYTES: NonZeroU64 = NonZeroU64::new(64 << 20).unwrap();
-
 /// Appended frames are written to the segment file once this many bytes are buffered (and on
 /// every sync), so memory stays bounded however rarely the caller syncs.
 const WRITE_BUFFER: usize = 256 * 1024;
-
-/// The lock file's name.
-const LOCK_FILE: &str = "lock";
-
-/// Attempts at taking the directory's lock, and the pause between them (half a second in
-/// all) before `open` reports [`SpoolError::Locked`].
-#[cfg(unix)]
-const LOCK_ATTEMPTS: u32 = 20;
-#[cfg(unix)]
-const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(25);
-
-/// Where and how large the spool is (the `[spool]` section of the configuration).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpoolConfig {
-    /// The spool's directory, created if missing. It must belong to one connector process
-    /// (it is locked while open). A relative path is resolved by the caller (against the
-    /// configuration file's directory) before it gets here.
-    pub dir: PathBuf,
-    /// Back-pressure threshold in bytes on disk, un-committed and committed-but-not-yet-deleted
-    /// segments included: at or above it [`Spool::is_full`] says so and the source stops
-    /// reading (nothing is dropped). Default 1 GiB. Several segments' worth, so that a commit
-    /// can free space by deleting whole segments.
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: NonZeroU64,
-    /// Size at which a segment file is closed and a new one started; the unit in which
-    /// committed space is given back. Default 64 MiB.
-    #[serde(default = "default_segment_bytes")]
-    pub segment_bytes: NonZeroU64,
-}
-
-fn default_max_bytes() -> NonZeroU64 {
-    DEFAULT_MAX_BYTES
-}
-
-fn default_segment_bytes() -> NonZeroU64 {
-    DEFAULT_SEGMENT_BYTES
-}
-
-impl SpoolConfig {
-    /// A configuration for `dir` with the default sizes.
-    pub fn new(dir: impl Into<PathBuf>) -> SpoolConfig {
-        SpoolConfig {
-            dir: dir.into(),
-            max_bytes: DEFAULT_MAX_BYTES,
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
-        }
-    }
-}
-
-/// The file operation an I/O error happened in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpoolOp {
-    /// Creating the spool directory.
-    CreateDir,
-    /// Listing the spool directory.
-    ListDir,
-    /// Reading a file's metadata.
-    Stat,
-    /// Locking the spool directory.
-    Lock,
-    /// Opening a file.
-    Open,
-    /// Creating a file.
-    Create,
-    /// Reading a file.
-    Read,
-    /// Writing a file.
-    Write,
-    /// Truncating a file.
-    Truncate,
-    /// Fsyncing a file.
-    Sync,
-    /// Fsyncing the spool directory.
-    SyncDir,
-    /// Renaming a file.
-    Rename,
-    /// Deleting a file.
-    Remove,
-}
-
-impl fmt::Display for SpoolOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SpoolOp::CreateDir => "create directory",
-            SpoolOp::ListDir => "list directory",
-            SpoolOp::Stat => "stat",
-            SpoolOp::Lock => "lock",
-            SpoolOp::Open => "open",
-            SpoolOp::Create => "create",
-            SpoolOp::Read => "read",
-            SpoolOp::Write => "write",
-            SpoolOp::Truncate => "truncate",
-            SpoolOp::Sync => "fsync",
-            SpoolOp::SyncDir => "fsync directory",
-            SpoolOp::Rename => "rename to",
-            SpoolOp::Remove => "delete",
-        })
-    }
-}
-
-/// What can go wrong in the spool.
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    /// A file operation failed.
-    #[error("spool: cannot {op} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        op: SpoolOp,
-        /// The file or directory.
-        path: PathBuf,
-        /// The operating system's error.
-        source: io::Error,
-    },
-    /// Another process (or another `Spool` in this one) has the directory open.
-    #[error("spool directory is in use by another process (it holds the lock on {})", path.display())]
-    Locked {
-        /// The lock file.
-        path: PathBuf,
-    },
-    /// The last segment is not a segment of this format version; appending to it is unsafe.
-    #[error(
-        "{} is not a spool segment of this version (bad header); move it out of the spool \
-         directory to start",
-        path.display()
-    )]
-    BadHeader {
-        /// The segment file.
-        path: PathBuf,
-    },
-    /// Records on disk are damaged and cannot be read back (reported by [`Replay`], which
-    /// carries on after them).
-    #[error(
-        "damaged spool data in {} at byte {offset}: {reason}; records {}..{} are lost",
-        path.display(),
-        lost.start,
-        lost.end
-    )]
-    Corrupt {
-        /// The segment file.
-        path: PathBuf,
-        /// Byte offset of the damage in the file.
-        offset: u64,
-        /// What is wrong there.
-        reason: &'static str,
-        /// Sequence numbers of the records lost (never empty).
-        lost: Range<u64>,
-    },
-    /// A record is too large to spool.
-    #[error("spool record of {len} bytes is larger than the limit of {max} bytes")]
-    RecordTooLarge {
-        /// The record's encoded size (or a lower bound of it).
-        len: u64,
-        /// [`MAX_RECORD_BYTES`].
-        max: u64,
-    },
-    /// `commit` was asked to cover sequence numbers not yet handed out.
-    #[error("cannot commit below sequence number {upto}: the next one to be handed out is {next}")]
-    CommitBeyondEnd {
-        /// The watermark asked for.
-        upto: u64,
-        /// The next sequence number `append` would hand out.
-        next: u64,
-    },
-    /// An fsync failed earlier; records since the last good sync may be gone, so the spool
-    /// takes no more writes. Reopen it.
-    #[error(
-        "spool in {} failed an fsync earlier and takes no more writes; records appended since \
-         the last successful sync must not be acknowledged; reopen the spool",
-        path.display()
-    )]
-    Poisoned {
-        /// The spool directory.
-        path: PathBuf,
-    },
-    /// A record's properties could not be encoded.
-    #[error("cannot encode spool record properties: {0}")]
-    Encode(#[source] serde_json::Error),
-}
-
-impl SpoolError {
-    pub(crate) fn io(op: SpoolOp, path: &Path, source: io::Error) -> SpoolError {
-        SpoolError::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    }
-
-    /// Whether this is the file system running out of space (or quota): the caller should
-    /// stop reading, let commits free space, and retry, rather than give up.
-    pub fn is_disk_full(&self) -> bool {
-        match self {
-            SpoolError::Io { source, .. } => {
-                source.kind() == io::ErrorKind::StorageFull
-                    || source.kind() == io::ErrorKind::QuotaExceeded
-            }
-            _ => false,
-        }
-    }
-}
 
 /// The segment being appended to.
 #[derive(Debug)]
@@ -808,84 +604,5 @@ fn remove_if_present(path: &Path) -> Result<(), SpoolError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(SpoolError::io(SpoolOp::Remove, path, e)),
-    }
-}
-
-/// Opens and locks the directory's lock file (released when the file is closed).
-fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| SpoolError::io(SpoolOp::Open, &path, e))?;
-    #[cfg(unix)]
-    {
-        use rustix::fs::{flock, FlockOperation};
-        // A lock can also be held for a moment by a child process of ours that has forked
-        // but not yet exec'd (which closes its copy of the descriptor: it is close-on-exec).
-        // So wait a little before concluding that another spool has the directory.
-        let mut attempts = 0;
-        loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                    attempts += 1;
-                    if attempts == LOCK_ATTEMPTS {
-                        return Err(SpoolError::Locked { path });
-                    }
-                    std::thread::sleep(LOCK_RETRY);
-                }
-                Err(e) => return Err(SpoolError::io(SpoolOp::Lock, &path, e.into())),
-            }
-        }
-    }
-    Ok(file)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_has_documented_defaults_and_is_strict() {
-        let config: SpoolConfig = toml::from_str(r#"dir = "spool""#).expect("parses");
-        assert_eq!(config, SpoolConfig::new("spool"));
-        assert_eq!(config.max_bytes.get(), 1 << 30);
-        assert_eq!(config.segment_bytes.get(), 64 << 20);
-
-        let sized: SpoolConfig =
-            toml::from_str("dir = \"/var/spool/iomt\"\nmax_bytes = 4096\nsegment_bytes = 1024")
-                .expect("parses");
-        assert_eq!(
-            (sized.max_bytes.get(), sized.segment_bytes.get()),
-            (4096, 1024)
-        );
-
-        for bad in [
-            "max_bytes = 10",
-            "dir = \"x\"\nmax_byte = 10",
-            "dir = \"x\"\nsegment_bytes = 0",
-        ] {
-            assert!(toml::from_str::<SpoolConfig>(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn disk_full_is_told_apart() {
-        let io = |kind| SpoolError::io(SpoolOp::Write, Path::new("/s"), io::Error::from(kind));
-        assert!(io(io::ErrorKind::StorageFull).is_disk_full());
-        assert!(io(io::ErrorKind::QuotaExceeded).is_disk_full());
-        assert!(!io(io::ErrorKind::PermissionDenied).is_disk_full());
-        let enospc = SpoolError::io(
-            SpoolOp::Write,
-            Path::new("/s"),
-            io::Error::from_raw_os_error(28),
-        );
-        assert_eq!(enospc.is_disk_full(), cfg!(target_os = "linux"));
-        let message = io(io::ErrorKind::StorageFull).to_string();
-        assert!(message.contains("cannot write /s"), "{message}");
     }
 }
