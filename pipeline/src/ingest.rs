@@ -143,14 +143,16 @@ fn append_all(
         *guard = Some(s);
     }
     let Some(s) = guard.as_mut() else {
-        return Err(SpoolError::Poisoned);
+        return Err(SpoolError::Poisoned {
+            path: config.dir.clone(),
+        });
     };
     let mut seqs = Vec::with_capacity(events.len());
     for e in events {
         match s.append(e) {
             Ok(seq) => seqs.push(seq),
             Err(err) => {
-                if matches!(err, SpoolError::Poisoned) {
+                if matches!(err, SpoolError::Poisoned { .. }) {
                     *guard = None;
                 }
                 return Err(err);

@@ -1,1 +1,0 @@
-//! The durable spool (see the module's full documentation once it lands).
