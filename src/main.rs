@@ -636,6 +636,8 @@ fn dead_letters(path: &Path, action: DeadLetterAction) -> Result<ExitCode> {
             // original record stays until its event succeeds.
             let mut scratch = config.clone();
             scratch.dead_letters.dir = config.dead_letters.dir.join(".replay");
+            // A finite run: the service's spool (its events and its lock) is not touched.
+            scratch.spool.enabled = Some(false);
             let pipeline = pipeline::Pipeline::new(&scratch, metrics.clone())?.with_options(
                 pipeline::RunOptions {
                     report: true,

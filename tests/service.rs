@@ -86,6 +86,9 @@ max_event_bytes = 1048576
 [dead_letters]
 dir = "{dl}"
 
+[spool]
+dir = "spool-{name}"
+
 [http]
 listen = "127.0.0.1:{metrics_port}"
 
@@ -180,7 +183,7 @@ async fn mqtt_events_become_the_expected_observations_and_sigterm_drains() {
     wait_for_complete_observations(&server, &devices, Duration::from_secs(60)).await;
     // N events → N measurements → the Observations.
     let started = Instant::now();
-    while c.metric("iomt_events_acked_total") < 120.0 {
+    while c.metric("iomt_events_committed_total") < 120.0 {
         assert!(started.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -341,7 +344,7 @@ async fn fhir_server_down_for_30_seconds_loses_nothing() {
     let devices = ["dn-a", "dn-b"];
     publish(broker.port, hr_messages(&devices, 0..20), Duration::ZERO).await;
     let started = Instant::now();
-    while c.metric("iomt_events_acked_total") < 40.0 {
+    while c.metric("iomt_events_committed_total") < 40.0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{}",
@@ -357,14 +360,18 @@ async fn fhir_server_down_for_30_seconds_loses_nothing() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(30)).await;
+    // Acknowledged to the broker once spooled, but not committed while FHIR is down: the
+    // spool holds them.
     assert!(
-        c.metric("iomt_events_acked_total") < 120.0,
-        "events were acknowledged while the FHIR server was down"
+        c.metric("iomt_events_committed_total") < 120.0,
+        "events were committed while the FHIR server was down"
     );
+    assert_eq!(c.metric("iomt_events_acked_total"), 120.0, "spooled and acknowledged");
+    assert!(c.metric("iomt_spool_bytes") > 0.0, "the spool holds them");
     fwd.on();
     wait_for_complete_observations(&server, &devices, Duration::from_secs(90)).await;
     let started = Instant::now();
-    while c.metric("iomt_events_acked_total") < 120.0 {
+    while c.metric("iomt_events_committed_total") < 120.0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{}",
@@ -416,7 +423,7 @@ async fn bad_events_are_dead_lettered_and_the_pipeline_goes_on() {
     publish(broker.port, messages, Duration::ZERO).await;
     wait_for_complete_observations(&server, &["bad-a"], Duration::from_secs(60)).await;
     let started = Instant::now();
-    while c.metric("iomt_events_acked_total") < 64.0 {
+    while c.metric("iomt_events_committed_total") < 64.0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{}",
@@ -488,7 +495,7 @@ async fn two_instances_on_a_shared_subscription_split_the_load() {
     publish(broker.port, hr_messages(&devices, 0..60), Duration::ZERO).await;
     wait_for_complete_observations(&server, &devices, Duration::from_secs(90)).await;
     let started = Instant::now();
-    while a.metric("iomt_events_acked_total") + b.metric("iomt_events_acked_total") < 240.0 {
+    while a.metric("iomt_events_committed_total") + b.metric("iomt_events_committed_total") < 240.0 {
         assert!(started.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -632,7 +639,7 @@ async fn dead_letters_replay_after_the_template_is_fixed() {
     );
     publish(broker.port, hr_messages(&["dl-a"], 0..60), Duration::ZERO).await;
     let started = Instant::now();
-    while c.metric("iomt_events_acked_total") < 60.0 {
+    while c.metric("iomt_events_committed_total") < 60.0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{}",
@@ -735,7 +742,7 @@ async fn simulator_faults_arrive_as_dead_letters() {
         .parse()
         .unwrap();
     let started = Instant::now();
-    while c.metric("iomt_events_acked_total") < published {
+    while c.metric("iomt_events_committed_total") < published {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "{}",
