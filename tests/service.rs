@@ -836,3 +836,73 @@ async fn publish_as(broker: u16, user: &str, password: &str, messages: Vec<(Stri
         assert!(status.success());
     }
 }
+
+/// Issue 10, whole program: a persistent session, the connector stopped, 20,000 heart-rate
+/// messages published while it is down (Mosquitto with `max_queued_messages 1000000`, so the
+/// broker keeps them all), then the connector started again. It must drain the backlog
+/// completely over one connection: every sample in FHIR, once; every event received once (a
+/// reconnect would redeliver); keep-alive intact (the old source stopped polling its
+/// connection under a backlog, and the broker dropped it for "exceeded timeout").
+///
+/// `IOMT_TEST_MQTT_BACKLOG` sets another count (rounded up to whole device-hours of 60).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_backlog_published_while_the_connector_is_down_is_drained_completely() {
+    let wanted: usize = std::env::var("IOMT_TEST_MQTT_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let server = FhirServer::acquire().await;
+    let broker = Mosquitto::start_with_config("max_queued_messages 1000000");
+    let dir = tempfile::tempdir().unwrap();
+    // A short keep-alive, so that a connection left unpolled shows within seconds.
+    let extra = "keep_alive_secs = 5";
+
+    // The session exists on the broker once the connector has subscribed; then it stops.
+    let mut c = Connector::start(dir.path(), "backlog", broker.port, &server.base, extra);
+    broker.wait_for_log("backlog 1 devices/+/telemetry", Duration::from_secs(20));
+    assert!(c.terminate().success(), "{}", c.log_text());
+    broker.wait_for_log("Client backlog disconnected.", Duration::from_secs(10));
+
+    let names: Vec<String> = (0..wanted.div_ceil(60))
+        .map(|i| format!("bl-{i:04}"))
+        .collect();
+    let devices: Vec<&str> = names.iter().map(String::as_str).collect();
+    let messages = hr_messages(&devices, 0..60);
+    let total = messages.len();
+    let published = Instant::now();
+    publish(broker.port, messages, Duration::ZERO).await;
+    eprintln!("BACKLOG published {total} in {:?}", published.elapsed());
+
+    let started = Instant::now();
+    let c = Connector::start(dir.path(), "backlog", broker.port, &server.base, extra);
+    let deadline = Duration::from_secs(600);
+    loop {
+        let acked = c.metric("iomt_events_acked_total");
+        if acked >= total as f64 {
+            break;
+        }
+        let trouble = broker.keep_alive_or_queue_trouble();
+        assert!(trouble.is_empty(), "{trouble:?}\n{}", c.log_text());
+        assert!(
+            started.elapsed() < deadline,
+            "{acked} of {total} acknowledged after {deadline:?}:\n{}",
+            c.log_text()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let drained = started.elapsed();
+    wait_for_complete_observations(&server, &devices, Duration::from_secs(60)).await;
+    assert_eq!(c.metric("iomt_events_incoming_total"), total as f64);
+    assert_eq!(c.metric("iomt_measurements_total"), total as f64);
+    assert_eq!(c.metric("iomt_errors_total"), 0.0);
+    assert_eq!(c.metric("iomt_dead_letters_total"), 0.0);
+    // One connection for each run, no reconnect, no keep-alive timeout, nothing dropped.
+    assert_eq!(broker.connections_of("backlog"), 2, "{}", broker.log_text());
+    assert_eq!(c.log_text().matches("MQTT connected.").count(), 1);
+    assert_eq!(broker.keep_alive_or_queue_trouble(), Vec::<String>::new());
+    eprintln!(
+        "BACKLOG drained {total} in {drained:?} ({:.0} events/s), peak RSS {} KiB",
+        total as f64 / drained.as_secs_f64(),
+        c.peak_rss_kib()
+    );
+}

@@ -1,5 +1,6 @@
 //! A real MQTT broker for the tests: Debian's `mosquitto` (`.ci/run` installs it), started on a
-//! free loopback port with its own config, killed when dropped.
+//! free loopback port with its own config, killed when dropped. Its log (connections,
+//! subscriptions, keep-alive timeouts, dropped messages) goes to a file the test can read.
 
 #![allow(dead_code)]
 
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
+    log: std::path::PathBuf,
     _dir: tempfile::TempDir,
     _extra: Option<tempfile::TempDir>,
 }
@@ -113,6 +115,13 @@ impl Mosquitto {
         Self::start_with("")
     }
 
+    /// Starts a broker with extra global config lines (`max_queued_messages 1000000`, ...). A
+    /// line naming an option the defaults set (`persistence`, `max_queued_messages`,
+    /// `max_inflight_messages`) replaces the default.
+    pub fn start_with_config(lines: &str) -> Mosquitto {
+        Self::start_full("", lines)
+    }
+
     /// Starts a broker that only accepts `user` / `password`.
     pub fn start_with_password(user: &str, password: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
@@ -148,6 +157,10 @@ impl Mosquitto {
     }
 
     fn start_with(listener_extra: &str) -> Mosquitto {
+        Self::start_full(listener_extra, "")
+    }
+
+    fn start_full(listener_extra: &str, global: &str) -> Mosquitto {
         let anon = if listener_extra.contains("allow_anonymous") {
             ""
         } else {
@@ -160,41 +173,101 @@ impl Mosquitto {
         }
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
+        let option = |line: &str| line.split_whitespace().next().unwrap_or("").to_string();
+        let given: Vec<String> = global.lines().map(option).collect();
+        let defaults: String = [
+            "persistence false",
+            "max_queued_messages 1000000",
+            "max_inflight_messages 100",
+        ]
+        .iter()
+        .filter(|l| !given.contains(&option(l)))
+        .map(|l| format!("{l}\n"))
+        .collect();
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\n{listener_extra}{anon}persistence false\nmax_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"),
+            format!(
+                "listener {port} 127.0.0.1\n{listener_extra}{anon}{defaults}{global}\n\
+                 log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n\
+                 log_type information\nlog_type subscribe\n"
+            ),
         )
         .unwrap();
         let exe = ["/usr/sbin/mosquitto", "mosquitto"]
             .into_iter()
             .find(|p| !p.contains('/') || std::path::Path::new(p).exists())
             .unwrap();
+        // The log file is opened here (Mosquitto started as root drops to its own user, which
+        // could not create it in this directory).
+        let log = dir.path().join("mosquitto.log");
         let child = Command::new(exe)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start mosquitto (apt-get install mosquitto; bash .ci/run does)");
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
-                "mosquitto did not start"
+                "mosquitto did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
         Mosquitto {
             child,
             port,
+            log,
             _dir: dir,
             _extra: None,
+        }
+    }
+
+    /// The broker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many times `client_id` has connected.
+    pub fn connections_of(&self, client_id: &str) -> usize {
+        let needle = format!(" as {client_id} (");
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+
+    /// Whether the broker dropped a client for missing its keep-alive, or dropped queued
+    /// messages for one (its queue limits were reached): the lines the tests must not see.
+    pub fn keep_alive_or_queue_trouble(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("exceeded timeout") || l.contains("are being dropped"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits (polling the log) until a line contains `needle`; panics after `within`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) {
+        let started = Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(
+                started.elapsed() < within,
+                "mosquitto never logged {needle:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- mosquitto log ---\n{}", self.log_text());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -7,14 +7,16 @@
 //! pattern such as `devices/{deviceId}/telemetry`, the device id from the topic is set as
 //! `iothub-connection-device-id` (so IoT Hub device mappings work unchanged) and `mqtt-device-id`.
 
-use std::time::Duration;
+mod backlog;
+mod client;
+mod connection;
 
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::{Ack, SourceError, SourceEvent};
+use crate::{SourceError, SourceEvent};
 
 /// MQTT protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -74,7 +76,11 @@ pub struct MqttConfig {
     /// Largest accepted message, in bytes.
     #[serde(default = "default_max_packet")]
     pub max_packet_bytes: usize,
-    /// Unacknowledged QoS 1 messages the broker may have in flight to us.
+    /// Unacknowledged QoS 1 messages the broker may have in flight to us: MQTT 5 advertises it
+    /// as the Receive Maximum; with MQTT 3.1.1 the broker's own limit applies (Mosquitto:
+    /// `max_inflight_messages`, which should then be at most this). It bounds the messages held
+    /// between the broker and the pipeline's channel (see docs/OPERATIONS.md for a broker that
+    /// does not keep to it).
     #[serde(default = "default_inflight")]
     pub inflight: u16,
 }
@@ -112,6 +118,16 @@ impl MqttConfig {
         let mut errors = Vec::new();
         if self.topics.is_empty() {
             errors.push("source.mqtt.topics: at least one topic filter is needed".into());
+        }
+        for t in &self.topics {
+            if !rumqttc::valid_filter(t) {
+                errors.push(format!(
+                    "source.mqtt.topics: {t:?} is not a valid topic filter"
+                ));
+            }
+        }
+        if self.inflight == 0 {
+            errors.push("source.mqtt.inflight: must be at least 1".into());
         }
         if self.client_id.trim().is_empty() {
             errors.push(
@@ -222,6 +238,11 @@ fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
 /// Runs the MQTT source, delivering events into `out`. Connection failures are retried
 /// forever with backoff (the broker keeps our session).
 ///
+/// The connection is kept alive however slow the pipeline is: deliveries wait in a small local
+/// queue (bounded by the broker's in-flight window, `inflight`, as long as the broker keeps to
+/// it), never in a blocking send, so pings and PUBACKs keep flowing (see the `connection`
+/// module).
+///
 /// Shutdown has two steps: when `shutdown` turns true the source stops delivering (it drops
 /// `out`, so the pipeline drains what it has) but keeps the connection, so the pipeline's last
 /// acks still reach the broker; when `done` turns true (the pipeline finished) it sends the
@@ -238,176 +259,20 @@ pub async fn run(
         return Err(SourceError::Config(errors.join("; ")));
     }
     match config.protocol {
-        Protocol::V5 => run_v5(config, out, shutdown, done).await,
-        Protocol::V311 => run_v4(config, out, shutdown, done).await,
+        Protocol::V5 => {
+            let (client, eventloop) = client::V5::new(&config)?;
+            connection::run(&config, client, eventloop, out, shutdown, done).await
+        }
+        Protocol::V311 => {
+            let (client, eventloop) = client::V311::new(&config)?;
+            connection::run(&config, client, eventloop, out, shutdown, done).await
+        }
     }
 }
 
 /// Waits for `rx` to become true (or its sender to go away).
 async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
-}
-
-async fn backoff(attempt: &mut u32, done: &mut watch::Receiver<bool>) -> bool {
-    let delay = Duration::from_millis((100u64 << (*attempt).min(6)).min(5000));
-    *attempt += 1;
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = until_true(done) => false,
-    }
-}
-
-/// The connection loop both protocol versions share: their `rumqttc` types differ (the
-/// caller's `use` of `Event`, `Packet` and `QoS` decides which), their logic does not.
-/// `$parts` takes an incoming publish to its topic and application properties.
-macro_rules! connection_loop {
-    ($config:ident, $client:ident, $eventloop:ident, $out:ident, $shutdown:ident, $done:ident, $parts:expr) => {{
-        let filters = $config.filters();
-        let mut attempt = 0u32;
-        loop {
-            if $out.is_some() && *$shutdown.borrow() {
-                $out = None; // stop delivering; keep the connection for the last acks
-            }
-            let event = tokio::select! {
-                e = $eventloop.poll() => e,
-                _ = $shutdown.changed(), if $out.is_some() => continue,
-                _ = until_true(&mut $done) => break,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    attempt = 0;
-                    tracing::info!(session_present = ack.session_present, "MQTT connected.");
-                    for f in &filters {
-                        if let Err(e) = $client.subscribe(f.clone(), QoS::AtLeastOnce).await {
-                            tracing::error!(error = %e, filter = %f, "MQTT subscribe failed.");
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let (topic, properties) = ($parts)(&p);
-                    let ack_client = $client.clone();
-                    let publish = p.clone();
-                    let ev = SourceEvent {
-                        body: p.payload.to_vec(),
-                        properties,
-                        system_properties: system_properties(&$config, &topic),
-                        ingestion_time: Utc::now(),
-                        origin: topic,
-                        ack: Ack::new(move || {
-                            Box::pin(async move {
-                                if publish.qos != QoS::AtMostOnce {
-                                    if let Err(e) = ack_client.ack(&publish).await {
-                                        tracing::warn!(error = %e, "MQTT ack failed; the broker will redeliver.");
-                                    }
-                                }
-                            })
-                        }),
-                    };
-                    if let Some(o) = &$out {
-                        if o.send(ev).await.is_err() {
-                            return Err(SourceError::Closed);
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "MQTT connection failed; reconnecting.");
-                    if !backoff(&mut attempt, &mut $done).await {
-                        break;
-                    }
-                }
-            }
-        }
-        // Flush the queued acks, then disconnect (the session stays on the broker).
-        let _ = $client.disconnect().await;
-        let flush = async {
-            while let Ok(e) = $eventloop.poll().await {
-                tracing::trace!(?e, "MQTT event while disconnecting.");
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;
-        Ok(())
-    }};
-}
-
-async fn run_v5(
-    config: MqttConfig,
-    out: mpsc::Sender<SourceEvent>,
-    mut shutdown: watch::Receiver<bool>,
-    mut done: watch::Receiver<bool>,
-) -> Result<(), SourceError> {
-    let mut out = Some(out);
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-
-    let mut opts = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
-    opts.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)));
-    opts.set_clean_start(false);
-    opts.set_session_expiry_interval(Some(config.session_expiry_secs));
-    opts.set_manual_acks(true);
-    opts.set_max_packet_size(Some(config.max_packet_bytes as u32));
-    if let Some(u) = &config.username {
-        opts.set_credentials(u.clone(), config.password().unwrap_or_default());
-    }
-    if config.tls {
-        opts.set_transport(rumqttc::Transport::tls_with_config(tls_config(&config)?));
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, config.inflight as usize);
-    connection_loop!(
-        config,
-        client,
-        eventloop,
-        out,
-        shutdown,
-        done,
-        |p: &rumqttc::v5::mqttbytes::v5::Publish| {
-            let topic = String::from_utf8_lossy(&p.topic).into_owned();
-            let mut properties = Map::new();
-            if let Some(props) = &p.properties {
-                for (k, v) in &props.user_properties {
-                    properties.insert(k.clone(), Value::String(v.clone()));
-                }
-                if let Some(ct) = &props.content_type {
-                    properties.insert("content-type".into(), Value::String(ct.clone()));
-                }
-            }
-            (topic, properties)
-        }
-    )
-}
-
-async fn run_v4(
-    config: MqttConfig,
-    out: mpsc::Sender<SourceEvent>,
-    mut shutdown: watch::Receiver<bool>,
-    mut done: watch::Receiver<bool>,
-) -> Result<(), SourceError> {
-    let mut out = Some(out);
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
-    let mut opts = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
-    opts.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)));
-    opts.set_clean_session(false);
-    opts.set_manual_acks(true);
-    opts.set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
-    opts.set_inflight(config.inflight.max(1));
-    if let Some(u) = &config.username {
-        opts.set_credentials(u.clone(), config.password().unwrap_or_default());
-    }
-    if config.tls {
-        opts.set_transport(rumqttc::Transport::tls_with_config(tls_config(&config)?));
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, config.inflight as usize);
-    connection_loop!(
-        config,
-        client,
-        eventloop,
-        out,
-        shutdown,
-        done,
-        |p: &rumqttc::Publish| { (p.topic.clone(), Map::new()) }
-    )
 }
 
 #[cfg(test)]
