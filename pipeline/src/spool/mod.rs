@@ -320,7 +320,9 @@ impl Spool {
     /// Makes every appended record durable: writes the buffered frames, fsyncs the active
     /// segment, and fsyncs the directory if a segment was created since the last sync.
     /// Returns whether anything needed syncing. On error, no record since the previous
-    /// successful sync may be acknowledged.
+    /// successful sync may be acknowledged. A failed write (a full disk) keeps the records
+    /// buffered and a later `sync` tries again; a failed fsync poisons the spool (see the
+    /// module documentation).
     pub fn sync(&mut self) -> Result<bool, SpoolError> {
         self.check_poisoned()?;
         self.write_pending()?;
