@@ -891,7 +891,10 @@ async fn mqtt_backlog_published_while_the_connector_is_down_is_drained_completel
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let drained = started.elapsed();
-    wait_for_complete_observations(&server, &devices, Duration::from_secs(60)).await;
+    // Acknowledged once spooled; the writes to the test FHIR server (one request at a time
+    // per device, Node) take longer than the drain.
+    wait_for_complete_observations(&server, &devices, Duration::from_secs(240)).await;
+    let written = started.elapsed();
     assert_eq!(c.metric("iomt_events_incoming_total"), total as f64);
     assert_eq!(c.metric("iomt_measurements_total"), total as f64);
     assert_eq!(c.metric("iomt_errors_total"), 0.0);
@@ -901,8 +904,9 @@ async fn mqtt_backlog_published_while_the_connector_is_down_is_drained_completel
     assert_eq!(c.log_text().matches("MQTT connected.").count(), 1);
     assert_eq!(broker.keep_alive_or_queue_trouble(), Vec::<String>::new());
     eprintln!(
-        "BACKLOG drained {total} in {drained:?} ({:.0} events/s), peak RSS {} KiB",
+        "BACKLOG drained {total} in {drained:?} ({:.0} events/s), written in {written:?}, {} FHIR requests, peak RSS {} KiB",
         total as f64 / drained.as_secs_f64(),
+        c.metric("iomt_fhir_requests_total"),
         c.peak_rss_kib()
     );
 }
