@@ -112,8 +112,7 @@ level = "info"
             metrics = args.metrics_port
         ),
     )?;
-    let config =
-        pipeline::validate(&config_path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+    let config = pipeline::validate(&config_path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
     crate::init_service_logging(&config);
 
     // The broker runs on its own threads for the life of the process.

@@ -366,7 +366,11 @@ async fn fhir_server_down_for_30_seconds_loses_nothing() {
         c.metric("iomt_events_committed_total") < 120.0,
         "events were committed while the FHIR server was down"
     );
-    assert_eq!(c.metric("iomt_events_acked_total"), 120.0, "spooled and acknowledged");
+    assert_eq!(
+        c.metric("iomt_events_acked_total"),
+        120.0,
+        "spooled and acknowledged"
+    );
     assert!(c.metric("iomt_spool_bytes") > 0.0, "the spool holds them");
     fwd.on();
     wait_for_complete_observations(&server, &devices, Duration::from_secs(90)).await;
@@ -495,7 +499,8 @@ async fn two_instances_on_a_shared_subscription_split_the_load() {
     publish(broker.port, hr_messages(&devices, 0..60), Duration::ZERO).await;
     wait_for_complete_observations(&server, &devices, Duration::from_secs(90)).await;
     let started = Instant::now();
-    while a.metric("iomt_events_committed_total") + b.metric("iomt_events_committed_total") < 240.0 {
+    while a.metric("iomt_events_committed_total") + b.metric("iomt_events_committed_total") < 240.0
+    {
         assert!(started.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -43,9 +43,9 @@ mod group;
 mod stream;
 mod window;
 
-pub use stream::{Grouper, GrouperConfig, WindowKey};
 pub use group::{group_measurements, Entry, GroupKey, MeasurementGroup};
 pub use normalizer::{Measurement, MeasurementProperty};
+pub use stream::{Grouper, GrouperConfig, WindowKey};
 pub use window::{
     format_round_trip, GroupError, ObservationGroup, PeriodInterval, TimeValue, Window,
 };

@@ -56,7 +56,6 @@ impl WindowKey {
     }
 }
 
-
 /// Accumulates tagged measurements per Observation window and releases whole windows.
 ///
 /// ```
@@ -110,7 +109,13 @@ impl<T> Grouper<T> {
     }
 
     /// Adds a measurement to its window (`interval` is its FHIR template's effective interval).
-    pub fn push(&mut self, tag: T, measurement: Measurement, interval: PeriodInterval, now: Instant) {
+    pub fn push(
+        &mut self,
+        tag: T,
+        measurement: Measurement,
+        interval: PeriodInterval,
+        now: Instant,
+    ) {
         let key = WindowKey::of(&measurement, interval);
         match self.windows.get_mut(&key) {
             Some(items) => items.push((tag, measurement)),

@@ -107,22 +107,50 @@ fn windows_are_released_by_age_in_arrival_order() {
     let t0 = Instant::now();
     let s = Duration::from_secs;
     g.push(0, m("a", t(1, 0, 0), "1"), PeriodInterval::Hourly, t0);
-    g.push(1, m("b", t(1, 0, 0), "1"), PeriodInterval::Hourly, t0 + s(10));
+    g.push(
+        1,
+        m("b", t(1, 0, 0), "1"),
+        PeriodInterval::Hourly,
+        t0 + s(10),
+    );
     // Same hour as event 0: the same pending window, whatever the batch it came in.
-    g.push(2, m("a", t(1, 30, 0), "2"), PeriodInterval::Hourly, t0 + s(20));
+    g.push(
+        2,
+        m("a", t(1, 30, 0), "2"),
+        PeriodInterval::Hourly,
+        t0 + s(20),
+    );
     // Another hour: another window (another Observation).
-    g.push(3, m("a", t(2, 0, 0), "3"), PeriodInterval::Hourly, t0 + s(20));
+    g.push(
+        3,
+        m("a", t(2, 0, 0), "3"),
+        PeriodInterval::Hourly,
+        t0 + s(20),
+    );
     assert_eq!((g.pending_windows(), g.pending_measurements()), (3, 4));
     assert_eq!(g.next_deadline(), Some(t0 + s(30)));
     assert_eq!(g.oldest_age(t0 + s(25)), s(25));
 
     assert!(g.expire(t0 + s(29)).is_empty());
-    let due: Vec<usize> = g.expire(t0 + s(30)).into_iter().map(|(tag, _)| tag).collect();
+    let due: Vec<usize> = g
+        .expire(t0 + s(30))
+        .into_iter()
+        .map(|(tag, _)| tag)
+        .collect();
     assert_eq!(due, vec![0, 2], "window a/01h with both its readings");
     assert_eq!(g.next_deadline(), Some(t0 + s(40)));
     // A reading for a released window opens a new pending window with a new deadline.
-    g.push(4, m("a", t(1, 59, 0), "4"), PeriodInterval::Hourly, t0 + s(31));
-    let due: Vec<usize> = g.expire(t0 + s(50)).into_iter().map(|(tag, _)| tag).collect();
+    g.push(
+        4,
+        m("a", t(1, 59, 0), "4"),
+        PeriodInterval::Hourly,
+        t0 + s(31),
+    );
+    let due: Vec<usize> = g
+        .expire(t0 + s(50))
+        .into_iter()
+        .map(|(tag, _)| tag)
+        .collect();
     assert_eq!(due, vec![1, 3]);
     let rest: Vec<usize> = g.flush_all().into_iter().map(|(tag, _)| tag).collect();
     assert_eq!(rest, vec![4]);
@@ -161,7 +189,11 @@ fn instant_and_correlation_windows() {
     c2.correlation_id = Some("run-1".into());
     g.push(3, c1, PeriodInterval::CorrelationId, t0);
     g.push(4, c2, PeriodInterval::CorrelationId, t0);
-    assert_eq!(g.pending_windows(), 3, "one per correlation id, whatever the times");
+    assert_eq!(
+        g.pending_windows(),
+        3,
+        "one per correlation id, whatever the times"
+    );
 }
 
 fn arb_measurement() -> impl Strategy<Value = Measurement> {

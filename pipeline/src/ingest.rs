@@ -10,9 +10,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::ledger::{Event, Input};
-use crate::spool::{Replay, Spool, SpoolConfig, SpoolError, SpoolRecord};
 use crate::normalize::Chunk;
 use crate::shared::Shared;
+use crate::spool::{Replay, Spool, SpoolConfig, SpoolError, SpoolRecord};
 
 /// Runs until the source closes its channel. Acks run once each event is committed.
 pub(crate) async fn run<I: Into<Input>>(
@@ -83,7 +83,9 @@ pub(crate) async fn replay(
         })
         .await;
         let Ok((items, rest)) = read else {
-            tracing::error!("Reading the spool failed; the rest of its tail is replayed on the next start.");
+            tracing::error!(
+                "Reading the spool failed; the rest of its tail is replayed on the next start."
+            );
             break;
         };
         replay = rest;
@@ -116,7 +118,10 @@ pub(crate) async fn replay(
             }
         }
         total += chunk.len() as u64;
-        shared.metrics.incoming.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        shared
+            .metrics
+            .incoming
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         if !chunk.is_empty() && tx.send(chunk).await.is_err() {
             break;
         }

@@ -232,7 +232,11 @@ mod tests {
         l.normalized(c, 1);
         l.written(c, 1);
         let done = l.commit();
-        assert_eq!((done.watermark, done.acks.len()), (10, 0), "a still pending");
+        assert_eq!(
+            (done.watermark, done.acks.len()),
+            (10, 0),
+            "a still pending"
+        );
         l.written(a, 1);
         assert_eq!(l.commit().watermark, 10);
         l.written(a, 1);
@@ -265,7 +269,11 @@ mod tests {
         l.admit_at(8, ev());
         assert_eq!(l.next_seq(), 9);
         l.finish(5);
-        assert_eq!(l.commit().watermark, 8, "6 and 7 were committed before the restart");
+        assert_eq!(
+            l.commit().watermark,
+            8,
+            "6 and 7 were committed before the restart"
+        );
         l.finish(8);
         assert_eq!(l.commit().watermark, 9);
     }

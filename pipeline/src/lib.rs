@@ -53,6 +53,6 @@ mod shared;
 pub mod spool;
 mod write;
 
-pub use service::{load_mappings, run, validate, Pipeline, PipelineError, RunOptions, RunSummary};
 pub use ledger::{Event, Input};
+pub use service::{load_mappings, run, validate, Pipeline, PipelineError, RunOptions, RunSummary};
 pub use shared::Report;

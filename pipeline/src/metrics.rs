@@ -276,7 +276,9 @@ impl Metrics {
             &mut out,
             "iomt_pending_measurements",
             "Measurements waiting in the group stage for their window to be written.",
-            self.pending_measurements.load(Ordering::Relaxed).to_string(),
+            self.pending_measurements
+                .load(Ordering::Relaxed)
+                .to_string(),
         );
         gauge(
             &mut out,
@@ -288,7 +290,10 @@ impl Metrics {
             &mut out,
             "iomt_pending_oldest_age_seconds",
             "How long the oldest pending measurement has waited.",
-            format!("{}", self.pending_oldest_ms.load(Ordering::Relaxed) as f64 / 1e3),
+            format!(
+                "{}",
+                self.pending_oldest_ms.load(Ordering::Relaxed) as f64 / 1e3
+            ),
         );
         gauge(
             &mut out,

@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::stream::{FuturesOrdered, StreamExt};
 use normalizer::{Measurement, Normalizer};
 use tokio::sync::mpsc;
-use futures::stream::{FuturesOrdered, StreamExt};
 
 use crate::deadletter::Failure;
 use crate::ledger::Event;

@@ -155,8 +155,8 @@ impl Pipeline {
         cc.auth = config.auth();
         cc.retry.deadline = Duration::from_secs(config.fhir.retry_deadline_secs);
         cc.request_timeout = Duration::from_secs(config.fhir.request_timeout_secs);
-        let client = fhir_writer::FhirClient::new(cc)
-            .map_err(|e| PipelineError::Client(e.to_string()))?;
+        let client =
+            fhir_writer::FhirClient::new(cc).map_err(|e| PipelineError::Client(e.to_string()))?;
         let templates = Arc::new(templates);
         let writer = FhirWriter::new(
             client,
@@ -254,7 +254,11 @@ impl Pipeline {
         let (spool, replay, first_seq) = match self.spool {
             Some((s, r, c)) => {
                 let start = s.committed();
-                (Some((Arc::new(std::sync::Mutex::new(Some(s))), c)), Some(r), start)
+                (
+                    Some((Arc::new(std::sync::Mutex::new(Some(s))), c)),
+                    Some(r),
+                    start,
+                )
             }
             None => (None, None, 0),
         };
@@ -405,9 +409,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let result = match source.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(PipelineError::Source(e)),
-        Err(e) => Err(PipelineError::Source(sources::SourceError::Config(format!(
-            "the source task failed: {e}"
-        )))),
+        Err(e) => Err(PipelineError::Source(sources::SourceError::Config(
+            format!("the source task failed: {e}"),
+        ))),
     };
     if let Some(h) = http {
         if result.is_err() {

@@ -83,7 +83,7 @@ fn measurement(r: &Reading, arrival: usize) -> Measurement {
         correlation_id: None,
         properties: vec![MeasurementProperty {
             name: name.into(),
-            value: r.value.to_string().into(),
+            value: r.value.to_string(),
         }],
     }
 }
