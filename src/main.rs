@@ -2,6 +2,7 @@
 //!
 //! See `docs/CLI.md` and DESIGN.md's command-line contract.
 
+mod bench;
 mod demo;
 mod events;
 mod review;
@@ -139,6 +140,8 @@ enum Command {
     },
     /// Simulate devices: realistic vital-sign streams with faults, to stdout, a file or MQTT.
     Simulate(simulate::SimulateArgs),
+    /// Measure the connector on this machine: Mosquitto, the local FHIR store, `iomt run`.
+    Bench(bench::BenchArgs),
     /// Run the connector as a long-running service.
     Run {
         /// The service config (TOML); see config/example.toml.
@@ -259,6 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Validate { .. } => anyhow::bail!("give --device-mapping or --config"),
         Command::Run { config } => run_service(&config),
         Command::Simulate(args) => simulate::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Review {
             fhir_url,
             thresholds,

@@ -9,6 +9,7 @@ mod mosquitto;
 #[path = "support/process.rs"]
 mod process;
 
+mod bench;
 mod browser;
 mod cli_normalize;
 mod demo;
