@@ -134,8 +134,6 @@ pub struct Metrics {
     pub batch_retries: AtomicU64,
     /// Normalization latency per event.
     pub normalize_latency: Histogram,
-    /// Grouping latency per batch.
-    pub group_latency: Histogram,
     /// FHIR write latency per batch.
     pub fhir_write_latency: Histogram,
     /// FHIR requests sent and retried (copied from the client).
@@ -388,14 +386,9 @@ impl Metrics {
             "Normalization time per event.",
             &mut out,
         );
-        self.group_latency.render(
-            "iomt_group_duration_seconds",
-            "Grouping time per batch.",
-            &mut out,
-        );
         self.fhir_write_latency.render(
             "iomt_fhir_write_duration_seconds",
-            "FHIR write time per batch.",
+            "FHIR write time per flush.",
             &mut out,
         );
         let _ = writeln!(out, "# HELP iomt_ready 1 when the service is ready.\n# TYPE iomt_ready gauge\niomt_ready {}", self.ready.load(Ordering::Relaxed));
