@@ -20,8 +20,10 @@ pub(crate) async fn run(
 ) -> u64 {
     let mut truncated = 0u64;
     loop {
+        // Woken by progress, and once a second (a spool truncation that failed is retried).
         let last = tokio::select! {
             _ = shared.commit.notified() => false,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
             _ = finished.wait_for(|f| *f) => true,
         };
         let committed = shared.ledger().commit();
@@ -43,20 +45,28 @@ pub(crate) async fn run(
         watermark.send_replace(committed.watermark);
         if let Some(spool) = &spool {
             if committed.watermark > truncated {
-                truncated = committed.watermark;
-                let (s, w, metrics) = (spool.clone(), truncated, shared.metrics.clone());
+                let (s, w, metrics) = (spool.clone(), committed.watermark, shared.metrics.clone());
                 let done = tokio::task::spawn_blocking(move || {
                     let mut guard = s.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(sp) = guard.as_mut() {
-                        if let Err(e) = sp.commit(w) {
+                    let Some(sp) = guard.as_mut() else {
+                        return false; // being reopened; tried again on the next wake
+                    };
+                    let ok = match sp.commit(w) {
+                        Ok(()) => true,
+                        Err(e) => {
                             metrics.spool_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, "Spool truncation failed; written events are replayed after a restart (harmless).");
+                            tracing::error!(error = %e, "Spool truncation failed; retrying.");
+                            false
                         }
-                        metrics.spool_bytes.store(sp.bytes(), Ordering::Relaxed);
-                        metrics.spool_fsyncs.store(sp.fsyncs(), Ordering::Relaxed);
-                    }
+                    };
+                    metrics.spool_bytes.store(sp.bytes(), Ordering::Relaxed);
+                    metrics.spool_fsyncs.store(sp.fsyncs(), Ordering::Relaxed);
+                    ok
                 })
                 .await;
+                if let Ok(true) = done {
+                    truncated = committed.watermark;
+                }
                 if done.is_err() {
                     tracing::error!("Spool truncation task failed.");
                 }

@@ -132,43 +132,54 @@ pub(crate) async fn replay(
     total
 }
 
-/// Appends `events` and syncs them. On a failed fsync the spool is reopened (it refuses to go
-/// on after one); on any error nothing is acknowledged and the caller tries again.
+/// Appends as many of `events` as fit and syncs them; returns the spool's next sequence number
+/// before the first append, the sequence numbers of the durable prefix and the error that
+/// stopped it, if any. On a failed fsync nothing of this
+/// call is durable and the spool is reopened before the next append (it refuses to go on after
+/// one); records of the failed call that reached the disk anyway are replayed after a restart
+/// (harmless) and passed by the watermark meanwhile.
 fn append_all(
     spool: &SharedSpool,
     config: &SpoolConfig,
     events: &[SpoolRecord],
-) -> Result<Vec<u64>, SpoolError> {
+) -> (u64, Vec<u64>, Option<SpoolError>) {
     let mut guard = lock(spool);
     if guard.is_none() {
-        // Reopen after a failed fsync: what is on disk is replayed by the spool itself on the
-        // next start; everything it holds now is either in flight already or a copy of the
-        // events about to be appended again.
-        let (s, _replay) = Spool::open(config)?;
-        *guard = Some(s);
+        match Spool::open(config) {
+            Ok((s, _replay)) => *guard = Some(s),
+            Err(e) => return (0, Vec::new(), Some(e)),
+        }
     }
+    let first = guard.as_ref().map_or(0, |s| s.next_seq());
     let Some(s) = guard.as_mut() else {
-        return Err(SpoolError::Poisoned {
-            path: config.dir.clone(),
-        });
+        return (0, Vec::new(), None);
     };
     let mut seqs = Vec::with_capacity(events.len());
+    let mut error = None;
     for e in events {
         match s.append(e) {
             Ok(seq) => seqs.push(seq),
             Err(err) => {
-                if matches!(err, SpoolError::Poisoned { .. }) {
-                    *guard = None;
-                }
-                return Err(err);
+                error = Some(err);
+                break;
             }
         }
     }
-    if let Err(err) = s.sync() {
-        *guard = None; // poisoned: reopen before the next append
-        return Err(err);
+    if matches!(error, Some(SpoolError::Poisoned { .. })) {
+        *guard = None;
+        return (first, Vec::new(), error);
     }
-    Ok(seqs)
+    if let Err(err) = s.sync() {
+        if s.is_poisoned() {
+            *guard = None; // a failed fsync: reopen before the next append
+        } else {
+            // The buffered records could not be written (a full disk): forget them, they are
+            // appended again on the next try.
+            s.discard_unsynced();
+        }
+        return (first, Vec::new(), Some(err));
+    }
+    (first, seqs, error)
 }
 
 /// Runs until the source closes its channel: each chunk is appended to the spool and fsynced
@@ -218,56 +229,77 @@ pub(crate) async fn run_spooled<I: Into<Input>>(
                 origin: i.event.origin.clone(),
             })
             .collect();
-        let records = Arc::new(records);
+        let mut records = records;
+        let mut inputs = inputs;
         let mut attempt = 0u32;
-        let seqs = loop {
-            let (s, c, r) = (spool.clone(), config.clone(), records.clone());
-            let result = tokio::task::spawn_blocking(move || append_all(&s, &c, &r)).await;
-            match result {
-                Ok(Ok(seqs)) => break seqs,
-                Ok(Err(e)) => {
-                    m.spool_errors.fetch_add(1, Ordering::Relaxed);
-                    if e.is_disk_full() {
-                        tracing::error!(error = %e, "Spool disk full; not acknowledging until space returns.");
-                    } else {
-                        tracing::error!(error = %e, "Spool write failed; not acknowledging, retrying.");
-                    }
-                }
+        while !inputs.is_empty() {
+            let (s, c, r) = (spool.clone(), config.clone(), Arc::new(records));
+            let result = tokio::task::spawn_blocking({
+                let r = r.clone();
+                move || append_all(&s, &c, &r)
+            })
+            .await;
+            records = Arc::try_unwrap(r).unwrap_or_else(|r| (*r).clone());
+            let (first, seqs, error) = match result {
+                Ok(outcome) => outcome,
                 Err(e) => {
-                    m.spool_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "Spool task failed; retrying.");
+                    (0, Vec::new(), None)
                 }
+            };
+            // Records the spool holds below `first` that the pipeline never admitted (left by
+            // a failed write, appended again now) must not hold the watermark.
+            shared.ledger().skip_to(first);
+            if let Some(s) = lock(&spool).as_ref() {
+                m.spool_fsyncs.store(s.fsyncs(), Ordering::Relaxed);
+                m.spool_bytes.store(s.bytes(), Ordering::Relaxed);
+            }
+            // The durable prefix: acknowledge in order (MQTT PUBACK), then hand on.
+            let rest_inputs = inputs.split_off(seqs.len());
+            records.drain(..seqs.len());
+            let n = inputs.len() as u64;
+            let mut chunk: Chunk = Vec::with_capacity(inputs.len());
+            let mut acks = Vec::with_capacity(inputs.len());
+            {
+                let mut ledger = shared.ledger();
+                for (input, seq) in inputs.into_iter().zip(seqs) {
+                    let event = Arc::new(input.event);
+                    ledger.admit_at(seq, event.clone());
+                    chunk.push((seq, event));
+                    acks.push(input.ack);
+                }
+            }
+            inputs = rest_inputs;
+            for ack in acks {
+                ack.ack().await;
+            }
+            m.acked.fetch_add(n, Ordering::Relaxed);
+            m.incoming.fetch_add(n, Ordering::Relaxed);
+            if !chunk.is_empty() {
+                let t = Instant::now();
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+                m.backpressure("ingest", t.elapsed());
+            }
+            if inputs.is_empty() {
+                break;
+            }
+            // Not all durable: say why, acknowledge nothing more, try again (committed events
+            // free the spool's space meanwhile).
+            m.spool_errors.fetch_add(1, Ordering::Relaxed);
+            match &error {
+                Some(e) if e.is_disk_full() => {
+                    tracing::error!(error = %e, "Spool disk full; not acknowledging until space returns.")
+                }
+                Some(e) => {
+                    tracing::error!(error = %e, "Spool write failed; not acknowledging, retrying.")
+                }
+                None => {}
             }
             let delay = crate::write::retry_delay(attempt).min(std::time::Duration::from_secs(5));
             attempt += 1;
             tokio::time::sleep(delay).await;
-        };
-        if let Some(s) = lock(&spool).as_ref() {
-            m.spool_fsyncs.store(s.fsyncs(), Ordering::Relaxed);
-            m.spool_bytes.store(s.bytes(), Ordering::Relaxed);
         }
-        // Durable: acknowledge in order (MQTT PUBACK), then hand on.
-        let n = inputs.len() as u64;
-        let mut chunk: Chunk = Vec::with_capacity(inputs.len());
-        let mut acks = Vec::with_capacity(inputs.len());
-        {
-            let mut ledger = shared.ledger();
-            for (input, seq) in inputs.into_iter().zip(seqs) {
-                let event = Arc::new(input.event);
-                ledger.admit_at(seq, event.clone());
-                chunk.push((seq, event));
-                acks.push(input.ack);
-            }
-        }
-        for ack in acks {
-            ack.ack().await;
-        }
-        m.acked.fetch_add(n, Ordering::Relaxed);
-        m.incoming.fetch_add(n, Ordering::Relaxed);
-        let t = Instant::now();
-        if tx.send(chunk).await.is_err() {
-            break;
-        }
-        m.backpressure("ingest", t.elapsed());
     }
 }

@@ -144,6 +144,24 @@ impl Ledger {
         self.admit(event, None);
     }
 
+    /// Treats every sequence number below `seq` not yet admitted as done: records the spool
+    /// holds that the pipeline will not process (copies of events that are appended again
+    /// after a failed write).
+    pub fn skip_to(&mut self, seq: u64) {
+        if self.slots.is_empty() && self.base < seq {
+            self.base = seq;
+            return;
+        }
+        while self.next_seq() < seq {
+            self.slots.push_back(Slot {
+                remaining: Some(0),
+                stuck: false,
+                event: None,
+                ack: None,
+            });
+        }
+    }
+
     fn slot(&mut self, seq: u64) -> Option<&mut Slot> {
         let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
         self.slots.get_mut(i)

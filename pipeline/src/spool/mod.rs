@@ -183,6 +183,8 @@ pub struct Spool {
     /// A failed write left bytes past `Active::len` that could not be truncated yet.
     needs_truncate: bool,
     poisoned: bool,
+    /// Sequence number of the first record in `pending` (when it is not empty).
+    pending_from: u64,
     fsyncs: u64,
 }
 
@@ -276,6 +278,7 @@ impl Spool {
             dir_dirty: false,
             needs_truncate: false,
             poisoned: false,
+            pending_from: 0,
             fsyncs,
         };
         Ok((spool, Replay::new(replay_segments, watermark)))
@@ -302,6 +305,9 @@ impl Spool {
             self.start_segment()?;
         }
         let before = self.pending.len();
+        if before == 0 {
+            self.pending_from = self.next_seq;
+        }
         self.pending.extend_from_slice(&self.scratch);
         if self.scratch.capacity() > 4 * WRITE_BUFFER {
             self.scratch = Vec::new();
@@ -477,6 +483,22 @@ impl Spool {
                 Err(SpoolError::io(SpoolOp::Write, &active.path, e))
             }
         }
+    }
+
+    /// Forgets the records appended since the last successful write to the file (after a
+    /// failed [`Spool::sync`] that did not poison the spool, e.g. a full disk): their sequence
+    /// numbers are handed out again. Returns the next sequence number.
+    pub fn discard_unsynced(&mut self) -> u64 {
+        if !self.pending.is_empty() {
+            self.next_seq = self.pending_from;
+            self.pending.clear();
+        }
+        self.next_seq
+    }
+
+    /// Whether a failed fsync has poisoned the spool (it must be reopened).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// Closes the active segment: writes its buffered frames and fsyncs it.
