@@ -1034,14 +1034,9 @@ impl Drop for Tmpfs {
 /// Issue 10: the spool's disk fills while the FHIR server is down (the spool is a 64 KiB
 /// tmpfs). The connector says so at ERROR, counts it, stops acknowledging (the broker keeps
 /// the rest), and once the server is back and written events free the spool, everything is
-/// written once. Skipped with a note where this process may not mount a tmpfs.
-///
-/// KNOWN FAILURE (ignored until fixed): the first half holds (ERROR, metric, no PUBACK, nothing
-/// lost), but after the FHIR server returns and every spooled event is committed, the spool's
-/// directory is empty while the tmpfs still reports no space, so appends keep failing: a
-/// deleted segment is probably still held open somewhere. Run with `--ignored` to see it.
+/// written once (a chunk larger than the space left is written in smaller parts). Skipped
+/// with a note where this process may not mount a tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: the spool does not recover its space after a full disk (see doc comment)"]
 async fn a_full_spool_disk_stops_acknowledging_and_loses_nothing() {
     let server = FhirServer::acquire().await;
     let broker = Mosquitto::start();

@@ -232,11 +232,15 @@ pub(crate) async fn run_spooled<I: Into<Input>>(
         let mut records = records;
         let mut inputs = inputs;
         let mut attempt = 0u32;
+        // Records tried at once: halved after a write that made nothing durable (a chunk larger
+        // than the space left must not stop every chunk), back to all after progress.
+        let mut limit = records.len();
         while !inputs.is_empty() {
             let (s, c, r) = (spool.clone(), config.clone(), Arc::new(records));
             let result = tokio::task::spawn_blocking({
                 let r = r.clone();
-                move || append_all(&s, &c, &r)
+                let n = limit.min(r.len());
+                move || append_all(&s, &c, &r[..n])
             })
             .await;
             records = Arc::try_unwrap(r).unwrap_or_else(|r| (*r).clone());
@@ -254,6 +258,7 @@ pub(crate) async fn run_spooled<I: Into<Input>>(
                 m.spool_fsyncs.store(s.fsyncs(), Ordering::Relaxed);
                 m.spool_bytes.store(s.bytes(), Ordering::Relaxed);
             }
+            let seqs_made_progress = !seqs.is_empty();
             // The durable prefix: acknowledge in order (MQTT PUBACK), then hand on.
             let rest_inputs = inputs.split_off(seqs.len());
             records.drain(..seqs.len());
@@ -296,6 +301,11 @@ pub(crate) async fn run_spooled<I: Into<Input>>(
                     tracing::error!(error = %e, "Spool write failed; not acknowledging, retrying.")
                 }
                 None => {}
+            }
+            if seqs_made_progress {
+                limit = records.len();
+            } else {
+                limit = (limit / 2).max(1);
             }
             let delay = crate::write::retry_delay(attempt).min(std::time::Duration::from_secs(5));
             attempt += 1;
