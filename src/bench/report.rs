@@ -104,6 +104,10 @@ pub struct Recorded {
     pub drain_secs: f64,
     /// The connector's exit code (`None`: killed by a signal).
     pub exit_code: Option<i32>,
+    /// It did not exit within the drain timeout after SIGTERM and was killed.
+    pub killed: bool,
+    /// Why the bench stopped waiting before everything was written (timeout, no progress).
+    pub stopped_waiting: Option<String>,
     /// Broker log lines about dropped messages.
     pub broker_drops: Vec<String>,
 }
@@ -224,6 +228,10 @@ pub struct Report {
     pub drain_secs: f64,
     /// The connector's exit code.
     pub exit_code: Option<i32>,
+    /// It did not exit within the drain timeout after SIGTERM and was killed.
+    pub killed: bool,
+    /// Why the bench stopped waiting before everything was written.
+    pub stopped_waiting: Option<String>,
     /// Broker log lines about dropped messages (expected empty).
     pub broker_drop_warnings: Vec<String>,
     /// Metrics the figures wanted that the connector does not export.
@@ -383,6 +391,8 @@ pub fn compute(r: Recorded) -> Report {
         fhir: r.fhir,
         drain_secs: r.drain_secs,
         exit_code: r.exit_code,
+        killed: r.killed,
+        stopped_waiting: r.stopped_waiting,
         broker_drop_warnings: r.broker_drops,
         absent_metrics: absent,
         setup: r.setup,
@@ -627,16 +637,23 @@ pub fn render(r: &Report) -> String {
             thousands(f.observations as f64)
         ),
     );
-    kv(
-        &mut out,
-        "SIGTERM -> exit (drain)",
+    let drain = if r.killed {
+        format!(
+            "did not exit within {:.0} s; killed (SIGKILL)",
+            r.drain_secs
+        )
+    } else {
         format!(
             "{:.2} s, exit {}",
             r.drain_secs,
             r.exit_code
                 .map_or_else(|| "by signal".into(), |c| c.to_string())
-        ),
-    );
+        )
+    };
+    kv(&mut out, "SIGTERM -> exit (drain)", drain);
+    if let Some(why) = &r.stopped_waiting {
+        kv(&mut out, "INCOMPLETE", why.clone());
+    }
     if !r.broker_drop_warnings.is_empty() {
         kv(
             &mut out,
@@ -707,6 +724,8 @@ mod tests {
             },
             drain_secs: 0.2,
             exit_code: Some(0),
+            killed: false,
+            stopped_waiting: None,
             broker_drops: vec![],
         }
     }
