@@ -426,8 +426,17 @@ fn size(bytes: f64) -> String {
     }
 }
 
+/// Three decimals, or three significant digits below 0.1 (a connector rate over parse-only
+/// is often a few thousandths).
 fn ratio_text(x: Option<f64>) -> String {
-    x.map_or_else(|| "-".into(), |x| format!("{x:.3}"))
+    match x {
+        None => "-".into(),
+        Some(x) if x >= 0.1 || x <= 0.0 || !x.is_finite() => format!("{x:.3}"),
+        Some(x) => {
+            let digits = (2 - x.log10().floor() as i32).clamp(3, 12) as usize;
+            format!("{x:.digits$}")
+        }
+    }
 }
 
 fn latency_text(l: Option<Latency>, absent: bool) -> String {
@@ -804,6 +813,15 @@ mod tests {
         let r = compute(rec);
         assert_eq!(r.sustained_steady_events_per_sec, None);
         assert!((r.sustained_end_to_end_events_per_sec.unwrap() - 100.0 / 30.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn small_ratios_keep_three_significant_digits() {
+        assert_eq!(ratio_text(None), "-");
+        assert_eq!(ratio_text(Some(0.929)), "0.929");
+        assert_eq!(ratio_text(Some(1.0)), "1.000");
+        assert_eq!(ratio_text(Some(0.0419)), "0.0419");
+        assert_eq!(ratio_text(Some(0.000_451_2)), "0.000451");
     }
 
     #[test]
