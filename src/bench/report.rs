@@ -155,6 +155,9 @@ pub struct BrokerOnly {
 pub struct Latency {
     /// Seconds (the largest finite bucket bound when `above_largest_bucket`).
     pub seconds: f64,
+    /// The histogram bucket it was interpolated in, `[lower, upper]` seconds (`upper` null
+    /// for the `+Inf` bucket).
+    pub bucket: [Option<f64>; 2],
     /// The quantile is in the `+Inf` bucket.
     pub above_largest_bucket: bool,
 }
@@ -268,12 +271,18 @@ fn peak(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
 
 fn latency(q: Quantile) -> Option<Latency> {
     match q {
-        Quantile::At(s) => Some(Latency {
-            seconds: s,
+        Quantile::At {
+            value,
+            lower,
+            upper,
+        } => Some(Latency {
+            seconds: value,
+            bucket: [Some(lower), Some(upper)],
             above_largest_bucket: false,
         }),
         Quantile::Above(s) => Some(Latency {
             seconds: s,
+            bucket: [Some(s), None],
             above_largest_bucket: true,
         }),
         Quantile::Empty => None,
@@ -446,7 +455,10 @@ fn latency_text(l: Option<Latency>, absent: bool) -> String {
         Some(l) if l.above_largest_bucket => {
             format!("> {} s (above the largest bucket)", l.seconds)
         }
-        Some(l) => format!("{:.3} s", l.seconds),
+        Some(l) => match l.bucket {
+            [Some(lo), Some(hi)] => format!("{:.3} s (in the {lo}-{hi} s bucket)", l.seconds),
+            _ => format!("{:.3} s", l.seconds),
+        },
     }
 }
 
@@ -773,7 +785,7 @@ mod tests {
         assert!(r.absent_metrics.is_empty());
         let text = render(&r);
         assert!(text.contains("25 ev/s"), "{text}");
-        assert!(text.contains("1.000 s"), "{text}");
+        assert!(text.contains("1.000 s (in the 0-1 s bucket)"), "{text}");
     }
 
     #[test]
