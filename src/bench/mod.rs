@@ -74,6 +74,8 @@ const SCRAPE_EVERY: Duration = Duration::from_millis(500);
 const RSS_EVERY: Duration = Duration::from_millis(200);
 /// A progress line this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// SIGTERM to exit at most (the connector's own drain limit is 30 s by default).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 /// Marks a folder as the bench's, so `--dir` may clear it.
 const MARKER: &str = ".iomt-bench";
 
@@ -247,15 +249,21 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     } else {
         print!("{}", report::render(&report));
     }
+    let ok = report.complete && report.fhir_samples_match;
+    if !ok {
+        dir.remove = false;
+    }
     if dir.remove {
         progress(&format!(
             "removing {} (--keep keeps it)",
             dir.path.display()
         ));
+    } else {
+        progress(&format!("files kept in {}", dir.path.display()));
     }
     if !report.complete {
         eprintln!(
-            "bench: incomplete: {} of {} events written within the timeout",
+            "bench: incomplete: {} of {} events written",
             report.written, report.setup.events
         );
         return Ok(ExitCode::from(1));
@@ -623,6 +631,11 @@ impl Phases {
         let mut last = prom::Scrape::default();
         let mut published: Option<mqtt::Published> = None;
         let mut deadline: Option<Instant> = None;
+        let mut stopped_waiting = None;
+        // No change in events received or written for this long ends the wait: a flush
+        // interval may pass between writes, several cannot.
+        let stall_limit = (self.flush * 3).max(Duration::from_secs(60));
+        let mut progress_seen = (Instant::now(), (-1.0, -1.0));
         let mut next_line = t0 + PROGRESS_EVERY;
         let mut tick = tokio::time::interval(SCRAPE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -661,11 +674,25 @@ impl Phases {
             if published.is_some() && written >= n as f64 {
                 break;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                progress(&format!(
+            let now = Instant::now();
+            let seen = (s.and_then(|s| s.incoming).unwrap_or(0.0), written);
+            if seen != progress_seen.1 {
+                progress_seen = (now, seen);
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                stopped_waiting = Some(format!(
                     "timeout: {written:.0} of {n} written {} s after the last publish",
                     self.timeout.as_secs()
                 ));
+            } else if published.is_some() && now - progress_seen.0 >= stall_limit {
+                stopped_waiting = Some(format!(
+                    "no progress for {} s: {:.0} of {n} received, {written:.0} written",
+                    stall_limit.as_secs(),
+                    seen.0
+                ));
+            }
+            if let Some(why) = &stopped_waiting {
+                progress(why);
                 break;
             }
         }
@@ -679,8 +706,13 @@ impl Phases {
             .collect();
 
         progress("SIGTERM: the connector drains (flush, write, acknowledge)");
-        let (status, drain) =
-            tokio::task::block_in_place(|| connector.terminate(Duration::from_secs(120)))?;
+        let (status, drain) = tokio::task::block_in_place(|| connector.terminate(DRAIN_TIMEOUT))?;
+        if status.is_none() {
+            progress(&format!(
+                "the connector did not exit within {} s of SIGTERM; killed",
+                DRAIN_TIMEOUT.as_secs()
+            ));
+        }
         let mem = rss.stop();
         let fhir = {
             let store = store.clone();
@@ -702,7 +734,9 @@ impl Phases {
             parse_only,
             fhir,
             drain_secs: drain.as_secs_f64(),
-            exit_code: status.code(),
+            exit_code: status.and_then(|s| s.code()),
+            killed: status.is_none(),
+            stopped_waiting,
             broker_drops,
         })
     }

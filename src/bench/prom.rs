@@ -18,8 +18,16 @@ pub struct Scrape {
 /// A quantile read from histogram buckets.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Quantile {
-    /// Interpolated within a finite bucket (seconds).
-    At(f64),
+    /// Interpolated within the finite bucket `(lower, upper]` (seconds): the value is only
+    /// as precise as that bucket is narrow.
+    At {
+        /// The interpolated quantile.
+        value: f64,
+        /// The bucket's lower bound.
+        lower: f64,
+        /// The bucket's upper bound.
+        upper: f64,
+    },
     /// In the `+Inf` bucket: above the largest finite bound (seconds).
     Above(f64),
     /// The histogram exists but holds no observation.
@@ -107,7 +115,11 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Quantile {
             if bound.is_infinite() {
                 return Quantile::Above(lower);
             }
-            return Quantile::At(lower + (bound - lower) * (rank - below) / (count - below));
+            return Quantile::At {
+                value: lower + (bound - lower) * (rank - below) / (count - below),
+                lower,
+                upper: bound,
+            };
         }
         if bound.is_finite() {
             lower = bound;
@@ -223,9 +235,23 @@ lat_count 100
         let b = s.histogram("lat").unwrap();
         assert_eq!(b.first(), Some(&(0.5, 0.0)));
         // p50: rank 50 lies in (1, 2] holding 80: 1 + 1 * (50 - 10) / 80.
-        assert_eq!(quantile(&b, 0.5), Quantile::At(1.5));
+        assert_eq!(
+            quantile(&b, 0.5),
+            Quantile::At {
+                value: 1.5,
+                lower: 1.0,
+                upper: 2.0
+            }
+        );
         // p5: rank 5 lies in (0.5, 1] holding 10.
-        assert_eq!(quantile(&b, 0.05), Quantile::At(0.75));
+        assert_eq!(
+            quantile(&b, 0.05),
+            Quantile::At {
+                value: 0.75,
+                lower: 0.5,
+                upper: 1.0
+            }
+        );
         // p99: rank 99 lies in the +Inf bucket.
         assert_eq!(quantile(&b, 0.99), Quantile::Above(2.0));
         assert_eq!(

@@ -104,6 +104,10 @@ pub struct Recorded {
     pub drain_secs: f64,
     /// The connector's exit code (`None`: killed by a signal).
     pub exit_code: Option<i32>,
+    /// It did not exit within the drain timeout after SIGTERM and was killed.
+    pub killed: bool,
+    /// Why the bench stopped waiting before everything was written (timeout, no progress).
+    pub stopped_waiting: Option<String>,
     /// Broker log lines about dropped messages.
     pub broker_drops: Vec<String>,
 }
@@ -151,6 +155,9 @@ pub struct BrokerOnly {
 pub struct Latency {
     /// Seconds (the largest finite bucket bound when `above_largest_bucket`).
     pub seconds: f64,
+    /// The histogram bucket it was interpolated in, `[lower, upper]` seconds (`upper` null
+    /// for the `+Inf` bucket).
+    pub bucket: [Option<f64>; 2],
     /// The quantile is in the `+Inf` bucket.
     pub above_largest_bucket: bool,
 }
@@ -224,6 +231,10 @@ pub struct Report {
     pub drain_secs: f64,
     /// The connector's exit code.
     pub exit_code: Option<i32>,
+    /// It did not exit within the drain timeout after SIGTERM and was killed.
+    pub killed: bool,
+    /// Why the bench stopped waiting before everything was written.
+    pub stopped_waiting: Option<String>,
     /// Broker log lines about dropped messages (expected empty).
     pub broker_drop_warnings: Vec<String>,
     /// Metrics the figures wanted that the connector does not export.
@@ -260,12 +271,18 @@ fn peak(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
 
 fn latency(q: Quantile) -> Option<Latency> {
     match q {
-        Quantile::At(s) => Some(Latency {
-            seconds: s,
+        Quantile::At {
+            value,
+            lower,
+            upper,
+        } => Some(Latency {
+            seconds: value,
+            bucket: [Some(lower), Some(upper)],
             above_largest_bucket: false,
         }),
         Quantile::Above(s) => Some(Latency {
             seconds: s,
+            bucket: [Some(s), None],
             above_largest_bucket: true,
         }),
         Quantile::Empty => None,
@@ -383,6 +400,8 @@ pub fn compute(r: Recorded) -> Report {
         fhir: r.fhir,
         drain_secs: r.drain_secs,
         exit_code: r.exit_code,
+        killed: r.killed,
+        stopped_waiting: r.stopped_waiting,
         broker_drop_warnings: r.broker_drops,
         absent_metrics: absent,
         setup: r.setup,
@@ -416,8 +435,17 @@ fn size(bytes: f64) -> String {
     }
 }
 
+/// Three decimals, or three significant digits below 0.1 (a connector rate over parse-only
+/// is often a few thousandths).
 fn ratio_text(x: Option<f64>) -> String {
-    x.map_or_else(|| "-".into(), |x| format!("{x:.3}"))
+    match x {
+        None => "-".into(),
+        Some(x) if x >= 0.1 || x <= 0.0 || !x.is_finite() => format!("{x:.3}"),
+        Some(x) => {
+            let digits = (2 - x.log10().floor() as i32).clamp(3, 12) as usize;
+            format!("{x:.digits$}")
+        }
+    }
 }
 
 fn latency_text(l: Option<Latency>, absent: bool) -> String {
@@ -427,7 +455,10 @@ fn latency_text(l: Option<Latency>, absent: bool) -> String {
         Some(l) if l.above_largest_bucket => {
             format!("> {} s (above the largest bucket)", l.seconds)
         }
-        Some(l) => format!("{:.3} s", l.seconds),
+        Some(l) => match l.bucket {
+            [Some(lo), Some(hi)] => format!("{:.3} s (in the {lo}-{hi} s bucket)", l.seconds),
+            _ => format!("{:.3} s", l.seconds),
+        },
     }
 }
 
@@ -627,16 +658,23 @@ pub fn render(r: &Report) -> String {
             thousands(f.observations as f64)
         ),
     );
-    kv(
-        &mut out,
-        "SIGTERM -> exit (drain)",
+    let drain = if r.killed {
+        format!(
+            "did not exit within {:.0} s; killed (SIGKILL)",
+            r.drain_secs
+        )
+    } else {
         format!(
             "{:.2} s, exit {}",
             r.drain_secs,
             r.exit_code
                 .map_or_else(|| "by signal".into(), |c| c.to_string())
-        ),
-    );
+        )
+    };
+    kv(&mut out, "SIGTERM -> exit (drain)", drain);
+    if let Some(why) = &r.stopped_waiting {
+        kv(&mut out, "INCOMPLETE", why.clone());
+    }
     if !r.broker_drop_warnings.is_empty() {
         kv(
             &mut out,
@@ -707,6 +745,8 @@ mod tests {
             },
             drain_secs: 0.2,
             exit_code: Some(0),
+            killed: false,
+            stopped_waiting: None,
             broker_drops: vec![],
         }
     }
@@ -745,7 +785,7 @@ mod tests {
         assert!(r.absent_metrics.is_empty());
         let text = render(&r);
         assert!(text.contains("25 ev/s"), "{text}");
-        assert!(text.contains("1.000 s"), "{text}");
+        assert!(text.contains("1.000 s (in the 0-1 s bucket)"), "{text}");
     }
 
     #[test]
@@ -785,6 +825,15 @@ mod tests {
         let r = compute(rec);
         assert_eq!(r.sustained_steady_events_per_sec, None);
         assert!((r.sustained_end_to_end_events_per_sec.unwrap() - 100.0 / 30.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn small_ratios_keep_three_significant_digits() {
+        assert_eq!(ratio_text(None), "-");
+        assert_eq!(ratio_text(Some(0.929)), "0.929");
+        assert_eq!(ratio_text(Some(1.0)), "1.000");
+        assert_eq!(ratio_text(Some(0.0419)), "0.0419");
+        assert_eq!(ratio_text(Some(0.000_451_2)), "0.000451");
     }
 
     #[test]
