@@ -133,14 +133,7 @@ impl Ledger {
         if self.slots.is_empty() {
             self.base = seq;
         }
-        while self.next_seq() < seq {
-            self.slots.push_back(Slot {
-                remaining: Some(0),
-                stuck: false,
-                event: None,
-                ack: None,
-            });
-        }
+        self.fill_done_to(seq);
         self.admit(event, None);
     }
 
@@ -152,6 +145,11 @@ impl Ledger {
             self.base = seq;
             return;
         }
+        self.fill_done_to(seq);
+    }
+
+    /// Appends slots that are already done up to (not including) `seq`.
+    fn fill_done_to(&mut self, seq: u64) {
         while self.next_seq() < seq {
             self.slots.push_back(Slot {
                 remaining: Some(0),
