@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::ledger::{Event, Input};
 use crate::normalize::Chunk;
-use crate::shared::Shared;
+use crate::shared::{send_to_next, Shared};
 use crate::spool::{Replay, Spool, SpoolConfig, SpoolError, SpoolRecord};
 
 /// Runs until the source closes its channel. Acks run once each event is committed.
@@ -43,11 +43,9 @@ pub(crate) async fn run<I: Into<Input>>(
                 .collect()
         };
         shared.metrics.incoming.fetch_add(n, Ordering::Relaxed);
-        let t = Instant::now();
-        if tx.send(chunk).await.is_err() {
+        if !send_to_next(&shared.metrics, "ingest", &tx, chunk).await {
             break;
         }
-        shared.metrics.backpressure("ingest", t.elapsed());
     }
 }
 
@@ -59,100 +57,156 @@ fn lock(spool: &SharedSpool) -> std::sync::MutexGuard<'_, Option<Spool>> {
     spool.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Replays the spool's un-committed tail into the pipeline (those events were acknowledged
-/// before the restart), chunk by chunk, before anything new is read.
-pub(crate) async fn replay(
-    replay: Replay,
-    shared: &Arc<Shared>,
+/// The pipeline's side of the spool: follows it from `start` (the committed watermark at
+/// open), so the un-committed tail of a previous run comes first and then every record the
+/// source's task appends, in sequence order, chunk by chunk, admitting each into the ledger.
+/// Only what the next stage takes is in memory: while FHIR is slow the spool grows on disk
+/// (up to `max_bytes`, then the source stops), memory does not. Records just appended are
+/// read back from the page cache; one decode per event is the price of a single code path for
+/// replay and live reading. `durable` is the spool's next sequence number after each sync.
+/// Stops at shutdown (what is not read yet stays in the spool for the next start), or when the
+/// source's task has ended and everything durable is read.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn read_spool(
+    shared: Arc<Shared>,
+    spool: Arc<SharedSpool>,
+    mut durable: watch::Receiver<u64>,
+    start: u64,
+    replay_end: u64,
     chunk_events: usize,
-    tx: &mpsc::Sender<Chunk>,
-) -> u64 {
-    let mut replay = Some(replay);
-    let mut total = 0u64;
-    while let Some(mut r) = replay.take() {
-        let n = chunk_events.max(1);
-        let read = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(n);
-            for item in r.by_ref() {
-                out.push(item);
-                if out.len() >= n {
-                    return (out, Some(r));
-                }
-            }
-            (out, None)
-        })
-        .await;
-        let Ok((items, rest)) = read else {
-            tracing::error!(
-                "Reading the spool failed; the rest of its tail is replayed on the next start."
-            );
+    tx: mpsc::Sender<Chunk>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut cursor = start;
+    shared.metrics.spool_read_seq.store(start, Ordering::Relaxed);
+    shared
+        .metrics
+        .spool_durable_seq
+        .fetch_max(replay_end, Ordering::Relaxed);
+    let mut reader: Option<Replay> = None;
+    let mut replayed = 0u64;
+    let n = chunk_events.max(1);
+    loop {
+        if *shutdown.borrow() {
             break;
-        };
-        replay = rest;
-        let mut chunk: Chunk = Vec::with_capacity(items.len());
-        {
-            let mut ledger = shared.ledger();
-            for item in items {
-                match item {
-                    Ok((seq, record)) => {
-                        if seq < ledger.next_seq() {
-                            continue;
+        }
+        let target = *durable.borrow_and_update();
+        if cursor < target {
+            let s = spool.clone();
+            let r = reader.take();
+            let read = tokio::task::spawn_blocking(move || {
+                let guard = lock(&s);
+                let Some(sp) = guard.as_ref() else {
+                    return (Vec::new(), r); // being reopened
+                };
+                let mut r = match r {
+                    Some(mut r) => {
+                        sp.refresh(&mut r);
+                        r
+                    }
+                    None => sp.reader(cursor),
+                };
+                drop(guard);
+                let items: Vec<_> = r.by_ref().take(n).collect();
+                (items, Some(r))
+            })
+            .await;
+            let Ok((items, r)) = read else {
+                tracing::error!("Reading the spool failed; retrying.");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            };
+            reader = r;
+            let mut chunk: Chunk = Vec::with_capacity(items.len());
+            let mut progressed = false;
+            {
+                let mut ledger = shared.ledger();
+                for item in items {
+                    match item {
+                        Ok((seq, record)) => {
+                            progressed = true;
+                            if seq < cursor {
+                                continue;
+                            }
+                            cursor = seq + 1;
+                            if seq < replay_end {
+                                replayed += 1;
+                            }
+                            let event = Arc::new(Event {
+                                body: record.body,
+                                properties: record.properties,
+                                system_properties: record.system_properties,
+                                ingestion_time: Some(record.ingestion_time),
+                                origin: record.origin,
+                            });
+                            ledger.admit_at(seq, event.clone());
+                            chunk.push((seq, event));
                         }
-                        let event = Arc::new(Event {
-                            body: record.body,
-                            properties: record.properties,
-                            system_properties: record.system_properties,
-                            ingestion_time: Some(record.ingestion_time),
-                            origin: record.origin,
-                        });
-                        ledger.admit_at(seq, event.clone());
-                        chunk.push((seq, event));
-                    }
-                    Err(e) => {
-                        // Damage in the middle of the spool: those records are gone (the
-                        // error names the file, offset and sequence numbers); the rest goes on.
-                        shared.metrics.spool_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "Spool records lost to damage on disk.");
+                        Err(e) => {
+                            // Damage on disk: those records are gone (the error names the
+                            // file, offset and sequence numbers); the rest goes on.
+                            progressed = true;
+                            if let SpoolError::Corrupt { lost, .. } = &e {
+                                cursor = cursor.max(lost.end);
+                                ledger.skip_to(cursor);
+                            }
+                            shared.metrics.spool_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, "Spool records lost to damage on disk.");
+                        }
                     }
                 }
             }
+            let m = &shared.metrics;
+            m.incoming.fetch_add(
+                chunk.iter().filter(|(seq, _)| *seq < replay_end).count() as u64,
+                Ordering::Relaxed,
+            );
+            m.spool_read_seq.store(cursor, Ordering::Relaxed);
+            if !chunk.is_empty() && !send_to_next(m, "ingest", &tx, chunk).await {
+                break;
+            }
+            if !progressed {
+                // The reader saw nothing new (the spool is being reopened after an error):
+                // wait a little rather than spin.
+                reader = None;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            continue;
         }
-        total += chunk.len() as u64;
-        shared
-            .metrics
-            .incoming
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        if !chunk.is_empty() && tx.send(chunk).await.is_err() {
-            break;
+        if replayed > 0 && cursor >= replay_end {
+            tracing::info!(events = replayed, "Replayed the spool's un-committed events.");
+            replayed = 0;
+        }
+        tokio::select! {
+            changed = durable.changed() => {
+                if changed.is_err() && cursor >= *durable.borrow() {
+                    break; // the source's task is done and everything is read
+                }
+            }
+            _ = shutdown.changed() => {}
         }
     }
-    if total > 0 {
-        tracing::info!(events = total, "Replayed the spool's un-committed events.");
-    }
-    total
 }
 
-/// Appends as many of `events` as fit and syncs them; returns the spool's next sequence number
-/// before the first append, the sequence numbers of the durable prefix and the error that
-/// stopped it, if any. On a failed fsync nothing of this
-/// call is durable and the spool is reopened before the next append (it refuses to go on after
-/// one); records of the failed call that reached the disk anyway are replayed after a restart
-/// (harmless) and passed by the watermark meanwhile.
+/// Appends as many of `events` as fit and syncs them; returns the sequence numbers of the
+/// durable prefix and the error that stopped it, if any. On a failed fsync nothing of this
+/// call is acknowledged and the spool is reopened before the next append (it refuses to go on
+/// after one); records of the failed call that reached the disk anyway are read like any
+/// other, and the source's redelivery of them is appended again: a harmless duplicate.
 fn append_all(
     spool: &SharedSpool,
     config: &SpoolConfig,
     events: &[SpoolRecord],
-) -> (u64, Vec<u64>, Option<SpoolError>) {
+) -> (Vec<u64>, Option<SpoolError>) {
     let mut guard = lock(spool);
     if guard.is_none() {
         match Spool::open(config) {
             Ok((s, _replay)) => *guard = Some(s),
-            Err(e) => return (0, Vec::new(), Some(e)),
+            Err(e) => return (Vec::new(), Some(e)),
         }
     }
-    let first = guard.as_ref().map_or(0, |s| s.next_seq());
     let Some(s) = guard.as_mut() else {
-        return (0, Vec::new(), None);
+        return (Vec::new(), None);
     };
     let mut seqs = Vec::with_capacity(events.len());
     let mut error = None;
@@ -167,7 +221,7 @@ fn append_all(
     }
     if matches!(error, Some(SpoolError::Poisoned { .. })) {
         *guard = None;
-        return (first, Vec::new(), error);
+        return (Vec::new(), error);
     }
     if let Err(err) = s.sync() {
         if s.is_poisoned() {
@@ -177,22 +231,23 @@ fn append_all(
             // appended again on the next try.
             s.discard_unsynced();
         }
-        return (first, Vec::new(), Some(err));
+        return (Vec::new(), Some(err));
     }
-    (first, seqs, error)
+    (seqs, error)
 }
 
 /// Runs until the source closes its channel: each chunk is appended to the spool and fsynced
-/// (one sync per chunk: group commit), then acknowledged to the source, then handed on.
+/// (one sync per chunk: group commit), then acknowledged to the source; [`read_spool`] takes
+/// it from there.
 /// A full spool stops reading (back-pressure); an I/O error or a full disk stops acknowledging
 /// and retries, with an ERROR log and `iomt_spool_errors_total`; nothing is dropped.
 pub(crate) async fn run_spooled<I: Into<Input>>(
     mut rx: mpsc::Receiver<I>,
     shared: Arc<Shared>,
     chunk_events: usize,
-    tx: mpsc::Sender<Chunk>,
     spool: Arc<SharedSpool>,
     config: SpoolConfig,
+    durable: watch::Sender<u64>,
 ) {
     let m = shared.metrics.clone();
     loop {
@@ -244,49 +299,32 @@ pub(crate) async fn run_spooled<I: Into<Input>>(
             })
             .await;
             records = Arc::try_unwrap(r).unwrap_or_else(|r| (*r).clone());
-            let (first, seqs, error) = match result {
+            let (seqs, error) = match result {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     tracing::error!(error = %e, "Spool task failed; retrying.");
-                    (0, Vec::new(), None)
+                    (Vec::new(), None)
                 }
             };
-            // Records the spool holds below `first` that the pipeline never admitted (left by
-            // a failed write, appended again now) must not hold the watermark.
-            shared.ledger().skip_to(first);
             if let Some(s) = lock(&spool).as_ref() {
                 m.spool_fsyncs.store(s.fsyncs(), Ordering::Relaxed);
                 m.spool_bytes.store(s.bytes(), Ordering::Relaxed);
+                if !seqs.is_empty() {
+                    durable.send_replace(s.next_seq());
+                    m.spool_durable_seq.store(s.next_seq(), Ordering::Relaxed);
+                }
             }
             let seqs_made_progress = !seqs.is_empty();
-            // The durable prefix: acknowledge in order (MQTT PUBACK), then hand on.
+            // The durable prefix: acknowledge in order (MQTT PUBACK); the reader takes it on.
             let rest_inputs = inputs.split_off(seqs.len());
             records.drain(..seqs.len());
             let n = inputs.len() as u64;
-            let mut chunk: Chunk = Vec::with_capacity(inputs.len());
-            let mut acks = Vec::with_capacity(inputs.len());
-            {
-                let mut ledger = shared.ledger();
-                for (input, seq) in inputs.into_iter().zip(seqs) {
-                    let event = Arc::new(input.event);
-                    ledger.admit_at(seq, event.clone());
-                    chunk.push((seq, event));
-                    acks.push(input.ack);
-                }
+            for input in inputs {
+                input.ack.ack().await;
             }
             inputs = rest_inputs;
-            for ack in acks {
-                ack.ack().await;
-            }
             m.acked.fetch_add(n, Ordering::Relaxed);
             m.incoming.fetch_add(n, Ordering::Relaxed);
-            if !chunk.is_empty() {
-                let t = Instant::now();
-                if tx.send(chunk).await.is_err() {
-                    return;
-                }
-                m.backpressure("ingest", t.elapsed());
-            }
             if inputs.is_empty() {
                 break;
             }

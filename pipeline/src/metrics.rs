@@ -104,6 +104,10 @@ pub struct Metrics {
     pub events_in_flight: AtomicU64,
     /// Bytes in the spool (gauge).
     pub spool_bytes: AtomicU64,
+    /// The spool's next sequence number after the last sync.
+    pub spool_durable_seq: AtomicU64,
+    /// The next sequence number the pipeline will read from the spool.
+    pub spool_read_seq: AtomicU64,
     /// Spool fsyncs.
     pub spool_fsyncs: AtomicU64,
     /// Spool I/O errors (appends or syncs that failed; the events were not acknowledged).
@@ -304,6 +308,15 @@ impl Metrics {
             "iomt_spool_bytes",
             "Bytes in the local spool (events acknowledged to the source, not yet committed).",
             self.spool_bytes.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "iomt_spool_unread_events",
+            "Events in the spool not yet read by the pipeline (the backlog kept on disk).",
+            self.spool_durable_seq
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.spool_read_seq.load(Ordering::Relaxed))
+                .to_string(),
         );
         counter(
             &mut out,

@@ -52,11 +52,9 @@ pub(crate) async fn run(
                 if out.is_empty() {
                     continue;
                 }
-                let t = Instant::now();
-                if tx.send(out).await.is_err() {
+                if !crate::shared::send_to_next(&shared.metrics, "normalize", &tx, out).await {
                     return;
                 }
-                shared.metrics.backpressure("normalize", t.elapsed());
             }
             chunk = rx.recv(), if can_take => match chunk {
                 Some(chunk) => {

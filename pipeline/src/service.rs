@@ -19,7 +19,7 @@ use crate::http;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::shared::{Report, Shared};
-use crate::spool::{Replay, Spool, SpoolConfig};
+use crate::spool::{Spool, SpoolConfig};
 use crate::{commit, group, ingest, normalize, write};
 
 /// Why the pipeline could not start or stopped.
@@ -57,7 +57,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     dead_letters: Option<DeadLetterStore>,
     options: RunOptions,
-    spool: Option<(Spool, Replay, SpoolConfig)>,
+    spool: Option<(Spool, SpoolConfig)>,
 }
 
 /// How a run behaves beyond the config.
@@ -178,13 +178,14 @@ impl Pipeline {
             })?;
         let spool = match config.spool() {
             Some(sc) => {
-                let (spool, replay) = Spool::open(&sc).map_err(PipelineError::Spool)?;
+                // The reader started by `run` replays the un-committed tail itself.
+                let (spool, _replay) = Spool::open(&sc).map_err(PipelineError::Spool)?;
                 tracing::info!(
                     dir = %sc.dir.display(),
                     bytes = spool.bytes(),
                     "Spool open."
                 );
-                Some((spool, replay, sc))
+                Some((spool, sc))
             }
             None => None,
         };
@@ -251,16 +252,16 @@ impl Pipeline {
         let chunk = self.config.chunk_events.max(1);
         // Channels between stages carry chunks: size them in events, roughly.
         let chunks = (cap / chunk).max(2);
-        let (spool, replay, first_seq) = match self.spool {
-            Some((s, r, c)) => {
-                let start = s.committed();
+        // With a spool: (the spool, its config, its watermark, its end at open).
+        let (spool, first_seq) = match self.spool {
+            Some((s, c)) => {
+                let (start, end) = (s.committed(), s.next_seq());
                 (
-                    Some((Arc::new(std::sync::Mutex::new(Some(s))), c)),
-                    Some(r),
+                    Some((Arc::new(std::sync::Mutex::new(Some(s))), c, end)),
                     start,
                 )
             }
-            None => (None, None, 0),
+            None => (None, 0),
         };
         let shared = Arc::new(Shared::new(
             Ledger::starting_at(first_seq),
@@ -290,17 +291,31 @@ impl Pipeline {
             shared.clone(),
             watermark,
             finished_rx,
-            spool.as_ref().map(|(s, _)| s.clone()),
+            spool.as_ref().map(|(s, _, _)| s.clone()),
         ));
         let ingest = {
             let shared = shared.clone();
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 match spool {
-                    Some((spool, config)) => {
-                        if let Some(r) = replay {
-                            ingest::replay(r, &shared, chunk, &chunk_tx).await;
+                    Some((spool, config, end)) => {
+                        // The source's events go to disk; the reader follows the spool.
+                        let (durable_tx, durable_rx) = watch::channel(end);
+                        let reader = tokio::spawn(ingest::read_spool(
+                            shared.clone(),
+                            spool.clone(),
+                            durable_rx,
+                            first_seq,
+                            end,
+                            chunk,
+                            chunk_tx,
+                            shutdown,
+                        ));
+                        ingest::run_spooled(events, shared, chunk, spool, config, durable_tx)
+                            .await;
+                        if let Err(e) = reader.await {
+                            tracing::error!(error = %e, "The spool reader failed; the spool keeps its events.");
                         }
-                        ingest::run_spooled(events, shared, chunk, chunk_tx, spool, config).await
                     }
                     None => ingest::run(events, shared, chunk, chunk_tx).await,
                 }

@@ -99,3 +99,29 @@ impl Shared {
         }
     }
 }
+
+/// Sends `item` to the next stage, adding the time spent waiting for room to the stage's
+/// back-pressure counter as it passes (every second while blocked, so a long stall shows in
+/// the metrics while it lasts, not only after). `false` if the next stage is gone.
+pub(crate) async fn send_to_next<T>(
+    metrics: &crate::metrics::Metrics,
+    stage: &'static str,
+    tx: &tokio::sync::mpsc::Sender<T>,
+    item: T,
+) -> bool {
+    let mut t = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(1), tx.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(item);
+                metrics.backpressure(stage, t.elapsed());
+                return true;
+            }
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                metrics.backpressure(stage, t.elapsed());
+                t = std::time::Instant::now();
+            }
+        }
+    }
+}

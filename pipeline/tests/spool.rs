@@ -748,3 +748,59 @@ proptest! {
         }
     }
 }
+
+/// Reads what a following reader has now, until it pauses.
+fn read_now(reader: &mut Replay) -> Vec<u64> {
+    reader
+        .by_ref()
+        .map(|item| item.unwrap_or_else(|e| panic!("reader error: {e}")).0)
+        .collect()
+}
+
+#[test]
+fn a_following_reader_reads_every_record_once_across_rolls_commits_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let frame = frame_len(100);
+    // Three records per segment.
+    let config = config(dir.path(), 1 << 30, 8 + 3 * frame);
+    let (mut spool, _) = open(&config);
+    let mut reader = spool.reader(0);
+    assert_eq!(read_now(&mut reader), Vec::<u64>::new(), "nothing yet");
+    let mut seen = Vec::new();
+    // Bursts of different sizes: inside a segment, across one roll, across several.
+    for (burst, n) in [(0u64, 1u64), (1, 1), (2, 4), (3, 7), (4, 2)] {
+        let start = spool.next_seq();
+        append_synced(&mut spool, start..start + n, 100);
+        spool.refresh(&mut reader);
+        let got = read_now(&mut reader);
+        assert_eq!(got, (start..start + n).collect::<Vec<_>>(), "burst {burst}");
+        seen.extend(got);
+        // Commits of what was read delete segments under the reader; it goes on.
+        spool.commit(start + n / 2).unwrap();
+        assert_eq!(read_now(&mut reader), Vec::<u64>::new(), "paused");
+    }
+    // Everything committed: the active segment is deleted, and the next append starts a new one.
+    spool.commit(spool.next_seq()).unwrap();
+    let start = spool.next_seq();
+    append_synced(&mut spool, start..start + 5, 100);
+    spool.refresh(&mut reader);
+    assert_eq!(read_now(&mut reader), (start..start + 5).collect::<Vec<_>>());
+    // Buffered records (appended, not synced) are not read until they are written.
+    let seq = spool.append(&record(99, 100)).unwrap();
+    spool.refresh(&mut reader);
+    assert_eq!(read_now(&mut reader), Vec::<u64>::new(), "not yet written");
+    spool.sync().unwrap();
+    spool.refresh(&mut reader);
+    assert_eq!(read_now(&mut reader), vec![seq]);
+    assert_eq!(seen.len(), 15);
+
+    // A reader from the watermark after a restart reads the un-committed tail, then follows.
+    spool.commit(seq - 2).unwrap();
+    drop(spool);
+    let (mut spool, _) = open(&config);
+    let mut reader = spool.reader(spool.committed());
+    assert_eq!(read_now(&mut reader), vec![seq - 2, seq - 1, seq]);
+    append_synced(&mut spool, seq + 1..seq + 3, 100);
+    spool.refresh(&mut reader);
+    assert_eq!(read_now(&mut reader), vec![seq + 1, seq + 2]);
+}

@@ -409,6 +409,56 @@ impl Spool {
         Ok(())
     }
 
+    /// A reader of the records from `from` on (at or above the committed watermark), as far as
+    /// they are written now; [`refresh`](Self::refresh) extends it to what is appended later.
+    /// Such a reader pauses at the end (its iterator yields `None`) and reads on after a
+    /// refresh. This is how the pipeline takes its events: the source's task appends and
+    /// syncs, the reader follows, so a slow FHIR server makes the spool grow, not memory.
+    /// Call it and `refresh` right after a [`sync`](Self::sync) (what is written is then
+    /// durable); the reader's own file handles let appends and commits go on meanwhile.
+    pub fn reader(&self, from: u64) -> Replay {
+        let mut r = Replay::following(Vec::new(), from);
+        r.update(self.segments_now(from));
+        r
+    }
+
+    /// Tells `reader` (from [`reader`](Self::reader)) what has been written since.
+    pub fn refresh(&self, reader: &mut Replay) {
+        reader.update(self.segments_now(0));
+    }
+
+    /// The segments as written now, without those wholly below `from`.
+    fn segments_now(&self, from: u64) -> Vec<replay::ReplaySegment> {
+        let mut out = Vec::with_capacity(self.closed.len() + 1);
+        let mut segments: Vec<(&Path, u64, u64)> = self
+            .closed
+            .iter()
+            .map(|s| (s.path.as_path(), s.first_seq, s.len))
+            .collect();
+        if let Some(a) = &self.active {
+            segments.push((a.path.as_path(), a.first_seq, a.len));
+        }
+        // Records buffered and not yet written are not in the files.
+        let written = if self.pending.is_empty() {
+            self.next_seq
+        } else {
+            self.pending_from
+        };
+        for (i, (path, first_seq, len)) in segments.iter().enumerate() {
+            let upper = segments.get(i + 1).map_or(written, |s| s.1);
+            if upper <= from {
+                continue;
+            }
+            out.push(replay::ReplaySegment {
+                path: path.to_path_buf(),
+                first_seq: *first_seq,
+                end: *len,
+                upper,
+            });
+        }
+        out
+    }
+
     /// Bytes the spool holds: its segment files plus the frames buffered for the active one.
     /// Committed records count until their segment is deleted.
     pub fn bytes(&self) -> u64 {

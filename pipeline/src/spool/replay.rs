@@ -46,22 +46,67 @@ struct Cursor {
 /// the replay has already yielded (which at-least-once processing implies).
 #[derive(Debug)]
 pub struct Replay {
-    segments: std::vec::IntoIter<ReplaySegment>,
+    segments: std::collections::VecDeque<ReplaySegment>,
     current: Option<Cursor>,
     watermark: u64,
     queued: Option<(u64, SpoolRecord)>,
     payload: Vec<u8>,
+    /// A reader that follows the spool ([`Spool::reader`](super::Spool::reader)): at the end
+    /// of what it knows it pauses (yields `None`) instead of closing the last segment, and
+    /// [`Spool::refresh`](super::Spool::refresh) tells it what was appended since.
+    follow: bool,
+    /// The first sequence number of the last segment opened (segments up to it are done).
+    opened: Option<u64>,
+    /// Set by `step` when a following reader reached the end of what it knows.
+    paused: bool,
 }
 
 impl Replay {
     pub(crate) fn new(segments: Vec<ReplaySegment>, watermark: u64) -> Replay {
         Replay {
-            segments: segments.into_iter(),
+            segments: segments.into(),
             current: None,
             watermark,
             queued: None,
             payload: Vec::new(),
+            follow: false,
+            opened: None,
+            paused: false,
         }
+    }
+
+    /// A replay that follows the spool from `from` on (see [`Spool::reader`](super::Spool::reader)).
+    pub(crate) fn following(segments: Vec<ReplaySegment>, from: u64) -> Replay {
+        let mut r = Replay::new(segments, from);
+        r.follow = true;
+        r
+    }
+
+    /// Takes the spool's segments as they are now: the current segment's new end, and the
+    /// segments after it. A changed end drops the reader's read-ahead, which may hold bytes
+    /// past the old end that a failed write has since cut off.
+    pub(crate) fn update(&mut self, segments: Vec<ReplaySegment>) {
+        let known = self
+            .current
+            .as_ref()
+            .map(|c| c.segment.first_seq)
+            .or(self.opened);
+        if let Some(c) = self.current.as_mut() {
+            if let Some(s) = segments.iter().find(|s| s.first_seq == c.segment.first_seq) {
+                if (s.end, s.upper) != (c.segment.end, c.segment.upper) {
+                    c.segment.end = s.end;
+                    c.segment.upper = s.upper;
+                    if let Err(e) = c.reader.seek(SeekFrom::Start(c.pos)) {
+                        warn!(path = %c.segment.path.display(), error = %e, "Spool segment cannot be re-read; reading on with the next one.");
+                        self.current = None;
+                    }
+                }
+            }
+        }
+        self.segments = segments
+            .into_iter()
+            .filter(|s| known.is_none_or(|k| s.first_seq > k))
+            .collect();
     }
 
     /// An error for the sequence numbers in `lost` (those below the watermark are done
@@ -84,7 +129,8 @@ impl Replay {
 
     /// Opens the next segment; `Err` when it cannot be read at all.
     fn open_next(&mut self) -> Option<Result<(), SpoolError>> {
-        let segment = self.segments.next()?;
+        let segment = self.segments.pop_front()?;
+        self.opened = Some(segment.first_seq);
         let path = segment.path.clone();
         let opened = File::open(&path)
             .map_err(|e| SpoolError::io(SpoolOp::Open, &path, e))
@@ -136,6 +182,11 @@ impl Replay {
         let at = cursor.pos;
         match found {
             Frame::End => {
+                if self.follow && self.segments.is_empty() && cursor.next >= cursor.segment.upper
+                {
+                    self.paused = true; // more may be appended to it
+                    return None;
+                }
                 let lost = cursor.next..cursor.segment.upper;
                 self.current = None;
                 self.loss(&path, at, "segment ends before its last record", lost)
@@ -231,6 +282,9 @@ impl Iterator for Replay {
             }
             if let Some(item) = self.step() {
                 return Some(item);
+            }
+            if std::mem::take(&mut self.paused) {
+                return None;
             }
         }
     }
