@@ -379,7 +379,13 @@ async fn fhir_server_down_for_60_seconds_under_load_the_spool_grows_and_memory_d
     let devices: Vec<String> = (0..100).map(|i| format!("dn-{i:03}")).collect();
     let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
     publish(broker.port, hr_messages(&devices, 0..5), Duration::ZERO).await;
-    wait_metric(&c, "iomt_events_committed_total", 500.0, Duration::from_secs(30)).await;
+    wait_metric(
+        &c,
+        "iomt_events_committed_total",
+        500.0,
+        Duration::from_secs(30),
+    )
+    .await;
 
     fwd.off();
     let down = Instant::now();
@@ -417,7 +423,10 @@ async fn fhir_server_down_for_60_seconds_under_load_the_spool_grows_and_memory_d
     assert!(committed_while_down < 6000.0, "the server was down");
     // The backlog is on disk, not in memory: the spool grew, the pipeline holds its limits.
     assert!(late.1 > early.1, "the spool grew: {early:?} -> {late:?}");
-    assert!(unread > 1000.0, "the backlog waits in the spool, unread: {unread}");
+    assert!(
+        unread > 1000.0,
+        "the backlog waits in the spool, unread: {unread}"
+    );
     assert!(worst_pending <= max_pending, "pending {worst_pending}");
     assert!(
         worst_in_flight <= max_pending + 1500.0,
@@ -433,7 +442,13 @@ async fn fhir_server_down_for_60_seconds_under_load_the_spool_grows_and_memory_d
 
     fwd.on();
     wait_for_complete_observations(&server, &devices, Duration::from_secs(120)).await;
-    wait_metric(&c, "iomt_events_committed_total", 6000.0, Duration::from_secs(60)).await;
+    wait_metric(
+        &c,
+        "iomt_events_committed_total",
+        6000.0,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(c.metric("iomt_spool_unread_events"), 0.0);
     let retries =
         c.metric("iomt_batch_retries_total") + c.metric("iomt_fhir_request_retries_total");

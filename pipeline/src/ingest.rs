@@ -78,7 +78,10 @@ pub(crate) async fn read_spool(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut cursor = start;
-    shared.metrics.spool_read_seq.store(start, Ordering::Relaxed);
+    shared
+        .metrics
+        .spool_read_seq
+        .store(start, Ordering::Relaxed);
     shared
         .metrics
         .spool_durable_seq
@@ -139,7 +142,7 @@ pub(crate) async fn read_spool(
                                 ingestion_time: Some(record.ingestion_time),
                                 origin: record.origin,
                             });
-                            ledger.admit_at(seq, event.clone());
+                            ledger.admit_spooled(seq, event.ingestion_time);
                             chunk.push((seq, event));
                         }
                         Err(e) => {
@@ -174,7 +177,10 @@ pub(crate) async fn read_spool(
             continue;
         }
         if replayed > 0 && cursor >= replay_end {
-            tracing::info!(events = replayed, "Replayed the spool's un-committed events.");
+            tracing::info!(
+                events = replayed,
+                "Replayed the spool's un-committed events."
+            );
             replayed = 0;
         }
         tokio::select! {

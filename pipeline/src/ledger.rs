@@ -63,8 +63,24 @@ struct Slot {
     /// Set when the event could not be made durable (e.g. a dead letter could not be stored):
     /// it stays un-committed so that the source or the spool delivers it again after a restart.
     stuck: bool,
+    /// The event, kept to dead-letter it if FHIR refuses its measurements; `None` for an event
+    /// the spool holds (read back from there if needed) and for done slots.
     event: Option<Arc<Event>>,
+    /// Whether the spool holds the event.
+    spooled: bool,
+    ingestion_time: Option<DateTime<Utc>>,
     ack: Option<Ack>,
+}
+
+/// Where an event in flight can be found ([`Ledger::lookup`]).
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Held in memory.
+    Held(Arc<Event>),
+    /// In the spool, under its sequence number.
+    Spooled,
+    /// Not in flight (committed, or never admitted).
+    Gone,
 }
 
 /// What passing the watermark released.
@@ -117,16 +133,18 @@ impl Ledger {
         self.slots.push_back(Slot {
             remaining: None,
             stuck: false,
+            ingestion_time: event.ingestion_time,
             event: Some(event),
+            spooled: false,
             ack,
         });
         seq
     }
 
-    /// Admits an event whose sequence number is already given (replayed from the spool); the
-    /// numbers must come in increasing order. Numbers skipped (committed before a restart)
-    /// are treated as done.
-    pub fn admit_at(&mut self, seq: u64, event: Arc<Event>) {
+    /// Admits an event read from the spool under its sequence number (increasing; numbers
+    /// skipped are treated as done). Only its ingestion time is kept: the spool holds the rest,
+    /// so an event in flight costs a few words of memory here, not its body.
+    pub fn admit_spooled(&mut self, seq: u64, ingestion_time: Option<DateTime<Utc>>) {
         if seq < self.next_seq() {
             return;
         }
@@ -134,7 +152,14 @@ impl Ledger {
             self.base = seq;
         }
         self.fill_done_to(seq);
-        self.admit(event, None);
+        self.slots.push_back(Slot {
+            remaining: None,
+            stuck: false,
+            event: None,
+            spooled: true,
+            ingestion_time,
+            ack: None,
+        });
     }
 
     /// Treats every sequence number below `seq` not yet admitted as done: records the spool
@@ -155,6 +180,8 @@ impl Ledger {
                 remaining: Some(0),
                 stuck: false,
                 event: None,
+                spooled: false,
+                ingestion_time: None,
                 ack: None,
             });
         }
@@ -195,10 +222,17 @@ impl Ledger {
         }
     }
 
-    /// The event, while it is in flight.
-    pub fn event(&self, seq: u64) -> Option<Arc<Event>> {
-        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
-        self.slots.get(i).and_then(|s| s.event.clone())
+    /// Where the event is, while it is in flight.
+    pub fn lookup(&self, seq: u64) -> Lookup {
+        let slot = seq
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.slots.get(i));
+        match slot {
+            Some(Slot { event: Some(e), .. }) => Lookup::Held(e.clone()),
+            Some(Slot { spooled: true, .. }) => Lookup::Spooled,
+            _ => Lookup::Gone,
+        }
     }
 
     /// Advances the watermark past every leading event that is done.
@@ -209,7 +243,7 @@ impl Ledger {
                 break;
             }
             if let Some(s) = self.slots.pop_front() {
-                if let Some(t) = s.event.as_ref().and_then(|e| e.ingestion_time) {
+                if let Some(t) = s.ingestion_time {
                     out.ingestion_times.push(t);
                 }
                 out.events += 1;
@@ -275,14 +309,27 @@ mod tests {
         l.normalized(a, 0);
         l.stick(a);
         assert_eq!(l.commit().watermark, 0, "a could not be made durable");
-        assert!(l.event(a).is_some());
+        assert!(matches!(l.lookup(a), Lookup::Held(_)));
+    }
+
+    #[test]
+    fn spooled_events_are_found_in_the_spool_and_keep_their_ingestion_time() {
+        let mut l = Ledger::starting_at(0);
+        let t = Utc::now();
+        l.admit_spooled(3, Some(t));
+        assert!(matches!(l.lookup(3), Lookup::Spooled));
+        assert!(matches!(l.lookup(2), Lookup::Gone), "skipped: done before");
+        l.normalized(3, 0);
+        let done = l.commit();
+        assert_eq!((done.watermark, done.ingestion_times), (4, vec![t]));
+        assert!(matches!(l.lookup(3), Lookup::Gone));
     }
 
     #[test]
     fn replayed_sequence_numbers_may_skip() {
         let mut l = Ledger::starting_at(0);
-        l.admit_at(5, ev());
-        l.admit_at(8, ev());
+        l.admit_spooled(5, None);
+        l.admit_spooled(8, None);
         assert_eq!(l.next_seq(), 9);
         l.finish(5);
         assert_eq!(

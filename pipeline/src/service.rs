@@ -268,6 +268,7 @@ impl Pipeline {
             self.metrics.clone(),
             self.dead_letters,
             self.options.report,
+            spool.as_ref().map(|(s, _, _)| s.clone()),
         ));
         let (chunk_tx, chunk_rx) = mpsc::channel(chunks);
         let (norm_tx, norm_rx) = mpsc::channel(chunks);
@@ -311,8 +312,7 @@ impl Pipeline {
                             chunk_tx,
                             shutdown,
                         ));
-                        ingest::run_spooled(events, shared, chunk, spool, config, durable_tx)
-                            .await;
+                        ingest::run_spooled(events, shared, chunk, spool, config, durable_tx).await;
                         if let Err(e) = reader.await {
                             tracing::error!(error = %e, "The spool reader failed; the spool keeps its events.");
                         }

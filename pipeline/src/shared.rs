@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub report: Option<Mutex<Report>>,
     /// Wakes the commit stage when events may have become done.
     pub commit: Notify,
+    /// The spool, when events are read from one (dead letters read their event back from it).
+    pub spool: Option<Arc<crate::ingest::SharedSpool>>,
 }
 
 impl Shared {
@@ -47,6 +49,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         dead_letters: Option<DeadLetterStore>,
         report: bool,
+        spool: Option<Arc<crate::ingest::SharedSpool>>,
     ) -> Self {
         Shared {
             ledger: Mutex::new(ledger),
@@ -54,6 +57,46 @@ impl Shared {
             dead_letters,
             report: report.then(|| Mutex::new(Report::default())),
             commit: Notify::new(),
+            spool,
+        }
+    }
+
+    /// An event in flight, wherever it is kept: in memory, or read back from the spool (the
+    /// rare case of an event FHIR refused). `Ok(None)`: not in flight any more (committed).
+    /// `Err`: the spool could not give it back now.
+    pub async fn event(&self, seq: u64) -> Result<Option<Arc<Event>>, String> {
+        let lookup = self.ledger().lookup(seq);
+        match lookup {
+            crate::ledger::Lookup::Held(e) => Ok(Some(e)),
+            crate::ledger::Lookup::Gone => Ok(None),
+            crate::ledger::Lookup::Spooled => {
+                let Some(spool) = self.spool.clone() else {
+                    return Err("no spool is open".into());
+                };
+                let read = tokio::task::spawn_blocking(move || {
+                    let guard = spool.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut reader = guard
+                        .as_ref()
+                        .ok_or("the spool is being reopened")?
+                        .reader(seq);
+                    drop(guard);
+                    match reader.next() {
+                        Some(Ok((s, r))) if s == seq => Ok(r),
+                        Some(Err(e)) => Err(e.to_string()),
+                        _ => Err(format!("record {seq} is not in the spool")),
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                let r = read?;
+                Ok(Some(Arc::new(Event {
+                    body: r.body,
+                    properties: r.properties,
+                    system_properties: r.system_properties,
+                    ingestion_time: Some(r.ingestion_time),
+                    origin: r.origin,
+                })))
+            }
         }
     }
 

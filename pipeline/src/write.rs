@@ -80,9 +80,8 @@ async fn write_flush(
             if retry.contains(seq) {
                 continue;
             }
-            let event = shared.ledger().event(*seq);
-            let durable = match event {
-                Some(ev) => shared.dead_letter(
+            let durable = match shared.event(*seq).await {
+                Ok(Some(ev)) => shared.dead_letter(
                     *seq,
                     &ev,
                     Failure {
@@ -91,7 +90,11 @@ async fn write_flush(
                         message,
                     },
                 ),
-                None => true, // committed meanwhile (an earlier failure of the same event)
+                Ok(None) => true, // committed meanwhile (an earlier failure of the same event)
+                Err(e) => {
+                    tracing::error!(error = %e, "The refused event cannot be read back from the spool to dead-letter it; it stays un-acknowledged and is read again after a restart.");
+                    false
+                }
             };
             let mut ledger = shared.ledger();
             if durable {

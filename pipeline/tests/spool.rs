@@ -784,7 +784,10 @@ fn a_following_reader_reads_every_record_once_across_rolls_commits_and_restarts(
     let start = spool.next_seq();
     append_synced(&mut spool, start..start + 5, 100);
     spool.refresh(&mut reader);
-    assert_eq!(read_now(&mut reader), (start..start + 5).collect::<Vec<_>>());
+    assert_eq!(
+        read_now(&mut reader),
+        (start..start + 5).collect::<Vec<_>>()
+    );
     // Buffered records (appended, not synced) are not read until they are written.
     let seq = spool.append(&record(99, 100)).unwrap();
     spool.refresh(&mut reader);

@@ -182,8 +182,7 @@ impl Replay {
         let at = cursor.pos;
         match found {
             Frame::End => {
-                if self.follow && self.segments.is_empty() && cursor.next >= cursor.segment.upper
-                {
+                if self.follow && self.segments.is_empty() && cursor.next >= cursor.segment.upper {
                     self.paused = true; // more may be appended to it
                     return None;
                 }
