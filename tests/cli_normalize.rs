@@ -1,5 +1,5 @@
 //! The 88 reference normalization cases through the CLI (`iomt validate`,
-//! `iomt normalize --input P --document`), read from `shared/conformance/iomt-fhir`.
+//! `iomt normalize --input P --document`), read from `conformance/iomt-fhir`.
 
 #[path = "../normalizer/tests/support/cases.rs"]
 mod cases;

@@ -1,5 +1,5 @@
 //! Conformance with the open-source reference: `fhir_cases.json` and every FHIR mapping in the
-//! shared conformance corpus, with the validity its README states.
+//! repository's conformance corpus, with the validity its README states.
 
 use std::path::{Path, PathBuf};
 
@@ -10,16 +10,12 @@ use grouper::{group_measurements, TimeValue, Window};
 use normalizer::{Measurement, MeasurementProperty};
 use serde_json::Value;
 
-/// `shared/conformance` beside the checkout, or the parent of `$IOMT_CONFORMANCE_DIR`.
+/// The repository's `conformance/` folder, or the parent of `$IOMT_CONFORMANCE_DIR`.
 fn shared() -> PathBuf {
     if let Ok(d) = std::env::var("IOMT_CONFORMANCE_DIR") {
         return Path::new(&d).join("..");
     }
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/conformance"
-    ))
-    .to_path_buf()
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../conformance")).to_path_buf()
 }
 
 fn iomt(path: &str) -> PathBuf {

@@ -1,4 +1,4 @@
-//! Every normalization case of the reference (`shared/conformance/iomt-fhir/cases.json`,
+//! Every normalization case of the reference (`conformance/iomt-fhir/cases.json`,
 //! read from that path) through the library.
 
 mod support;

@@ -1,4 +1,4 @@
-//! Every device mapping shipped in `shared/conformance` loads with the validity the
+//! Every device mapping shipped in `conformance/` loads with the validity the
 //! conformance README states, and the wild corpus' events normalize.
 
 mod support;

@@ -1,4 +1,4 @@
-//! Checks one case of `shared/conformance/iomt-fhir/cases.json` against an outcome.
+//! Checks one case of `conformance/iomt-fhir/cases.json` against an outcome.
 //! Shared by the library test (normalizer/tests) and the CLI test (tests/).
 
 #![allow(dead_code)]
@@ -7,20 +7,23 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// The conformance folder: `$IOMT_CONFORMANCE_DIR`, or `shared/` beside the checkout.
+/// The reference's conformance folder, `conformance/iomt-fhir` in the repository (or
+/// `$IOMT_CONFORMANCE_DIR`). Found from the crate that includes this file: the repository
+/// root (`tests/`) or a member crate (`normalizer/tests`).
 pub fn conformance_dir() -> PathBuf {
     if let Ok(d) = std::env::var("IOMT_CONFORMANCE_DIR") {
         return PathBuf::from(d);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for up in [root.join("../shared"), root.join("../../shared")] {
+    for up in [root.to_path_buf(), root.join("..")] {
         let p = up.join("conformance/iomt-fhir");
-        if p.is_dir() {
+        if p.join("cases.json").is_file() {
             return p;
         }
     }
     panic!(
-        "conformance data not found: set IOMT_CONFORMANCE_DIR or put shared/ beside the checkout"
+        "conformance/iomt-fhir not found in the repository beside {}",
+        root.display()
     );
 }
 
