@@ -36,10 +36,38 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
+    /// Log lines as `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 const DEVICE_MAPPING: &str = include_str!("../templates/simulator/devicecontent.json");
 const FHIR_MAPPING: &str = include_str!("../templates/simulator/fhirmapping.json");
+
+/// Whether the broker on `port` accepts an MQTT session: CONNECT, CONNACK, DISCONNECT.
+async fn broker_answers(port: u16) -> bool {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let options = MqttOptions::new("iomt-demo-probe", "127.0.0.1", port);
+    let (client, mut events) = AsyncClient::new(options, 4);
+    let probe = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.disconnect().await;
+                    // Until the DISCONNECT is written and the connection closes.
+                    while events.poll().await.is_ok() {}
+                    return true;
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .unwrap_or(false)
+}
 
 fn broker_config(port: u16) -> Result<rumqttd::Config> {
     let text = format!(
@@ -106,10 +134,14 @@ dir = "dead-letters"
 listen = "127.0.0.1:{metrics}"
 
 [log]
-level = "info"
+# The embedded broker's own lines (it logs every clean disconnect as an error) only when asked
+# for: RUST_LOG=debug (or info,rumqttd=debug) shows them.
+level = "info,rumqttd=off"
+format = "{log_format}"
 "#,
             mqtt = args.mqtt_port,
-            metrics = args.metrics_port
+            metrics = args.metrics_port,
+            log_format = args.log_format,
         ),
     )?;
     let config = pipeline::validate(&config_path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
@@ -144,12 +176,10 @@ level = "info"
             let _ = store_stop.wait_for(|s| *s).await;
         }));
 
-        // Wait for the broker to listen.
+        // Wait for the broker to take MQTT connections (a full CONNECT and DISCONNECT: a bare
+        // TCP probe makes the broker log an error for the connection it closes).
         let started = std::time::Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", args.mqtt_port))
-            .await
-            .is_err()
-        {
+        while !broker_answers(args.mqtt_port).await {
             if started.elapsed() > Duration::from_secs(10) {
                 anyhow::bail!(
                     "the embedded MQTT broker did not start on port {}",
@@ -194,11 +224,11 @@ level = "info"
                 ..Default::default()
             },
         ));
-        println!("  review page:      http://127.0.0.1:{}/", args.review_port);
         println!(
             "iomt demo is running ({} simulated devices, every kind):",
             args.devices
         );
+        println!("  review page:      http://127.0.0.1:{}/", args.review_port);
         println!(
             "  FHIR store (R4):  {fhir_url}   e.g. {fhir_url}/Observation?_sort=-date&_count=10"
         );

@@ -41,9 +41,12 @@ fn get(port: u16, path: &str) -> Option<Value> {
     serde_json::from_str(body).ok()
 }
 
+/// Also: a quiet start. Its log (stderr, a file here, not a terminal) has no ERROR or WARN line
+/// and no ANSI colour codes, and none of the embedded broker's own lines.
 #[test]
 fn demo_fills_the_local_store_with_every_kind_within_60_seconds() {
     let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("demo.log");
     let (mqtt, fhir, metrics, review) = (free_port(), free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_iomt"))
         .args(["demo", "--dir"])
@@ -59,7 +62,7 @@ fn demo_fills_the_local_store_with_every_kind_within_60_seconds() {
             &review.to_string(),
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -127,4 +130,16 @@ fn demo_fills_the_local_store_with_every_kind_within_60_seconds() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains(" ERROR ")
+                || l.contains(" WARN ")
+                || l.contains('\x1b')
+                || l.contains("rumqttd")
+        })
+        .collect();
+    assert!(noisy.is_empty(), "the demo's log is not quiet:\n{log}");
+    assert!(log.contains("Connector running."), "{log}");
 }
