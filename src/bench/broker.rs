@@ -112,6 +112,16 @@ impl Broker {
         self.log_text().lines().any(|l| l.ends_with(&needle))
     }
 
+    /// Log lines that report a client's keep-alive running out ("Client ... has exceeded
+    /// timeout, disconnecting"): a connection left unpolled. Expected empty.
+    pub fn keep_alive_trouble(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("exceeded timeout"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Log lines that report messages dropped (mosquitto warns "Outgoing messages are being
     /// dropped for client ..."); empty with this config unless memory ran out.
     pub fn dropped_warnings(&self) -> Vec<String> {

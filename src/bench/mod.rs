@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// Keep the temporary folder.
     #[arg(long)]
     keep: bool,
+    /// A backlog instead of a live stream: the connector subscribes once (its persistent
+    /// session), stops, every event is published and queued on the broker, then the connector
+    /// starts again and the drain is timed (figures count from that start).
+    #[arg(long)]
+    backlog: bool,
 }
 
 /// The connector's MQTT client id.
@@ -212,6 +217,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         flush_interval_secs: flush.as_secs_f64(),
         flush_interval_config: None,
         dir: dir.path.display().to_string(),
+        backlog: args.backlog,
     };
     let phases = Phases {
         mosquitto,
@@ -223,6 +229,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         flush,
         timeout,
         heart_rate_readings: (heart_rate_devices * args.readings) as u64,
+        backlog: args.backlog,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -415,6 +422,41 @@ fn write_connector_config(
     Ok((path, None))
 }
 
+fn http_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?)
+}
+
+/// Waits until the connector is ready and the broker's log shows its SUBSCRIBE, or fails with
+/// the connector's log.
+async fn wait_subscribed(
+    connector: &mut connector::Connector,
+    broker: &broker::Broker,
+    http: &reqwest::Client,
+    metrics_port: u16,
+) -> Result<()> {
+    let ready_url = format!("http://127.0.0.1:{metrics_port}/readyz");
+    let started = Instant::now();
+    loop {
+        connector.check_running()?;
+        let ready = http_get(http, &ready_url)
+            .await
+            .is_some_and(|b| b.starts_with("ready"));
+        if ready && broker.subscribed(CONNECTOR_CLIENT_ID, mqtt::FILTER) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "the connector was not ready and subscribed within 30 s; the end of {}:\n{}",
+                connector.log.display(),
+                connector.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn http_get(client: &reqwest::Client, url: &str) -> Option<String> {
     let r = client.get(url).send().await.ok()?;
     if !r.status().is_success() {
@@ -478,6 +520,7 @@ struct Phases {
     flush: Duration,
     timeout: Duration,
     heart_rate_readings: u64,
+    backlog: bool,
 }
 
 impl Phases {
@@ -577,60 +620,84 @@ impl Phases {
             self.flush,
         )?;
         setup.flush_interval_config = flush_line;
-        let mut connector =
-            connector::Connector::start(&self.exe, &config, &self.dir.join("connector.log"))?;
+        let log = self.dir.join("connector.log");
+        let mut queued: Option<mqtt::Published> = None;
+        let mut session_idle = connector::Memory::default();
+        if self.backlog {
+            // The session exists on the broker once the connector has subscribed; then it
+            // stops (clean shutdown, session kept) and everything is queued for it.
+            let session_log = self.dir.join("connector-session.log");
+            let mut first = connector::Connector::start(&self.exe, &config, &session_log)?;
+            wait_subscribed(&mut first, &broker, &http_client()?, metrics_port).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            session_idle = connector::read_memory(first.pid()).unwrap_or_default();
+            tokio::task::block_in_place(|| first.terminate(DRAIN_TIMEOUT))?;
+            progress(&format!(
+                "backlog: connector stopped; queueing {n} events on the broker"
+            ));
+            let p = mqtt::publish(
+                broker.port,
+                self.payloads.clone(),
+                self.rate,
+                self.inflight,
+                Arc::new(AtomicU64::new(0)),
+            )
+            .await?;
+            progress(&format!(
+                "backlog: {n} events queued in {:.1} s; starting the connector",
+                (p.last_ack - p.first).as_secs_f64()
+            ));
+            queued = Some(p);
+        }
+        let mut connector = connector::Connector::start(&self.exe, &config, &log)?;
+        let restarted = Instant::now();
         progress(&format!(
             "connector: pid {}, Mosquitto on 127.0.0.1:{}, FHIR store {fhir_url}, metrics on 127.0.0.1:{metrics_port}",
             connector.pid(),
             broker.port
         ));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?;
+        let http = http_client()?;
         let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
-        let ready_url = format!("http://127.0.0.1:{metrics_port}/readyz");
-
-        // Ready and subscribed (the broker logs the SUBSCRIBE), or fail with the logs.
-        let started = Instant::now();
-        loop {
-            connector.check_running()?;
-            let ready = http_get(&http, &ready_url)
-                .await
-                .is_some_and(|b| b.starts_with("ready"));
-            if ready && broker.subscribed(CONNECTOR_CLIENT_ID, mqtt::FILTER) {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "the connector was not ready and subscribed within 30 s; the end of {}:\n{}",
-                    connector.log.display(),
-                    connector.log_tail(20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle = connector::read_memory(connector.pid())
-            .context("reading the connector's /proc status")?;
+        let idle = if self.backlog {
+            // Draining from the start: no idle moment (the first run's idle RSS stands in), and
+            // no new SUBSCRIBE is needed.
+            session_idle
+        } else {
+            wait_subscribed(&mut connector, &broker, &http, metrics_port).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            connector::read_memory(connector.pid())
+                .context("reading the connector's /proc status")?
+        };
         let rss = connector::RssSampler::start(connector.pid(), RSS_EVERY);
-        progress(&format!(
-            "connector ready, idle RSS {:.1} MiB; publishing {n} events",
-            idle.rss as f64 / 1048576.0
-        ));
+        if !self.backlog {
+            progress(&format!(
+                "connector ready, idle RSS {:.1} MiB; publishing {n} events",
+                idle.rss as f64 / 1048576.0
+            ));
+        }
 
-        let acked = Arc::new(AtomicU64::new(0));
-        let mut publishing = tokio::spawn(mqtt::publish(
-            broker.port,
-            self.payloads.clone(),
-            self.rate,
-            self.inflight,
-            acked.clone(),
-        ));
+        let acked = Arc::new(AtomicU64::new(if self.backlog { n } else { 0 }));
+        let mut publishing = if self.backlog {
+            None
+        } else {
+            Some(tokio::spawn(mqtt::publish(
+                broker.port,
+                self.payloads.clone(),
+                self.rate,
+                self.inflight,
+                acked.clone(),
+            )))
+        };
         let t0 = Instant::now();
         let mut samples = Vec::new();
         let mut last = prom::Scrape::default();
-        let mut published: Option<mqtt::Published> = None;
-        let mut deadline: Option<Instant> = None;
+        // With a backlog, times count from the connector's start.
+        let mut published: Option<mqtt::Published> = queued.as_ref().map(|q| mqtt::Published {
+            events: q.events,
+            first: restarted,
+            last_ack: restarted,
+        });
+        let mut deadline: Option<Instant> = published.as_ref().map(|_| restarted + self.timeout);
         let mut stopped_waiting = None;
         // No change in events received or written for this long ends the wait: a flush
         // interval may pass between writes, several cannot.
@@ -642,8 +709,9 @@ impl Phases {
         loop {
             tick.tick().await;
             connector.check_running()?;
-            if published.is_none() && publishing.is_finished() {
-                let p = (&mut publishing).await.context("publisher task")??;
+            if let Some(task) = publishing.as_mut().filter(|t| t.is_finished()) {
+                let p = task.await.context("publisher task")??;
+                publishing = None;
                 progress(&format!(
                     "published {n} events in {:.1} s ({:.0}/s)",
                     (p.last_ack - p.first).as_secs_f64(),
@@ -722,9 +790,16 @@ impl Phases {
         let _ = store_stop.send(true);
         let _ = store_task.await;
         let broker_drops = broker.dropped_warnings();
+        let connector_log = std::fs::read_to_string(&log).unwrap_or_default();
+        let publish_secs = match &queued {
+            Some(q) => (q.last_ack - q.first).as_secs_f64(),
+            None => (published.last_ack - published.first).as_secs_f64(),
+        };
         Ok(Recorded {
             setup,
-            publish_secs: (published.last_ack - published.first).as_secs_f64(),
+            publish_secs,
+            mqtt_connections: connector_log.matches("MQTT connected.").count(),
+            keep_alive_trouble: broker.keep_alive_trouble(),
             samples,
             last,
             idle_rss: idle.rss,

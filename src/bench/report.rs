@@ -110,6 +110,10 @@ pub struct Recorded {
     pub stopped_waiting: Option<String>,
     /// Broker log lines about dropped messages.
     pub broker_drops: Vec<String>,
+    /// "MQTT connected." lines in the (drain run's) connector log: 1 unless it reconnected.
+    pub mqtt_connections: usize,
+    /// Broker log lines about a client's keep-alive running out.
+    pub keep_alive_trouble: Vec<String>,
 }
 
 /// What was run.
@@ -136,6 +140,8 @@ pub struct Setup {
     pub flush_interval_config: Option<String>,
     /// The bench folder.
     pub dir: String,
+    /// Everything was queued on the broker before the connector started (`--backlog`).
+    pub backlog: bool,
 }
 
 /// The broker-only phase.
@@ -237,6 +243,10 @@ pub struct Report {
     pub stopped_waiting: Option<String>,
     /// Broker log lines about dropped messages (expected empty).
     pub broker_drop_warnings: Vec<String>,
+    /// MQTT connections the connector made (1 unless it reconnected).
+    pub mqtt_connections: usize,
+    /// Broker log lines about a keep-alive running out (expected empty).
+    pub keep_alive_trouble: Vec<String>,
     /// Metrics the figures wanted that the connector does not export.
     pub absent_metrics: Vec<&'static str>,
 }
@@ -403,6 +413,8 @@ pub fn compute(r: Recorded) -> Report {
         killed: r.killed,
         stopped_waiting: r.stopped_waiting,
         broker_drop_warnings: r.broker_drops,
+        mqtt_connections: r.mqtt_connections,
+        keep_alive_trouble: r.keep_alive_trouble,
         absent_metrics: absent,
         setup: r.setup,
     }
@@ -487,6 +499,13 @@ pub fn render(r: &Report) -> String {
         thousands(s.body_bytes as f64),
         s.inflight
     );
+    if s.backlog {
+        let _ = writeln!(
+            out,
+            "backlog: every event was queued on the broker (the connector's persistent session) before the connector started; \
+             \"publisher\" is the queueing rate, every other time counts from the connector's start"
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -675,6 +694,19 @@ pub fn render(r: &Report) -> String {
     if let Some(why) = &r.stopped_waiting {
         kv(&mut out, "INCOMPLETE", why.clone());
     }
+    kv(
+        &mut out,
+        "MQTT connections / keep-alive timeouts",
+        format!(
+            "{} / {}",
+            r.mqtt_connections,
+            if r.keep_alive_trouble.is_empty() {
+                "none".to_string()
+            } else {
+                r.keep_alive_trouble.join(" | ")
+            }
+        ),
+    );
     if !r.broker_drop_warnings.is_empty() {
         kv(
             &mut out,
