@@ -74,8 +74,9 @@ pub struct WriterConfig {
     pub bundle_concurrency: usize,
 }
 
-/// Default entries per Bundle: inside the 100–500 that FHIR servers' bulk-load guides advise.
-pub const DEFAULT_BUNDLE_SIZE: usize = 200;
+/// Default entries per Bundle: inside the 100–500 that FHIR servers advise, and half of the
+/// 500-entry limit some (Azure Health Data Services) enforce.
+pub const DEFAULT_BUNDLE_SIZE: usize = 250;
 /// Default Bundles in flight.
 pub const DEFAULT_BUNDLE_CONCURRENCY: usize = 4;
 
