@@ -193,9 +193,11 @@ fn found(resource: Value) -> Answered {
 /// `/Patient?identifier=x`) or absolute (`http://host/fhir/R4/Patient/1`).
 fn split_url(url: &str) -> (String, String) {
     let mut rest = url;
-    if let Some(at) = rest.find("://") {
+    // Absolute only when the URL itself starts with a scheme (a query may hold "https://").
+    let before_query = rest.split('?').next().unwrap_or("");
+    if let Some(at) = before_query.find("://") {
         let after = &rest[at + 3..];
-        rest = after.find('/').map_or("", |slash| &after[slash..]);
+        rest = after.find(['/', '?']).map_or("", |cut| &after[cut..]);
     }
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     let mut path = path.trim_start_matches('/').to_string();
@@ -310,5 +312,10 @@ mod tests {
             ("Device/x/_history/2".into(), "".into())
         );
         assert_eq!(split_url("http://h:1"), ("".into(), "".into()));
+        // A query that holds a URL (an identifier system) is still a relative URL.
+        assert_eq!(
+            split_url("Observation?identifier=https://x/y|v"),
+            ("Observation".into(), "identifier=https://x/y|v".into())
+        );
     }
 }

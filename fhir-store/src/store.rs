@@ -162,11 +162,18 @@ impl Store {
 
     fn init(conn: Connection, file: bool) -> Result<Store, StoreError> {
         conn.busy_timeout(Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(64);
         if file {
             // WAL: readers do not block the writer; NORMAL sync is durable across process
             // crashes (a power cut may lose the last commits, acceptable for a development store).
             conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
-            conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+            // A larger page cache and memory-mapped reads (the store's one connection reads
+            // what it just wrote), and checkpoints every ~16 MiB of WAL rather than 4 MiB:
+            // Bundles of hundreds of writes otherwise spend their time in pread and fsync.
+            conn.execute_batch(
+                "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; \
+                 PRAGMA mmap_size = 268435456; PRAGMA wal_autocheckpoint = 4000",
+            )?;
         }
         conn.execute_batch(SCHEMA)?;
         Ok(Store {
@@ -398,9 +405,9 @@ pub(crate) fn search_in(
 ) -> Result<SearchPage, StoreError> {
     check_type(resource_type)?;
     let (count_sql, page_sql, args) = search_sql(resource_type, query);
-    let total: i64 = conn.query_row(&count_sql, rusqlite::params_from_iter(args.iter()), |r| {
-        r.get(0)
-    })?;
+    let total: i64 = conn
+        .prepare_cached(&count_sql)?
+        .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
     let mut resources = Vec::new();
     if query.count > 0 {
         let mut page_args = args.clone();
@@ -449,13 +456,12 @@ fn write_version(
     now: DateTime<Utc>,
 ) -> Result<Written, StoreError> {
     let current: Option<(i64, String)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT c.version, h.json FROM current c JOIN history h
                ON h.type = c.type AND h.id = c.id AND h.version = c.version
              WHERE c.type = ?1 AND c.id = ?2",
-            params![resource_type, id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        )?
+        .query_row(params![resource_type, id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     if let Some(expected) = expected {
         if current.as_ref().map(|(v, _)| v.to_string()) != Some(expected.clone()) {
@@ -495,49 +501,45 @@ fn write_version(
     }
     let json = serde_json::to_string(&resource)
         .map_err(|e| StoreError::Invalid(format!("cannot encode the resource: {e}")))?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO history (type, id, version, last_updated, json) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![resource_type, id, version, last_updated, json],
-    )?;
+    )?
+    .execute(params![resource_type, id, version, last_updated, json])?;
     let idx = entries(resource_type, &resource);
     let (date_start, date_end) = match idx.date {
         Some((a, b)) => (Some(a), Some(b)),
         None => (None, None),
     };
     if current.is_some() {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE current SET version = ?3, last_updated_ms = ?4, date_start = ?5, date_end = ?6
              WHERE type = ?1 AND id = ?2",
-            params![
-                resource_type,
-                id,
-                version,
-                now.timestamp_millis(),
-                date_start,
-                date_end
-            ],
-        )?;
-        tx.execute(
-            "DELETE FROM tokens WHERE type = ?1 AND id = ?2",
-            params![resource_type, id],
-        )?;
-        tx.execute(
-            "DELETE FROM refs WHERE type = ?1 AND id = ?2",
-            params![resource_type, id],
-        )?;
+        )?
+        .execute(params![
+            resource_type,
+            id,
+            version,
+            now.timestamp_millis(),
+            date_start,
+            date_end
+        ])?;
+        tx.prepare_cached("DELETE FROM tokens WHERE type = ?1 AND id = ?2")?
+            .execute(params![resource_type, id])?;
+        tx.prepare_cached("DELETE FROM refs WHERE type = ?1 AND id = ?2")?
+            .execute(params![resource_type, id])?;
     } else {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO current (type, id, version, last_updated_ms, date_start, date_end)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                resource_type,
-                id,
-                version,
-                now.timestamp_millis(),
-                date_start,
-                date_end
-            ],
-        )?;
+        )?
+        .execute(params![
+            resource_type,
+            id,
+            version,
+            now.timestamp_millis(),
+            date_start,
+            date_end
+        ])?;
     }
     {
         let mut ins = tx.prepare_cached(
