@@ -171,6 +171,7 @@ pub struct FhirClient {
     tokens: TokenSource,
     retry: RetryPolicy,
     max_search_pages: usize,
+    request_timeout: Duration,
     stats: Arc<ClientStats>,
 }
 
@@ -254,6 +255,7 @@ impl FhirClient {
             http,
             retry: config.retry,
             max_search_pages: config.max_search_pages,
+            request_timeout: config.request_timeout,
             stats: Arc::new(ClientStats::default()),
         })
     }
@@ -281,6 +283,21 @@ impl FhirClient {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Answer, WriteError> {
+        self.send_timed(method, url, query, body, if_match, None)
+            .await
+    }
+
+    /// [`Self::send`] with a timeout of its own instead of the client's (a Bundle does the
+    /// work of many requests).
+    async fn send_timed(
+        &self,
+        method: Method,
+        url: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        if_match: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, WriteError> {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         let mut reauthenticated = false;
@@ -292,6 +309,9 @@ impl FhirClient {
                 .header("accept", "application/fhir+json");
             if !query.is_empty() {
                 req = req.query(query);
+            }
+            if let Some(t) = timeout {
+                req = req.timeout(t);
             }
             if let Some(auth) = self.tokens.header().await? {
                 req = req.header("authorization", auth);
@@ -600,8 +620,15 @@ impl FhirClient {
         let bundle = batch_bundle(entries);
         let url = self.base.clone();
         self.stats.bundle_sent(entries.len());
+        // A Bundle does the work of its entries: the request timeout once per 10 entries,
+        // at most 10 minutes.
+        let per = u32::try_from(entries.len().div_ceil(10).max(1)).unwrap_or(u32::MAX);
+        let timeout = self
+            .request_timeout
+            .saturating_mul(per)
+            .min(Duration::from_secs(600));
         let a = match self
-            .send(Method::POST, &url, &[], Some(&bundle), None)
+            .send_timed(Method::POST, &url, &[], Some(&bundle), None, Some(timeout))
             .await
         {
             Ok(a) => a,
