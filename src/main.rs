@@ -142,6 +142,18 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Measure the connector on this machine: Mosquitto, the local FHIR store, `iomt run`.
     Bench(bench::BenchArgs),
+    /// Serve the local development FHIR store (SQLite) on its own, e.g. for `replay`.
+    FhirStore {
+        /// The SQLite file (created if missing).
+        #[arg(long, value_name = "FILE", default_value = "fhir-store.sqlite")]
+        db: PathBuf,
+        /// Address to serve on; the base URL is http://ADDR/fhir/R4.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Enable `POST /$reset` (deletes everything; for tests).
+        #[arg(long)]
+        dev_reset: bool,
+    },
     /// Run the connector as a long-running service.
     Run {
         /// The service config (TOML); see config/example.toml.
@@ -193,6 +205,13 @@ struct FhirArgs {
     /// Devices written in parallel.
     #[arg(long, default_value_t = 10)]
     max_concurrency: usize,
+    /// One request per read and write instead of FHIR batch Bundles (to compare; a server
+    /// without Bundle support gets this by itself).
+    #[arg(long)]
+    no_bundles: bool,
+    /// Most entries per Bundle.
+    #[arg(long, value_name = "N", default_value_t = fhir_writer::DEFAULT_BUNDLE_SIZE as u64, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    bundle_size: u64,
 }
 
 impl FhirArgs {
@@ -229,6 +248,9 @@ impl FhirArgs {
             resolution: self.resolution,
             device_identifier_system: self.device_identifier_system.clone(),
             max_concurrency: self.max_concurrency,
+            bundles: !self.no_bundles,
+            bundle_size: usize::try_from(self.bundle_size)
+                .unwrap_or(fhir_writer::DEFAULT_BUNDLE_SIZE),
             ..Default::default()
         };
         Ok(fhir_writer::FhirWriter::new(client, templates, config))
@@ -261,6 +283,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => validate_config(&config, format),
         Command::Validate { .. } => anyhow::bail!("give --device-mapping or --config"),
         Command::Run { config } => run_service(&config),
+        Command::FhirStore {
+            db,
+            listen,
+            dev_reset,
+        } => {
+            init_logging();
+            let store = fhir_store::Store::open(&db)
+                .with_context(|| format!("opening {}", db.display()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                println!("iomt fhir-store: http://{}/fhir/R4", listener.local_addr()?);
+                fhir_store::serve_with(
+                    listener,
+                    store,
+                    fhir_store::ServeConfig {
+                        dev_reset,
+                        ..Default::default()
+                    },
+                    async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    },
+                )
+                .await
+                .context("serving the FHIR store")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate(args) => simulate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Review {
@@ -725,6 +779,7 @@ fn replay(
     let events = events::read_events(events)?;
     let templates = std::sync::Arc::new(templates);
     let writer = std::sync::Arc::new(fhir.writer(templates.clone())?);
+    let started = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -827,6 +882,8 @@ fn replay(
         "observationsUnchanged": report_write.observations_unchanged,
         "fhirRequests": stats.requests.load(std::sync::atomic::Ordering::Relaxed),
         "fhirRetries": stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+        "fhirBundles": stats.bundles.load(std::sync::atomic::Ordering::Relaxed),
+        "elapsedMs": started.elapsed().as_millis() as u64,
     });
     writeln!(
         std::io::stdout().lock(),

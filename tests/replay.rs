@@ -203,3 +203,138 @@ async fn every_template_set_replays_into_exactly_the_expected_resources() {
         assert_eq!(before, after, "{name}: a second replay changed the server");
     }
 }
+
+fn replay_events(events: &Path, base: &str, extra: &[&str]) -> Value {
+    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/simulator");
+    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
+        .arg("replay")
+        .arg("--device-mapping")
+        .arg(set.join("devicecontent.json"))
+        .arg("--fhir-mapping")
+        .arg(set.join("fhirmapping.json"))
+        .arg("--events")
+        .arg(events)
+        .args(["--fhir-url", base, "--resolution", "Create"])
+        .args(extra)
+        .output()
+        .expect("run iomt replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("replay prints JSON")
+}
+
+/// Every resource of the types the connector writes, by type and id, without what the server
+/// sets (`meta`) and the time of writing (`issued`).
+async fn state(server: &FhirServer) -> BTreeMap<(String, String), Value> {
+    let mut out = BTreeMap::new();
+    for t in ["Observation", "Device", "Patient"] {
+        let all = server.all(t).await;
+        assert!(all.len() < 1000, "more {t} than one page holds");
+        for mut r in all {
+            let id = r["id"].as_str().unwrap().to_string();
+            let o = r.as_object_mut().unwrap();
+            o.remove("meta");
+            o.remove("issued");
+            out.insert((t.to_string(), id), r);
+        }
+    }
+    out
+}
+
+/// Issue 11's Must-show on the test FHIR server (Medplum): `iomt replay` of simulated SpO2
+/// (point-in-time Quantity) and heart-rate (hourly SampledData) readings with batch Bundles of 50
+/// leaves the same FHIR state, resource by resource, as `--no-bundles` (single requests), with
+/// a tenth of the requests or fewer; a second replay with Bundles changes nothing.
+#[tokio::test]
+async fn replay_with_bundles_leaves_what_single_requests_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.json");
+    let sim = Command::new(env!("CARGO_BIN_EXE_iomt"))
+        .args([
+            "simulate",
+            "--devices",
+            "20",
+            "--kinds",
+            "spo2,heart-rate",
+            "--readings",
+            "10",
+        ])
+        .arg("--target")
+        .arg(format!("file:{}", events.display()))
+        .output()
+        .expect("run iomt simulate");
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+
+    let server = FhirServer::acquire().await;
+    let single = replay_events(&events, &server.base, &["--no-bundles"]);
+    let single_state = state(&server).await;
+    assert_eq!(single["fhirBundles"], 0);
+    assert_eq!(single["errorsByType"], json!({}));
+
+    server.reset().await;
+    // Bundles of 50: the test server's in-memory searches take a good part of a second each
+    // once it holds a few hundred Observations.
+    let bundled = replay_events(&events, &server.base, &["--bundle-size", "50"]);
+    let bundled_state = state(&server).await;
+    for k in [
+        "observationsCreated",
+        "observationsUpdated",
+        "observationsUnchanged",
+    ] {
+        assert_eq!(bundled[k], single[k], "{k}");
+    }
+    let created = bundled["observationsCreated"].as_u64().unwrap();
+    assert!(
+        created > 50,
+        "{created} Observations created: more than one Bundle's worth (50)"
+    );
+    assert_eq!(
+        bundled_state.keys().collect::<Vec<_>>(),
+        single_state.keys().collect::<Vec<_>>(),
+        "the same resources"
+    );
+    for (k, r) in &single_state {
+        assert_eq!(&bundled_state[k], r, "{k:?}");
+    }
+    let (n_single, n_bundled) = (
+        single["fhirRequests"].as_u64().unwrap(),
+        bundled["fhirRequests"].as_u64().unwrap(),
+    );
+    eprintln!("REPLAY_REQUESTS single={n_single} bundles={n_bundled} observations={created}");
+    assert!(
+        n_bundled * 10 <= n_single,
+        "{n_bundled} requests with Bundles, {n_single} without"
+    );
+
+    let versions = |list: Vec<Value>| -> BTreeMap<String, String> {
+        list.iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["meta"]["versionId"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let before = versions(server.all("Observation").await);
+    let again = replay_events(&events, &server.base, &["--bundle-size", "50"]);
+    assert_eq!(again["errorsByType"], json!({}));
+    assert_eq!(again["observationsCreated"], 0);
+    assert_eq!(again["observationsUpdated"], 0);
+    // Counted per flush that touched an Observation (an hourly one can be in several).
+    let unchanged = again["observationsUnchanged"].as_u64().unwrap();
+    eprintln!("REPLAY_AGAIN unchanged={unchanged} created_first={created}");
+    assert!(unchanged >= created, "{unchanged} unchanged of {created}");
+    assert_eq!(
+        versions(server.all("Observation").await),
+        before,
+        "a second replay wrote"
+    );
+}

@@ -35,6 +35,21 @@ pub enum StoreError {
         /// The current version, if the resource exists.
         current: Option<String>,
     },
+    /// A conditional request's condition does not hold (HTTP 412), e.g. `ifNoneExist` matching
+    /// several resources.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// The interaction is not one the store implements (HTTP 405).
+    #[error("{0}")]
+    NotSupported(String),
+    /// Entry `index` of a transaction Bundle failed; the whole Bundle was rolled back.
+    #[error("entry {index} of the transaction failed, nothing was written: {source}")]
+    Entry {
+        /// Its index in `Bundle.entry`.
+        index: usize,
+        /// Why it failed.
+        source: Box<StoreError>,
+    },
     /// The request is malformed: bad JSON, wrong `resourceType`, unknown search parameter, ...
     #[error("{0}")]
     Invalid(String),
@@ -58,7 +73,9 @@ impl StoreError {
     pub fn status(&self) -> u16 {
         match self {
             StoreError::NotFound { .. } | StoreError::VersionNotFound { .. } => 404,
-            StoreError::VersionConflict { .. } => 412,
+            StoreError::VersionConflict { .. } | StoreError::PreconditionFailed(_) => 412,
+            StoreError::NotSupported(_) => 405,
+            StoreError::Entry { source, .. } => source.status(),
             StoreError::Invalid(_) => 400,
             StoreError::Database(_) | StoreError::Corrupt { .. } => 500,
         }
@@ -66,13 +83,19 @@ impl StoreError {
 
     /// The FHIR `OperationOutcome` describing this failure.
     pub fn outcome(&self) -> Value {
-        let code = match self {
+        outcome("error", self.code(), &self.to_string())
+    }
+
+    /// The `OperationOutcome.issue.code` of this failure.
+    fn code(&self) -> &'static str {
+        match self {
             StoreError::NotFound { .. } | StoreError::VersionNotFound { .. } => "not-found",
-            StoreError::VersionConflict { .. } => "conflict",
+            StoreError::VersionConflict { .. } | StoreError::PreconditionFailed(_) => "conflict",
+            StoreError::NotSupported(_) => "not-supported",
+            StoreError::Entry { source, .. } => source.code(),
             StoreError::Invalid(_) => "invalid",
             StoreError::Database(_) | StoreError::Corrupt { .. } => "exception",
-        };
-        outcome("error", code, &self.to_string())
+        }
     }
 }
 

@@ -195,7 +195,7 @@ async fn handle(
 }
 
 /// Percent-decoded, non-empty path segments.
-fn segments(path: &str) -> Vec<String> {
+pub(crate) fn segments(path: &str) -> Vec<String> {
     path.split('/')
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -369,6 +369,16 @@ async fn route(req: Request<Incoming>, state: &Arc<State>) -> Reply {
             }
         }
         (["metadata"], &Method::GET) => Reply::json(StatusCode::OK, capability_statement()),
+        ([], &Method::POST) => {
+            let body = match read_body(req, state.config.max_body_bytes).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            match blocking(state, move |s| s.bundle(&body, &base, Utc::now())).await {
+                Ok(response) => Reply::json(StatusCode::OK, response),
+                Err(r) => r,
+            }
+        }
         ([t], _) if !is_resource_type(t) => Reply::error(
             StatusCode::NOT_FOUND,
             "not-supported",
@@ -489,6 +499,18 @@ async fn search(state: &State, base: &str, t: &str, params: Vec<(String, String)
         Ok(p) => p,
         Err(r) => return r,
     };
+    Reply::json(StatusCode::OK, searchset(base, t, &params, &query, page))
+}
+
+/// A `searchset` Bundle for one page of a search, with `self`/`next`/`previous` links (also the
+/// `resource` of a search entry in a batch-response).
+pub(crate) fn searchset(
+    base: &str,
+    t: &str,
+    params: &[(String, String)],
+    query: &SearchQuery,
+    page: SearchPage,
+) -> Value {
     let link_to = |offset: usize| {
         let mut ser = form_urlencoded::Serializer::new(String::new());
         for (k, v) in params.iter().filter(|(k, _)| k != "_offset") {
@@ -520,16 +542,13 @@ async fn search(state: &State, base: &str, t: &str, params: Vec<(String, String)
             json!({"fullUrl": format!("{base}/{t}/{id}"), "resource": r, "search": {"mode": "match"}})
         })
         .collect();
-    Reply::json(
-        StatusCode::OK,
-        json!({
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": page.total,
-            "link": links,
-            "entry": entries,
-        }),
-    )
+    json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": page.total,
+        "link": links,
+        "entry": entries,
+    })
 }
 
 fn capability_statement() -> Value {
@@ -554,11 +573,13 @@ fn capability_statement() -> Value {
         "format": ["json"],
         "rest": [{
             "mode": "server",
-            "documentation": "A development FHIR store: read, vread, history, create, update (If-Match) and search on every resource type. Not for production.",
+            "documentation": "A development FHIR store: read, vread, history, create, update (If-Match) and search on every resource type; batch and transaction Bundles (one SQLite transaction per Bundle; If-Match and conditional create per entry). Not for production.",
+            "interaction": [{"code": "batch"}, {"code": "transaction"}],
             "resource": [{
                 "type": "Resource",
                 "versioning": "versioned",
                 "updateCreate": true,
+                "conditionalCreate": true,
                 "interaction": [
                     {"code": "read"}, {"code": "vread"}, {"code": "history-instance"},
                     {"code": "create"}, {"code": "update"}, {"code": "search-type"}

@@ -6,7 +6,9 @@
 //! * Interactions: read (`GET /{type}/{id}`), vread (`GET /{type}/{id}/_history/{vid}`), history
 //!   (`GET /{type}/{id}/_history`), create (`POST /{type}`, server-assigned id), update or create
 //!   by `PUT /{type}/{id}` with `If-Match` (412 when stale), search (`GET /{type}?...`, see
-//!   [`search`]), `GET /metadata`, and `POST /$reset` when enabled for tests.
+//!   [`search`]), `batch` and `transaction` Bundles (`POST /`, one SQLite transaction per
+//!   Bundle, `If-Match` and conditional create per entry: [`Store::bundle`]), `GET /metadata`,
+//!   and `POST /$reset` when enabled for tests.
 //! * Versions count up as strings (`"1"`, `"2"`, ...), `meta.lastUpdated` is set on every write,
 //!   answers carry `ETag: W/"<version>"`, `Location` and `Last-Modified`. A PUT whose content
 //!   equals the current version writes no new version.
@@ -55,6 +57,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod bundle;
 mod error;
 mod http;
 mod index;

@@ -9,6 +9,7 @@
 #[path = "../../tests/support/fhir_server.rs"]
 mod fhir_server;
 
+mod bundles;
 mod http;
 mod support;
 mod writer;

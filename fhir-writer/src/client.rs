@@ -2,14 +2,16 @@
 //! with `If-Match`. Works with any conformant server: versions are opaque strings.
 //! Transient failures are retried with [`RetryPolicy`]; every retry is counted.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::auth::{Auth, AuthError, TokenSource};
+use crate::bundle::{batch_bundle, parse_batch_response, Entry, EntryOutcome};
 use crate::retry::{Attempt, Decision, GiveUp, RetryPolicy};
 
 /// Client settings.
@@ -49,6 +51,44 @@ pub struct ClientStats {
     pub retries: AtomicU64,
     /// Requests abandoned after the retry deadline.
     pub gave_up: AtomicU64,
+    /// `batch` Bundles answered with a batch-response.
+    pub bundles: AtomicU64,
+    /// Entries per Bundle sent: counts per bucket of [`ENTRY_BUCKETS`] (upper bounds), the
+    /// last one for larger Bundles.
+    pub bundle_entries: [AtomicU64; ENTRY_BUCKETS.len() + 1],
+    /// Entries sent in Bundles, in all.
+    pub bundle_entries_sum: AtomicU64,
+    /// Outcomes of entries (in Bundles or as single requests), by HTTP status (0: no answer).
+    pub entry_statuses: Mutex<BTreeMap<u16, u64>>,
+}
+
+/// Upper bounds of the entries-per-Bundle histogram buckets.
+pub const ENTRY_BUCKETS: [u64; 9] = [1, 5, 10, 25, 50, 100, 250, 500, 1000];
+
+impl ClientStats {
+    fn bundle_sent(&self, entries: usize) {
+        let n = entries as u64;
+        let at = ENTRY_BUCKETS
+            .iter()
+            .position(|b| n <= *b)
+            .unwrap_or(ENTRY_BUCKETS.len());
+        self.bundle_entries[at].fetch_add(1, Ordering::Relaxed);
+        self.bundle_entries_sum.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn entry_status(&self, status: u16) {
+        if let Ok(mut m) = self.entry_statuses.lock() {
+            *m.entry(status).or_default() += 1;
+        }
+    }
+
+    /// The entry outcomes by status so far.
+    pub fn entry_statuses(&self) -> BTreeMap<u16, u64> {
+        self.entry_statuses
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// A resource with its version (from `ETag` or `meta.versionId`).
@@ -131,12 +171,14 @@ pub struct FhirClient {
     tokens: TokenSource,
     retry: RetryPolicy,
     max_search_pages: usize,
+    request_timeout: Duration,
     stats: Arc<ClientStats>,
 }
 
 struct Answer {
     status: StatusCode,
     etag: Option<String>,
+    retry_after: Option<String>,
     body: Option<Value>,
 }
 
@@ -213,6 +255,7 @@ impl FhirClient {
             http,
             retry: config.retry,
             max_search_pages: config.max_search_pages,
+            request_timeout: config.request_timeout,
             stats: Arc::new(ClientStats::default()),
         })
     }
@@ -240,6 +283,21 @@ impl FhirClient {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Answer, WriteError> {
+        self.send_timed(method, url, query, body, if_match, None)
+            .await
+    }
+
+    /// [`Self::send`] with a timeout of its own instead of the client's (a Bundle does the
+    /// work of many requests).
+    async fn send_timed(
+        &self,
+        method: Method,
+        url: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        if_match: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, WriteError> {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         let mut reauthenticated = false;
@@ -252,6 +310,9 @@ impl FhirClient {
             if !query.is_empty() {
                 req = req.query(query);
             }
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
             if let Some(auth) = self.tokens.header().await? {
                 req = req.header("authorization", auth);
             }
@@ -261,6 +322,7 @@ impl FhirClient {
             if let Some(b) = body {
                 req = req
                     .header("content-type", "application/fhir+json")
+                    .header("prefer", "return=representation")
                     .body(serde_json::to_vec(b).unwrap_or_default());
             }
             let (what, last): (Attempt<'_>, String);
@@ -295,6 +357,7 @@ impl FhirClient {
                         return Ok(Answer {
                             status,
                             etag,
+                            retry_after: retry_after_owned,
                             body: parsed,
                         });
                     }
@@ -309,6 +372,7 @@ impl FhirClient {
                         return Ok(Answer {
                             status,
                             etag,
+                            retry_after: retry_after_owned,
                             body: parsed,
                         });
                     } else if status == StatusCode::CONFLICT
@@ -538,4 +602,162 @@ impl FhirClient {
             version,
         })
     }
+
+    /// The server's CapabilityStatement (`GET [base]/metadata`); `None` when it has none.
+    pub async fn capabilities(&self) -> Result<Option<Value>, WriteError> {
+        let url = format!("{}/metadata", self.base);
+        let a = self.send(Method::GET, &url, &[], None, None).await?;
+        Ok(a.body
+            .filter(|b| a.status.is_success() && b["resourceType"] == "CapabilityStatement"))
+    }
+
+    /// Sends `entries` as one `batch` Bundle (the Bundle itself retried on transient failures
+    /// like any request) and returns each entry's outcome, in order. An error is about the
+    /// Bundle as a whole: [`WriteError::Rejected`] or [`WriteError::InvalidResponse`] when the
+    /// server does not process it as a batch (the writer then falls back to single requests),
+    /// [`WriteError::GaveUp`] when the server stayed unavailable.
+    pub async fn batch(&self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
+        let bundle = batch_bundle(entries);
+        let url = self.base.clone();
+        self.stats.bundle_sent(entries.len());
+        // A Bundle does the work of its entries: the request timeout once per 10 entries,
+        // at most 10 minutes.
+        let per = u32::try_from(entries.len().div_ceil(10).max(1)).unwrap_or(u32::MAX);
+        let timeout = self
+            .request_timeout
+            .saturating_mul(per)
+            .min(Duration::from_secs(600));
+        let a = match self
+            .send_timed(Method::POST, &url, &[], Some(&bundle), None, Some(timeout))
+            .await
+        {
+            Ok(a) => a,
+            Err(WriteError::Conflict { status, .. }) => {
+                return Err(WriteError::Rejected {
+                    method: "POST".into(),
+                    url,
+                    status,
+                    outcome: "the Bundle itself was answered with a version conflict".into(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        if !a.status.is_success() {
+            return Err(WriteError::Rejected {
+                method: "POST".into(),
+                url,
+                status: a.status.as_u16(),
+                outcome: outcome_text(&a.body),
+            });
+        }
+        let body = a.body.unwrap_or(Value::Null);
+        let outcomes = parse_batch_response(&body, entries.len(), a.retry_after.as_deref())
+            .map_err(|detail| WriteError::InvalidResponse {
+                url: url.clone(),
+                detail,
+            })?;
+        self.stats.bundles.fetch_add(1, Ordering::Relaxed);
+        for o in &outcomes {
+            self.stats.entry_status(o.status());
+        }
+        Ok(outcomes)
+    }
+
+    /// Sends one entry as a single request (retried on transient failures up to the deadline).
+    pub async fn single(&self, entry: &Entry) -> EntryOutcome {
+        let url = format!("{}/{}", self.base, entry.url());
+        let answer = match entry {
+            Entry::Get { .. } => self.send(Method::GET, &url, &[], None, None).await,
+            Entry::Put { resource, if_match } => {
+                self.send(Method::PUT, &url, &[], Some(resource), if_match.as_deref())
+                    .await
+            }
+        };
+        let outcome = match answer {
+            Ok(a) => {
+                let version = a
+                    .body
+                    .as_ref()
+                    .and_then(|b| version_of(b, a.etag.as_deref()))
+                    .or_else(|| a.etag.as_deref().map(etag_version));
+                EntryOutcome::classify(
+                    a.status.as_u16(),
+                    a.body.clone(),
+                    version,
+                    outcome_text(&a.body),
+                    a.retry_after.as_deref(),
+                )
+            }
+            Err(WriteError::Conflict { status, .. }) => EntryOutcome::Conflict { status },
+            Err(WriteError::Rejected {
+                status, outcome, ..
+            }) => EntryOutcome::Refused { status, outcome },
+            Err(WriteError::InvalidResponse { detail, .. }) => EntryOutcome::Refused {
+                status: 0,
+                outcome: format!("invalid response: {detail}"),
+            },
+            Err(e @ (WriteError::GaveUp { .. } | WriteError::Auth(_))) => {
+                EntryOutcome::Unavailable {
+                    status: None,
+                    retry_after: None,
+                    detail: e.to_string(),
+                    exhausted: true,
+                }
+            }
+        };
+        self.stats.entry_status(outcome.status());
+        outcome
+    }
+
+    /// The matches of a search from an absolute URL (a searchset's `next` link), following
+    /// further `next` links.
+    pub async fn search_from(&self, next: &str) -> Result<Vec<Value>, WriteError> {
+        let mut out = Vec::new();
+        let mut url = next.to_string();
+        for _ in 0..self.max_search_pages {
+            let a = self.send(Method::GET, &url, &[], None, None).await?;
+            let bundle = as_bundle(&url, a.body, "search")?;
+            let (matches, next) = searchset_matches(&bundle);
+            out.extend(matches);
+            match next {
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `match` resources of a searchset Bundle and its `next` link.
+pub fn searchset_matches(bundle: &Value) -> (Vec<Value>, Option<String>) {
+    let mut out = Vec::new();
+    for e in bundle["entry"].as_array().into_iter().flatten() {
+        let mode = e
+            .pointer("/search/mode")
+            .and_then(Value::as_str)
+            .unwrap_or("match");
+        if mode == "match" {
+            if let Some(r) = e.get("resource") {
+                out.push(r.clone());
+            }
+        }
+    }
+    let next = bundle["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_string);
+    (out, next)
+}
+
+/// Whether `resource` carries the identifier `value` (and `system`, when given), exactly.
+pub fn has_exact_identifier(resource: &Value, system: Option<&str>, value: &str) -> bool {
+    resource["identifier"].as_array().is_some_and(|ids| {
+        ids.iter().any(|i| {
+            i["value"].as_str() == Some(value)
+                && system.is_none_or(|s| i["system"].as_str() == Some(s))
+        })
+    })
 }

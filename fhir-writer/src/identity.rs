@@ -11,9 +11,13 @@
 //!   another patient is a `PatientDeviceMismatchException` (also when Lookup found the Device:
 //!   unlike the reference, Create mode checks the linked Patient's identifier).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde_json::{json, Value};
 
-use crate::client::{FhirClient, Versioned, WriteError};
+use crate::bundle::{Entry, EntryOutcome};
+use crate::client::{has_exact_identifier, searchset_matches, FhirClient, Versioned, WriteError};
+use crate::exchange::Exchange;
 use crate::observation::logical_id;
 
 /// How identities are resolved.
@@ -372,6 +376,337 @@ impl IdentityResolver {
                 .to_string(),
             encounter_id: encounter,
         })
+    }
+}
+
+/// An identity key: device id, patient id, encounter id (as in the measurements).
+pub(crate) type IdentityKey = (String, Option<String>, Option<String>);
+
+/// What one search entry found.
+type Found = Result<Option<Versioned>, IdentityError>;
+
+/// A key's state between the rounds of [`IdentityResolver::resolve_many`].
+enum Plan {
+    Done(Result<ResolvedIdentity, IdentityError>),
+    /// Resolve on its own, with single requests ([`IdentityResolver::resolve`]): the rare cases
+    /// (a Device to link, a Patient to check, a conflict, a transient failure).
+    Alone,
+    /// Create the Device (and the Patient, unless found) with these ids.
+    Create {
+        patient_id: String,
+        patient_value: String,
+        create_patient: bool,
+        device_id: String,
+        encounter: Option<String>,
+    },
+}
+
+fn unavailable(detail: String) -> IdentityError {
+    IdentityError::Request(WriteError::GaveUp {
+        method: "POST".into(),
+        url: "(batch)".into(),
+        attempts: 1,
+        elapsed: std::time::Duration::ZERO,
+        last: detail,
+    })
+}
+
+impl IdentityResolver {
+    /// Resolves many keys at once: one round of searches (the Devices, and in Create mode the
+    /// Patients, and the Encounters) for all of them, then in Create mode one round creating the
+    /// missing Patients and one creating the missing Devices — each round one Bundle per
+    /// `bundle_size` entries where the server takes Bundles. Keys in an unusual state (a Device
+    /// without patient, a Device linked to a Patient that does not carry the measurement's
+    /// identifier, an entry that failed) are then resolved one by one as [`Self::resolve`] does,
+    /// so the outcome is the same as resolving each key alone.
+    pub(crate) async fn resolve_many(
+        &self,
+        exchange: &Exchange,
+        keys: &[IdentityKey],
+    ) -> Vec<Result<ResolvedIdentity, IdentityError>> {
+        let create = self.mode == ResolutionMode::Create;
+        let given = |p: &Option<String>| p.clone().filter(|p| !p.trim().is_empty());
+        // Round 1: searches.
+        let mut devices: BTreeSet<&str> = BTreeSet::new();
+        let mut patients: BTreeSet<String> = BTreeSet::new();
+        let mut encounters: BTreeSet<&str> = BTreeSet::new();
+        for (d, p, e) in keys {
+            devices.insert(d);
+            if let (true, Some(p)) = (create, given(p)) {
+                patients.insert(p);
+            }
+            if let Some(e) = e.as_deref() {
+                encounters.insert(e);
+            }
+        }
+        let device_token = |d: &str| match &self.device_system {
+            Some(s) => format!("{s}|{d}"),
+            None => d.to_string(),
+        };
+        let mut entries = Vec::new();
+        for d in &devices {
+            entries.push(Entry::search("Device", &[("identifier", &device_token(d))]));
+        }
+        for p in &patients {
+            entries.push(Entry::search("Patient", &[("identifier", p)]));
+        }
+        for e in &encounters {
+            entries.push(Entry::search("Encounter", &[("identifier", e)]));
+        }
+        let mut answers = exchange.send(entries).await.into_iter();
+        let mut found_device: BTreeMap<&str, Found> = BTreeMap::new();
+        for d in &devices {
+            let a = answers.next();
+            let got = self
+                .found(a, "Device", self.device_system.as_deref(), d)
+                .await;
+            found_device.insert(d, got);
+        }
+        let mut found_patient: BTreeMap<String, Found> = BTreeMap::new();
+        for p in &patients {
+            let a = answers.next();
+            let got = self.found(a, "Patient", None, p).await;
+            found_patient.insert(p.clone(), got);
+        }
+        let mut found_encounter: BTreeMap<&str, Found> = BTreeMap::new();
+        for e in &encounters {
+            let a = answers.next();
+            let got = self.found(a, "Encounter", None, e).await;
+            found_encounter.insert(e, got);
+        }
+
+        // Decide per key.
+        let id_of = |v: &Versioned| v.resource["id"].as_str().unwrap_or_default().to_string();
+        let mut plans: Vec<Plan> = Vec::with_capacity(keys.len());
+        for (d, p, e) in keys {
+            if self.mode == ResolutionMode::LookupWithEncounter
+                && e.as_deref().is_none_or(str::is_empty)
+            {
+                plans.push(Plan::Done(Err(IdentityError::NotDefined {
+                    resource: "Encounter",
+                    device_id: d.clone(),
+                    mode: self.mode,
+                })));
+                continue;
+            }
+            let encounter = match e.as_deref() {
+                None => Ok(None),
+                Some(e) => match found_encounter.get(e) {
+                    Some(Ok(Some(v))) => Ok(Some(id_of(v))),
+                    Some(Ok(None)) => Err(IdentityError::NotFound {
+                        resource: "Encounter",
+                        identifier: e.to_string(),
+                    }),
+                    _ => Err(unavailable(String::new())),
+                },
+            };
+            let transient =
+                |r: &Found| matches!(r, Err(IdentityError::Request(w)) if !w.is_rejection());
+            let device = found_device.get(d.as_str());
+            let plan = match device {
+                Some(r) if transient(r) => Plan::Alone,
+                None => Plan::Alone,
+                Some(Err(_)) => Plan::Alone,
+                Some(Ok(Some(dev))) => {
+                    let linked = dev
+                        .resource
+                        .get("patient")
+                        .and_then(|p| reference_id(p, "Patient"));
+                    match (linked, create, given(p)) {
+                        (Some(linked), true, Some(pv)) => match found_patient.get(&pv) {
+                            // The linked Patient carries the measurement's identifier.
+                            Some(Ok(Some(pat))) if id_of(pat) == linked => {
+                                Plan::Done(encounter.map(|enc| ResolvedIdentity {
+                                    patient_id: linked,
+                                    device_id: id_of(dev),
+                                    encounter_id: enc,
+                                }))
+                            }
+                            _ => Plan::Alone,
+                        },
+                        (Some(linked), _, _) => Plan::Done(encounter.map(|enc| ResolvedIdentity {
+                            patient_id: linked,
+                            device_id: id_of(dev),
+                            encounter_id: enc,
+                        })),
+                        (None, false, _) => Plan::Done(Err(IdentityError::NotFound {
+                            resource: "Patient",
+                            identifier: format!("Device/{} has no patient", id_of(dev)),
+                        })),
+                        (None, true, _) => Plan::Alone,
+                    }
+                }
+                Some(Ok(None)) if !create => Plan::Done(Err(IdentityError::NotFound {
+                    resource: "Device",
+                    identifier: d.clone(),
+                })),
+                Some(Ok(None)) => match given(p) {
+                    None => Plan::Done(Err(IdentityError::NotDefined {
+                        resource: "Patient",
+                        device_id: d.clone(),
+                        mode: self.mode,
+                    })),
+                    Some(pv) => match (found_patient.get(&pv), encounter) {
+                        (_, Err(e)) => Plan::Done(Err(e)),
+                        (Some(Ok(Some(pat))), Ok(enc)) => Plan::Create {
+                            patient_id: id_of(pat),
+                            patient_value: pv,
+                            create_patient: false,
+                            device_id: d.clone(),
+                            encounter: enc,
+                        },
+                        (Some(Ok(None)), Ok(enc)) => Plan::Create {
+                            patient_id: logical_id("", &pv),
+                            patient_value: pv,
+                            create_patient: true,
+                            device_id: d.clone(),
+                            encounter: enc,
+                        },
+                        _ => Plan::Alone,
+                    },
+                },
+            };
+            plans.push(plan);
+        }
+
+        // Rounds 2 and 3 (Create mode): the missing Patients, then the Devices linked to them.
+        let mut new_patients: BTreeMap<String, Value> = BTreeMap::new();
+        for plan in &plans {
+            if let Plan::Create {
+                patient_id,
+                patient_value,
+                create_patient: true,
+                ..
+            } = plan
+            {
+                new_patients.entry(patient_id.clone()).or_insert_with(|| {
+                    json!({
+                        "resourceType": "Patient",
+                        "id": patient_id,
+                        "identifier": [{"value": patient_value}],
+                    })
+                });
+            }
+        }
+        let ids: Vec<String> = new_patients.keys().cloned().collect();
+        let entries = new_patients
+            .into_values()
+            .map(|resource| Entry::Put {
+                resource,
+                if_match: None,
+            })
+            .collect();
+        let made: BTreeMap<String, bool> = ids
+            .into_iter()
+            .zip(exchange.send(entries).await)
+            .map(|(id, o)| (id, matches!(o, EntryOutcome::Done { .. })))
+            .collect();
+        let mut device_entries = Vec::new();
+        let mut device_plans = Vec::new();
+        for (i, plan) in plans.iter_mut().enumerate() {
+            if let Plan::Create {
+                patient_id,
+                create_patient,
+                device_id,
+                ..
+            } = plan
+            {
+                if *create_patient && made.get(patient_id.as_str()) != Some(&true) {
+                    *plan = Plan::Alone;
+                    continue;
+                }
+                let system = self.device_system.clone().unwrap_or_default();
+                let mut identifier = json!({"value": device_id});
+                if let Some(s) = &self.device_system {
+                    identifier["system"] = json!(s);
+                }
+                device_entries.push(Entry::Put {
+                    resource: json!({
+                        "resourceType": "Device",
+                        "id": logical_id(&system, device_id),
+                        "identifier": [identifier],
+                        "patient": {"reference": format!("Patient/{patient_id}")},
+                    }),
+                    if_match: None,
+                });
+                device_plans.push(i);
+            }
+        }
+        let outcomes = exchange.send(device_entries).await;
+        for (i, o) in device_plans.into_iter().zip(outcomes) {
+            let plan = &mut plans[i];
+            if let (
+                Plan::Create {
+                    patient_id,
+                    device_id,
+                    encounter,
+                    ..
+                },
+                EntryOutcome::Done { .. },
+            ) = (&*plan, &o)
+            {
+                let system = self.device_system.clone().unwrap_or_default();
+                *plan = Plan::Done(Ok(ResolvedIdentity {
+                    patient_id: patient_id.clone(),
+                    device_id: logical_id(&system, device_id),
+                    encounter_id: encounter.clone(),
+                }));
+            } else {
+                *plan = Plan::Alone;
+            }
+        }
+
+        // The rest, one by one.
+        let mut out = Vec::with_capacity(keys.len());
+        for ((d, p, e), plan) in keys.iter().zip(plans) {
+            out.push(match plan {
+                Plan::Done(r) => r,
+                _ => self.resolve(d, p.as_deref(), e.as_deref()).await,
+            });
+        }
+        out
+    }
+
+    /// The one resource an identifier search entry found (exact matches only; `next` pages
+    /// followed).
+    async fn found(
+        &self,
+        answer: Option<EntryOutcome>,
+        resource: &'static str,
+        system: Option<&str>,
+        value: &str,
+    ) -> Found {
+        let bundle = match answer {
+            Some(EntryOutcome::Done {
+                resource: Some(b), ..
+            }) => b,
+            Some(EntryOutcome::Refused { status, outcome }) => {
+                return Err(IdentityError::Request(WriteError::Rejected {
+                    method: "GET".into(),
+                    url: resource.to_string(),
+                    status,
+                    outcome,
+                }))
+            }
+            Some(other) => return Err(unavailable(format!("{other:?}"))),
+            None => return Err(unavailable("no answer".into())),
+        };
+        let (mut matches, next) = searchset_matches(&bundle);
+        if let Some(next) = next {
+            matches.extend(self.client.search_from(&next).await?);
+        }
+        let exact: Vec<Versioned> = matches
+            .into_iter()
+            .filter(|r| has_exact_identifier(r, system, value))
+            .map(|resource| Versioned {
+                version: resource
+                    .pointer("/meta/versionId")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                resource,
+            })
+            .collect();
+        one(exact, resource, value)
     }
 }
 

@@ -56,9 +56,11 @@
 
 pub mod auth;
 mod batch;
+pub mod bundle;
 mod cache;
 pub mod client;
 mod error;
+pub mod exchange;
 pub mod identity;
 mod json;
 mod observation;
@@ -82,4 +84,5 @@ pub use template::{
 };
 pub use writer::{
     request_error_type, FhirWriter, WriteErrorRecord, WriteReport, WriterConfig, WriterStats,
+    DEFAULT_BUNDLE_CONCURRENCY, DEFAULT_BUNDLE_SIZE,
 };

@@ -1,7 +1,7 @@
 //! The one retry policy for FHIR requests: a pure function of what happened, how often,
 //! how long we have been at it, and a jitter sample.
 //!
-//! 408, 429, 5xx and connection failures are retried with exponential backoff and jitter,
+//! 408, 429, 5xx (but 501) and connection failures are retried with exponential backoff and jitter,
 //! honouring `Retry-After` (seconds or an HTTP date), until a deadline; any other status is
 //! final. (409/412 are not retried here: the writer re-reads and re-merges on those.)
 
@@ -62,9 +62,10 @@ pub enum Decision {
     GiveUp(GiveUp),
 }
 
-/// Whether a status is worth retrying.
+/// Whether a status is worth retrying: 408, 429 and 5xx except 501 (Not Implemented, which
+/// will not change by asking again: for a Bundle it means the server takes no Bundles).
 pub fn is_retryable_status(code: u16) -> bool {
-    code == 408 || code == 429 || (500..=599).contains(&code)
+    code == 408 || code == 429 || ((500..=599).contains(&code) && code != 501)
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date (relative to `now`).
@@ -148,6 +149,7 @@ mod tests {
             (s(408), 0, 0, 0.0, ms(50)),
             (s(429), 0, 0, 1.0, ms(100)),
             (s(500), 1, 0, 0.0, ms(100)),
+            (s(501), 0, 0, 0.0, Decision::GiveUp(GiveUp::NotRetryable)),
             (s(502), 2, 0, 0.0, ms(200)),
             (s(503), 3, 0, 1.0, ms(800)),
             (s(504), 10, 0, 1.0, ms(2000)),

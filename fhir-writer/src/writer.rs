@@ -1,26 +1,45 @@
 //! The FHIR writer: measurements → groups → identities → Observations on a FHIR server.
 //!
-//! Per Observation: find the existing one (cache, else search by identifier keeping exact
-//! matches), build or merge, then create by PUT to the deterministic id or update by PUT with
-//! `If-Match` on the version the merge started from. On 409/412 the Observation is re-read and
-//! re-merged (bounded). One device's groups are written in order; different devices in
-//! parallel up to `max_concurrency`.
+//! One batch is written in rounds, each round one exchange of entries for all the Observations
+//! still pending — in `batch` Bundles of `bundle_size` entries (`bundle_concurrency` in flight)
+//! where the server takes them, else as single requests ([`crate::exchange`]):
+//!
+//! 1. **Identities**: the Device/Patient/Encounter searches of every new key in one round, then
+//!    the missing Patients and Devices created in one round each (Create mode).
+//! 2. **Reads** of the Observations the version cache does not hold: a search by identifier
+//!    each (exact matches only, as the reference).
+//! 3. **Writes**: build or merge ([`to_observation`]); an unchanged merge writes nothing; a
+//!    create is a `PUT` to the reference's deterministic id, an update a `PUT` with `If-Match`
+//!    on the version the merge started from (from the read, or from the version cache without
+//!    any read).
+//! 4. **Per entry**: 2xx done (and cached); 409/412 (or 404 for an update: the Observation
+//!    vanished) re-read and re-merge that Observation only, bounded; 408/429/5xx tried again in
+//!    the next round after the retry policy's delay (`Retry-After` honoured) until its deadline;
+//!    any other 4xx is final: the error names the resource and carries the server's
+//!    `OperationOutcome`, and its events become dead letters.
+//!
+//! A SampledData create the server did not answer 201 is checked against the Observation's
+//! history (one round for all): if another writer created it between our read and our `PUT`,
+//! its samples are merged back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt};
-use grouper::{group_measurements, MeasurementGroup, ObservationGroup};
+use grouper::{group_measurements, ObservationGroup};
 use normalizer::Measurement;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::bundle::{Entry, EntryOutcome};
 use crate::cache::{CacheConfig, TtlCache};
-use crate::client::{FhirClient, Versioned, WriteError};
-use crate::identity::{IdentityError, IdentityResolver, ResolutionMode, ResolvedIdentity};
+use crate::client::{has_exact_identifier, searchset_matches, FhirClient, Versioned, WriteError};
+use crate::exchange::{Exchange, ExchangeConfig};
+use crate::identity::{
+    IdentityError, IdentityKey, IdentityResolver, ResolutionMode, ResolvedIdentity,
+};
 use crate::observation::{
     identifier_value, logical_id, lost_samples, observation_groups, to_observation,
     ObservationIdentity, Outcome, SERVICE_SYSTEM,
@@ -42,9 +61,24 @@ pub struct WriterConfig {
     pub max_conflict_retries: u32,
     /// Identity cache (reference: 5000 entries, 2 h).
     pub identity_cache: CacheConfig,
-    /// Observation cache (reference: 5000 entries, 1 h).
+    /// The version cache: the Observations written, with their versions, so that the next
+    /// merge into one is written with `If-Match` without reading it first (reference: 5000
+    /// entries, 1 h).
     pub observation_cache: CacheConfig,
+    /// Write in `batch` Bundles (false: one request per read and write, as for a server that
+    /// takes no Bundles; `--no-bundles`).
+    pub bundles: bool,
+    /// Most entries per Bundle.
+    pub bundle_size: usize,
+    /// Bundles in flight at once.
+    pub bundle_concurrency: usize,
 }
+
+/// Default entries per Bundle: inside the 100–500 that FHIR servers advise, and half of the
+/// 500-entry limit some (Azure Health Data Services) enforce.
+pub const DEFAULT_BUNDLE_SIZE: usize = 250;
+/// Default Bundles in flight.
+pub const DEFAULT_BUNDLE_CONCURRENCY: usize = 4;
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -61,6 +95,9 @@ impl Default for WriterConfig {
                 capacity: 5000,
                 ttl: Duration::from_secs(3600),
             },
+            bundles: true,
+            bundle_size: DEFAULT_BUNDLE_SIZE,
+            bundle_concurrency: DEFAULT_BUNDLE_CONCURRENCY,
         }
     }
 }
@@ -145,24 +182,66 @@ fn retryable(e: &WriteError) -> bool {
     )
 }
 
-type IdentityKey = (String, Option<String>, Option<String>);
-
 enum Written {
     Created(Value),
     Updated(Value),
     Unchanged(Value),
 }
 
+enum WriteFailure {
+    Mapping(MappingError),
+    Request(WriteError),
+    Multiple(usize, String),
+}
+
 /// Writes batches of measurements to a FHIR server. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct FhirWriter {
-    client: FhirClient,
+    exchange: Exchange,
     templates: Arc<FhirTemplates>,
     resolver: IdentityResolver,
     identities: TtlCache<IdentityKey, ResolvedIdentity>,
     observations: TtlCache<String, Versioned>,
     config: WriterConfig,
     stats: WriterStats,
+}
+
+/// One Observation to write, between rounds.
+struct Job<'a, T> {
+    template: &'a CodeValueFhirTemplate,
+    group: ObservationGroup<T>,
+    /// The events of the group as it first was (a repair's group has none of its own).
+    tags: Vec<T>,
+    identity: ObservationIdentity,
+    identifier: String,
+    /// The Observation as the server has it: `None` not known yet (read it), `Some(None)` it
+    /// does not exist.
+    existing: Option<Option<Versioned>>,
+    /// Whether the version cache may stand in for a read (not after a conflict).
+    use_cache: bool,
+    conflicts: u32,
+    /// Transient failures of this Observation's entries, and since when.
+    transient: u32,
+    transient_since: Option<Instant>,
+    /// How many more times a create that replaced another writer's Observation is repaired.
+    repairs: u8,
+    /// A write that needs its history checked: the written version.
+    check: Option<Versioned>,
+    result: Option<Result<Written, WriteFailure>>,
+}
+
+impl<T> Job<'_, T> {
+    fn pending(&self) -> bool {
+        self.result.is_none()
+    }
+
+    fn fail(&mut self, f: WriteFailure) {
+        self.result = Some(Err(f));
+    }
+
+    fn id(&self) -> String {
+        logical_id(SERVICE_SYSTEM, &self.identifier)
+    }
 }
 
 impl FhirWriter {
@@ -174,9 +253,17 @@ impl FhirWriter {
                 config.resolution,
                 config.device_identifier_system.clone(),
             ),
+            exchange: Exchange::new(
+                client,
+                ExchangeConfig {
+                    bundles: config.bundles,
+                    bundle_size: config.bundle_size,
+                    bundle_concurrency: config.bundle_concurrency,
+                    request_concurrency: config.max_concurrency,
+                },
+            ),
             identities: TtlCache::new(config.identity_cache),
             observations: TtlCache::new(config.observation_cache),
-            client,
             templates,
             config,
             stats: WriterStats::default(),
@@ -185,12 +272,17 @@ impl FhirWriter {
 
     /// The client (for its request counters).
     pub fn client(&self) -> &FhirClient {
-        &self.client
+        self.exchange.client()
     }
 
     /// Totals since the writer was made.
     pub fn stats(&self) -> &WriterStats {
         &self.stats
+    }
+
+    /// Whether writes go in Bundles (false once the server refused them, or when switched off).
+    pub fn uses_bundles(&self) -> bool {
+        self.exchange.uses_bundles()
     }
 
     /// Writes one batch: groups the measurements, resolves identities, builds and merges
@@ -203,50 +295,11 @@ impl FhirWriter {
     where
         T: Clone + Ord + Send + Sync,
     {
-        // One device's groups in order; devices in parallel.
-        let mut by_device: Vec<(String, Vec<MeasurementGroup<T>>)> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for g in group_measurements(measurements) {
-            let d = g.key.device_id.clone();
-            let i = *index.entry(d.to_string()).or_insert_with(|| {
-                by_device.push((d.to_string(), Vec::new()));
-                by_device.len() - 1
-            });
-            by_device[i].1.push(g);
-        }
-        let results: Vec<WriteReport<T>> = stream::iter(by_device)
-            .map(|(_, groups)| self.write_device(groups, issued))
-            .buffer_unordered(self.config.max_concurrency.max(1))
-            .collect()
-            .await;
         let mut report = WriteReport::default();
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for r in results {
-            report.errors.extend(r.errors);
-            report.observations_created += r.observations_created;
-            report.observations_updated += r.observations_updated;
-            report.observations_unchanged += r.observations_unchanged;
-            for o in r.observations {
-                let id = o["id"].as_str().unwrap_or_default().to_string();
-                match seen.get(&id) {
-                    Some(&i) => report.observations[i] = o,
-                    None => {
-                        seen.insert(id, report.observations.len());
-                        report.observations.push(o);
-                    }
-                }
-            }
-        }
-        report
-    }
-
-    async fn write_device<T: Clone + Ord>(
-        &self,
-        groups: Vec<MeasurementGroup<T>>,
-        issued: Option<DateTime<Utc>>,
-    ) -> WriteReport<T> {
-        let mut report = WriteReport::default();
-        for group in groups {
+        // Templates and observation groups (pure), and the identities they need.
+        let mut planned = Vec::new();
+        let mut keys: Vec<IdentityKey> = Vec::new();
+        for group in group_measurements(measurements) {
             let key = group.key.clone();
             let events = || {
                 let mut e: Vec<T> = group.all_tags().cloned().collect();
@@ -254,54 +307,95 @@ impl FhirWriter {
                 e.dedup();
                 e
             };
-            let fail = |error_type: &'static str,
-                        message: String,
-                        events: Vec<T>,
-                        retryable: bool| WriteErrorRecord {
-                error_type,
-                message,
-                events,
+            let fail = |e: &MappingError| WriteErrorRecord {
+                error_type: e.type_name(),
+                message: e.to_string(),
+                events: events(),
                 measurement_type: key.type_name.to_string(),
                 device_id: key.device_id.to_string(),
-                retryable,
+                retryable: false,
             };
             let Some(template) = self.templates.get(&key.type_name) else {
-                let e = MappingError::TemplateNotFound {
+                report.errors.push(fail(&MappingError::TemplateNotFound {
                     type_name: key.type_name.to_string(),
                     device_id: key.device_id.to_string(),
-                };
-                report
-                    .errors
-                    .push(fail(e.type_name(), e.to_string(), events(), false));
+                }));
                 continue;
             };
             let obs_groups = match observation_groups(template, &group) {
                 Ok(g) => g,
                 Err(e) => {
-                    report
-                        .errors
-                        .push(fail(e.type_name(), e.to_string(), events(), false));
+                    report.errors.push(fail(&e));
                     continue;
                 }
             };
-            let identity = match self
-                .identity(
-                    &key.device_id,
-                    key.patient_id.as_deref(),
-                    key.encounter_id.as_deref(),
-                )
-                .await
-            {
-                Ok(i) => i,
-                Err(e) => {
-                    let retry = matches!(&e, IdentityError::Request(r) if retryable(r));
-                    tracing::warn!(error_type = e.type_name(), measurement_type = %key.type_name, "Identity resolution failed.");
-                    tracing::debug!(error = %e, device_id = %key.device_id, "Identity resolution failed.");
-                    report
-                        .errors
-                        .push(fail(e.type_name(), e.to_string(), events(), retry));
+            let ik: IdentityKey = (
+                key.device_id.to_string(),
+                key.patient_id.as_deref().map(str::to_string),
+                key.encounter_id.as_deref().map(str::to_string),
+            );
+            if self.identities.get(&ik).is_none() && !keys.contains(&ik) {
+                keys.push(ik.clone());
+            }
+            planned.push((template, ik, events(), obs_groups));
+        }
+        // Keyed by all three ids (the reference keys by device only, so a device moved to
+        // another patient was not seen until eviction).
+        let mut resolved: HashMap<IdentityKey, Result<ResolvedIdentity, IdentityError>> =
+            HashMap::new();
+        if !keys.is_empty() {
+            let results = self.resolver.resolve_many(&self.exchange, &keys).await;
+            for (k, r) in keys.into_iter().zip(results) {
+                match &r {
+                    Ok(id) => self.identities.insert(k.clone(), id.clone()),
+                    Err(_) => self.identities.remove(&k),
+                }
+                resolved.insert(k, r);
+            }
+        }
+        let mut jobs = Vec::new();
+        for (template, ik, events, obs_groups) in planned {
+            let identity = match resolved.get(&ik) {
+                Some(Ok(i)) => i.clone(),
+                Some(Err(e)) => {
+                    let retry = matches!(e, IdentityError::Request(r) if retryable(r));
+                    tracing::warn!(error_type = e.type_name(), measurement_type = %template.type_name, "Identity resolution failed.");
+                    tracing::debug!(error = %e, device_id = %ik.0, "Identity resolution failed.");
+                    report.errors.push(WriteErrorRecord {
+                        error_type: e.type_name(),
+                        message: e.to_string(),
+                        events,
+                        measurement_type: template.type_name.clone(),
+                        device_id: ik.0.clone(),
+                        retryable: retry,
+                    });
                     continue;
                 }
+                None => match self.identities.get(&ik) {
+                    Some(i) => i,
+                    None => {
+                        // Evicted since the check above: resolve it on its own.
+                        match self
+                            .resolver
+                            .resolve(&ik.0, ik.1.as_deref(), ik.2.as_deref())
+                            .await
+                        {
+                            Ok(i) => i,
+                            Err(e) => {
+                                let retry = matches!(&e, IdentityError::Request(r) if retryable(r));
+                                report.errors.push(WriteErrorRecord {
+                                    error_type: e.type_name(),
+                                    message: e.to_string(),
+                                    events,
+                                    measurement_type: template.type_name.clone(),
+                                    device_id: ik.0.clone(),
+                                    retryable: retry,
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                },
             };
             let obs_identity = ObservationIdentity::resolved(
                 &identity.patient_id,
@@ -309,251 +403,499 @@ impl FhirWriter {
                 identity.encounter_id.as_deref(),
             );
             for og in obs_groups {
-                match self
-                    .write_observation(template, &og, &obs_identity, issued, 2)
-                    .await
-                {
-                    Ok(Written::Created(o)) => {
-                        report.observations_created += 1;
-                        report.observations.push(o);
-                    }
-                    Ok(Written::Updated(o)) => {
-                        report.observations_updated += 1;
-                        report.observations.push(o);
-                    }
-                    Ok(Written::Unchanged(o)) => {
-                        report.observations_unchanged += 1;
-                        report.observations.push(o);
-                    }
-                    Err(WriteFailure::Mapping(e)) => {
-                        report.errors.push(fail(
-                            e.type_name(),
-                            e.to_string(),
-                            og.tags.clone(),
-                            false,
-                        ));
-                    }
-                    Err(WriteFailure::Request(e)) => {
-                        tracing::warn!(error_type = request_error_type(&e), measurement_type = %key.type_name, "Observation write failed.");
-                        report.errors.push(fail(
-                            request_error_type(&e),
-                            e.to_string(),
-                            og.tags.clone(),
-                            retryable(&e),
-                        ));
-                    }
-                    Err(WriteFailure::Multiple(count, identifier)) => {
-                        report.errors.push(fail(
-                            "MultipleResourceFoundException",
-                            format!("{count} Observation resources have identifier {identifier:?}; expected one"),
-                            og.tags.clone(),
-                            false,
-                        ));
-                    }
+                let identifier = identifier_value(&obs_identity, &og);
+                jobs.push(Job {
+                    template,
+                    tags: og.tags.clone(),
+                    group: og,
+                    identity: obs_identity.clone(),
+                    identifier,
+                    existing: None,
+                    use_cache: true,
+                    conflicts: 0,
+                    transient: 0,
+                    transient_since: None,
+                    repairs: 2,
+                    check: None,
+                    result: None,
+                });
+            }
+        }
+        self.run_jobs(&mut jobs, issued).await;
+
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for job in jobs {
+            let key = &job.group.key;
+            let fail =
+                |error_type: &'static str, message: String, retryable: bool| WriteErrorRecord {
+                    error_type,
+                    message,
+                    events: job.tags.clone(),
+                    measurement_type: key.type_name.to_string(),
+                    device_id: key.device_id.to_string(),
+                    retryable,
+                };
+            let o = match job.result {
+                Some(Ok(Written::Created(o))) => {
+                    report.observations_created += 1;
+                    o
+                }
+                Some(Ok(Written::Updated(o))) => {
+                    report.observations_updated += 1;
+                    o
+                }
+                Some(Ok(Written::Unchanged(o))) => {
+                    report.observations_unchanged += 1;
+                    o
+                }
+                Some(Err(WriteFailure::Mapping(e))) => {
+                    report
+                        .errors
+                        .push(fail(e.type_name(), e.to_string(), false));
+                    continue;
+                }
+                Some(Err(WriteFailure::Request(e))) => {
+                    tracing::warn!(error_type = request_error_type(&e), measurement_type = %key.type_name, "Observation write failed.");
+                    report
+                        .errors
+                        .push(fail(request_error_type(&e), e.to_string(), retryable(&e)));
+                    continue;
+                }
+                Some(Err(WriteFailure::Multiple(count, identifier))) => {
+                    report.errors.push(fail(
+                        "MultipleResourceFoundException",
+                        format!("{count} Observation resources have identifier {identifier:?}; expected one"),
+                        false,
+                    ));
+                    continue;
+                }
+                None => {
+                    report.errors.push(fail(
+                        "FhirServiceUnavailableException",
+                        "the Observation was still pending when the writer stopped".into(),
+                        true,
+                    ));
+                    continue;
+                }
+            };
+            let id = o["id"].as_str().unwrap_or_default().to_string();
+            match seen.get(&id) {
+                Some(&i) => report.observations[i] = o,
+                None => {
+                    seen.insert(id, report.observations.len());
+                    report.observations.push(o);
                 }
             }
         }
         report
     }
 
-    async fn identity(
-        &self,
-        device_id: &str,
-        patient_id: Option<&str>,
-        encounter_id: Option<&str>,
-    ) -> Result<ResolvedIdentity, IdentityError> {
-        // Keyed by all three ids (the reference keys by device only, so a device moved to
-        // another patient was not seen until eviction).
-        let key: IdentityKey = (
-            device_id.to_string(),
-            patient_id.map(str::to_string),
-            encounter_id.map(str::to_string),
-        );
-        if let Some(hit) = self.identities.get(&key) {
-            return Ok(hit);
+    /// Runs the rounds until every job has a result. Two jobs for the same Observation (rare:
+    /// the same identifier from two groups of one batch) go in successive waves.
+    async fn run_jobs<T>(&self, jobs: &mut [Job<'_, T>], issued: Option<DateTime<Utc>>) {
+        let mut wave_of: Vec<usize> = Vec::with_capacity(jobs.len());
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for j in jobs.iter() {
+            let n = count.entry(j.identifier.as_str()).or_default();
+            wave_of.push(*n);
+            *n += 1;
         }
-        match self
-            .resolver
-            .resolve(device_id, patient_id, encounter_id)
-            .await
-        {
-            Ok(r) => {
-                self.identities.insert(key, r.clone());
-                Ok(r)
-            }
-            Err(e) => {
-                self.identities.remove(&key);
-                Err(e)
+        let waves = wave_of.iter().copied().max().map_or(0, |m| m + 1);
+        for wave in 0..waves {
+            let mut in_wave: Vec<&mut Job<'_, T>> = jobs
+                .iter_mut()
+                .zip(&wave_of)
+                .filter(|(_, w)| **w == wave)
+                .map(|(j, _)| j)
+                .collect();
+            // Every round settles or advances each pending job (a conflict or a transient
+            // failure is bounded by the retry counts and the retry deadline).
+            while in_wave.iter().any(|j| j.pending()) {
+                let delay = self.round(&mut in_wave, issued).await;
+                if delay > Duration::ZERO {
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
     }
 
-    async fn find_observation(&self, identifier: &str) -> Result<Option<Versioned>, WriteFailure> {
-        let found = self
-            .client
-            .search_by_identifier("Observation", Some(SERVICE_SYSTEM), identifier)
-            .await
-            .map_err(WriteFailure::Request)?;
-        match found.len() {
-            0 => Ok(None),
-            1 => Ok(found.into_iter().next()),
-            n => Err(WriteFailure::Multiple(n, identifier.to_string())),
+    /// Decides what a transient failure of `job` means: the delay before its next try, or
+    /// giving up (the job fails, to be retried later by the pipeline).
+    fn transient<T>(&self, job: &mut Job<'_, T>, what: Attempt<'_>, detail: &str) -> Duration {
+        let since = *job.transient_since.get_or_insert_with(Instant::now);
+        let policy = self.client().retry_policy();
+        match policy.decide(
+            what,
+            job.transient,
+            since.elapsed(),
+            rand::random::<f64>(),
+            Utc::now(),
+        ) {
+            Decision::RetryAfter(d) => {
+                job.transient += 1;
+                self.client()
+                    .stats()
+                    .retries
+                    .fetch_add(1, Ordering::Relaxed);
+                d
+            }
+            Decision::GiveUp(_) => {
+                self.client()
+                    .stats()
+                    .gave_up
+                    .fetch_add(1, Ordering::Relaxed);
+                job.fail(WriteFailure::Request(WriteError::GaveUp {
+                    method: "PUT".into(),
+                    url: format!("Observation/{}", job.id()),
+                    attempts: job.transient + 1,
+                    elapsed: since.elapsed(),
+                    last: detail.to_string(),
+                }));
+                Duration::ZERO
+            }
         }
     }
 
-    /// Writes one observation group: merged into the existing Observation, or created.
-    /// `repairs`: how many more times a create that replaced another writer's Observation is
-    /// repaired (see [`Self::replaced_version`]).
-    async fn write_observation<T>(
+    /// What an entry's unavailability means for `job`: retry after a delay, or give up.
+    fn unavailable<T>(&self, job: &mut Job<'_, T>, outcome: &EntryOutcome) -> Duration {
+        let EntryOutcome::Unavailable {
+            status,
+            retry_after,
+            detail,
+            exhausted,
+        } = outcome
+        else {
+            return Duration::ZERO;
+        };
+        if *exhausted {
+            job.fail(WriteFailure::Request(WriteError::GaveUp {
+                method: "PUT".into(),
+                url: format!("Observation/{}", job.id()),
+                attempts: job.transient + 1,
+                elapsed: job.transient_since.map_or(Duration::ZERO, |s| s.elapsed()),
+                last: detail.clone(),
+            }));
+            return Duration::ZERO;
+        }
+        let what = match status {
+            Some(code) => Attempt::Status {
+                code: *code,
+                retry_after: retry_after.as_deref(),
+            },
+            None => Attempt::Connection,
+        };
+        let detail = detail.clone();
+        self.transient(job, what, &detail)
+    }
+
+    /// One round: reads, then writes, then history checks, for the pending jobs. Returns how
+    /// long to wait before the next round (0: at once).
+    async fn round<T>(
         &self,
-        template: &CodeValueFhirTemplate,
-        og: &ObservationGroup<T>,
-        identity: &ObservationIdentity,
+        jobs: &mut [&mut Job<'_, T>],
         issued: Option<DateTime<Utc>>,
-        repairs: u8,
-    ) -> Result<Written, WriteFailure> {
-        let identifier = identifier_value(identity, og);
-        let mut use_cache = true;
-        let started = std::time::Instant::now();
-        for attempt in 0..=self.config.max_conflict_retries {
-            let existing = match use_cache
-                .then(|| self.observations.get(&identifier))
-                .flatten()
-            {
-                Some(hit) => Some(hit),
-                None => self.find_observation(&identifier).await?,
+    ) -> Duration {
+        let mut delay = Duration::ZERO;
+
+        // Reads of what the version cache does not hold.
+        let mut reading = Vec::new();
+        let mut entries = Vec::new();
+        for (i, j) in jobs.iter_mut().enumerate() {
+            if !j.pending() || j.existing.is_some() || j.check.is_some() {
+                continue;
+            }
+            if j.use_cache {
+                if let Some(hit) = self.observations.get(&j.identifier) {
+                    j.existing = Some(Some(hit));
+                    continue;
+                }
+            }
+            entries.push(Entry::search(
+                "Observation",
+                &[("identifier", &format!("{SERVICE_SYSTEM}|{}", j.identifier))],
+            ));
+            reading.push(i);
+        }
+        let answers = self.exchange.send(entries).await;
+        for (i, a) in reading.into_iter().zip(answers) {
+            let j = &mut *jobs[i];
+            match a {
+                EntryOutcome::Done {
+                    resource: Some(bundle),
+                    ..
+                } => {
+                    let (mut matches, next) = searchset_matches(&bundle);
+                    if let Some(next) = next {
+                        match self.client().search_from(&next).await {
+                            Ok(more) => matches.extend(more),
+                            Err(e) => {
+                                j.fail(WriteFailure::Request(e));
+                                continue;
+                            }
+                        }
+                    }
+                    let mut found: Vec<Versioned> = matches
+                        .into_iter()
+                        .filter(|r| has_exact_identifier(r, Some(SERVICE_SYSTEM), &j.identifier))
+                        .map(|resource| Versioned {
+                            version: resource
+                                .pointer("/meta/versionId")
+                                .and_then(Value::as_str)
+                                .map(str::to_string),
+                            resource,
+                        })
+                        .collect();
+                    match found.len() {
+                        0 | 1 => j.existing = Some(found.pop()),
+                        n => j.fail(WriteFailure::Multiple(n, j.identifier.clone())),
+                    }
+                }
+                u @ EntryOutcome::Unavailable { .. } => {
+                    delay = delay.max(self.unavailable(j, &u));
+                }
+                EntryOutcome::Refused { status, outcome } => {
+                    j.fail(WriteFailure::Request(WriteError::Rejected {
+                        method: "GET".into(),
+                        url: "Observation?identifier=...".into(),
+                        status,
+                        outcome,
+                    }))
+                }
+                other => j.fail(WriteFailure::Request(WriteError::InvalidResponse {
+                    url: "Observation?identifier=...".into(),
+                    detail: format!("unexpected answer to a search: HTTP {}", other.status()),
+                })),
+            }
+        }
+
+        // Merges and writes.
+        let mut writing = Vec::new();
+        let mut entries = Vec::new();
+        for (i, j) in jobs.iter_mut().enumerate() {
+            if !j.pending() || j.check.is_some() {
+                continue;
+            }
+            let Some(existing) = j.existing.clone() else {
+                continue;
             };
-            let outcome = to_observation(
-                template,
-                og,
-                identity,
+            let outcome = match to_observation(
+                j.template,
+                &j.group,
+                &j.identity,
                 issued,
                 existing.as_ref().map(|e| &e.resource),
-            )
-            .map_err(WriteFailure::Mapping)?;
-            let (body, if_match, created) = match outcome {
+            ) {
+                Ok(o) => o,
+                Err(e) => {
+                    j.fail(WriteFailure::Mapping(e));
+                    continue;
+                }
+            };
+            match outcome {
                 Outcome::Unchanged => {
                     let Some(e) = existing else {
-                        return Err(WriteFailure::Mapping(MappingError::NotSupported {
-                            template: template.type_name.clone(),
+                        j.fail(WriteFailure::Mapping(MappingError::NotSupported {
+                            template: j.template.type_name.clone(),
                             reason: "nothing to write and no existing Observation".into(),
                         }));
+                        continue;
                     };
                     self.stats.unchanged.fetch_add(1, Ordering::Relaxed);
-                    self.observations.insert(identifier, e.clone());
-                    return Ok(Written::Unchanged(e.resource));
+                    self.observations.insert(j.identifier.clone(), e.clone());
+                    j.result = Some(Ok(Written::Unchanged(e.resource)));
                 }
                 Outcome::Create(mut obs) => {
                     if obs.get("id").is_none() {
-                        obs["id"] = Value::String(logical_id(SERVICE_SYSTEM, &identifier));
+                        obs["id"] = Value::String(j.id());
                     }
-                    (obs, None, true)
+                    entries.push(Entry::Put {
+                        resource: obs,
+                        if_match: None,
+                    });
+                    writing.push(i);
                 }
                 Outcome::Update(obs) => {
                     let v = existing.as_ref().and_then(|e| e.version.clone());
-                    (obs, v, false)
-                }
-            };
-            match self.client.put(&body, if_match.as_deref()).await {
-                Ok(written) => {
-                    self.observations
-                        .insert(identifier.clone(), written.clone());
-                    if created && repairs > 0 && !template.is_point_in_time() {
-                        if let Some(lost) = self.replaced_version(&written).await {
-                            // Another writer created this Observation after our search: our
-                            // blind create replaced it. Merge its samples back in (with
-                            // If-Match, as any update), so neither writer's readings are lost.
-                            self.stats.create_races.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(
-                                observation = %identifier,
-                                "An Observation created concurrently by another writer was replaced; merging its samples back."
-                            );
-                            self.stats.created.fetch_add(1, Ordering::Relaxed);
-                            let recovered = lost_samples(template, og, &lost.resource);
-                            self.observations.remove(&identifier);
-                            return Box::pin(self.write_observation(
-                                template,
-                                &recovered,
-                                identity,
-                                issued,
-                                repairs - 1,
-                            ))
-                            .await;
-                        }
-                    }
-                    return Ok(if created {
-                        self.stats.created.fetch_add(1, Ordering::Relaxed);
-                        Written::Created(written.resource)
-                    } else {
-                        self.stats.updated.fetch_add(1, Ordering::Relaxed);
-                        Written::Updated(written.resource)
+                    entries.push(Entry::Put {
+                        resource: obs,
+                        if_match: v,
                     });
-                }
-                Err(WriteError::Conflict { .. }) => {
-                    // Someone else wrote it: re-read and merge again.
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    self.observations.remove(&identifier);
-                    use_cache = false;
-                    if attempt == self.config.max_conflict_retries {
-                        break;
-                    }
-                    // Back off first (the one retry policy, with jitter): without it, a writer
-                    // that must re-read loses every round to one writing from its cache, and
-                    // the bounded retries run out within milliseconds.
-                    let policy = self.client.retry_policy();
-                    match policy.decide(
-                        Attempt::Connection,
-                        attempt,
-                        started.elapsed(),
-                        rand::random::<f64>(),
-                        Utc::now(),
-                    ) {
-                        Decision::RetryAfter(delay) => tokio::time::sleep(delay).await,
-                        Decision::GiveUp(_) => break,
-                    }
-                }
-                Err(e) => {
-                    self.observations.remove(&identifier);
-                    return Err(WriteFailure::Request(e));
+                    writing.push(i);
                 }
             }
         }
-        Err(WriteFailure::Request(WriteError::Conflict {
-            method: "PUT".into(),
-            url: format!("Observation?identifier={SERVICE_SYSTEM}|{identifier}"),
-            status: 412,
-        }))
-    }
-}
-
-impl FhirWriter {
-    /// The version our create replaced, when the Observation already existed: the version
-    /// just before ours in its history. `None` when ours is the first (the usual case).
-    async fn replaced_version(&self, written: &Versioned) -> Option<Versioned> {
-        let (Some(id), Some(ours)) = (
-            written.resource.get("id").and_then(Value::as_str),
-            written.version.as_deref(),
-        ) else {
-            return None;
-        };
-        // The write itself succeeded: a server that keeps no history (or fails to show it)
-        // leaves the race unchecked, as before, rather than failing the write.
-        let history = match self.client.history("Observation", id).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, "Could not read the history of a created Observation; a concurrent create by another writer goes unnoticed.");
-                return None;
-            }
-        };
-        let at = history
+        let sent: Vec<(Value, bool)> = entries
             .iter()
-            .position(|v| v.version.as_deref() == Some(ours))?;
-        history.into_iter().nth(at + 1)
+            .map(|e| match e {
+                Entry::Put { resource, if_match } => (resource.clone(), if_match.is_some()),
+                Entry::Get { .. } => (Value::Null, false),
+            })
+            .collect();
+        let answers = self.exchange.send(entries).await;
+        for ((i, a), (body, update)) in writing.into_iter().zip(answers).zip(sent) {
+            let j = &mut *jobs[i];
+            let created = j.existing.as_ref().is_some_and(Option::is_none);
+            match a {
+                EntryOutcome::Done {
+                    status,
+                    resource,
+                    version,
+                } => {
+                    let mut resource = resource
+                        .filter(|r| r["resourceType"] == "Observation")
+                        .unwrap_or(body);
+                    if let Some(v) = &version {
+                        if resource.pointer("/meta/versionId").is_none() {
+                            resource["meta"]["versionId"] = Value::String(v.clone());
+                        }
+                    }
+                    let written = Versioned { resource, version };
+                    self.observations
+                        .insert(j.identifier.clone(), written.clone());
+                    j.transient = 0;
+                    j.transient_since = None;
+                    if created && status != 201 && j.repairs > 0 && !j.template.is_point_in_time() {
+                        // Created as far as we knew, but not answered 201: it may have existed
+                        // (another writer's create between our read and our PUT).
+                        j.check = Some(written);
+                    } else if created {
+                        self.stats.created.fetch_add(1, Ordering::Relaxed);
+                        j.result = Some(Ok(Written::Created(written.resource)));
+                    } else {
+                        self.stats.updated.fetch_add(1, Ordering::Relaxed);
+                        j.result = Some(Ok(Written::Updated(written.resource)));
+                    }
+                }
+                EntryOutcome::Conflict { .. } | EntryOutcome::NotFound { .. }
+                    if update || matches!(a, EntryOutcome::Conflict { .. }) =>
+                {
+                    // Someone else wrote it (or it vanished): re-read and merge again.
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.observations.remove(&j.identifier);
+                    j.existing = None;
+                    j.use_cache = false;
+                    j.conflicts += 1;
+                    if j.conflicts > self.config.max_conflict_retries {
+                        j.fail(WriteFailure::Request(WriteError::Conflict {
+                            method: "PUT".into(),
+                            url: format!(
+                                "Observation?identifier={SERVICE_SYSTEM}|{}",
+                                j.identifier
+                            ),
+                            status: a.status(),
+                        }));
+                        continue;
+                    }
+                    // Back off first (the one retry policy, with jitter): without it, a writer
+                    // that must re-read loses every round to one writing from its cache.
+                    let policy = self.client().retry_policy();
+                    match policy.decide(
+                        Attempt::Connection,
+                        j.conflicts - 1,
+                        Duration::ZERO,
+                        rand::random::<f64>(),
+                        Utc::now(),
+                    ) {
+                        Decision::RetryAfter(d) => delay = delay.max(d),
+                        Decision::GiveUp(_) => {}
+                    }
+                }
+                u @ EntryOutcome::Unavailable { .. } => {
+                    self.observations.remove(&j.identifier);
+                    delay = delay.max(self.unavailable(j, &u));
+                }
+                EntryOutcome::Refused { status, outcome } => {
+                    self.observations.remove(&j.identifier);
+                    j.fail(WriteFailure::Request(WriteError::Rejected {
+                        method: "PUT".into(),
+                        url: format!("Observation/{}", j.id()),
+                        status,
+                        outcome,
+                    }));
+                }
+                other => {
+                    self.observations.remove(&j.identifier);
+                    j.fail(WriteFailure::Request(WriteError::Rejected {
+                        method: "PUT".into(),
+                        url: format!("Observation/{}", j.id()),
+                        status: other.status(),
+                        outcome: "not found".into(),
+                    }));
+                }
+            }
+        }
+
+        // History checks of creates not answered 201.
+        let mut checking = Vec::new();
+        let mut entries = Vec::new();
+        for (i, j) in jobs.iter().enumerate() {
+            if let (true, Some(w)) = (j.pending(), &j.check) {
+                let id = w.resource["id"].as_str().unwrap_or_default();
+                entries.push(Entry::Get {
+                    url: format!("Observation/{id}/_history?_count=20"),
+                });
+                checking.push(i);
+            }
+        }
+        let answers = self.exchange.send(entries).await;
+        for (i, a) in checking.into_iter().zip(answers) {
+            let j = &mut *jobs[i];
+            let Some(written) = j.check.take() else {
+                continue;
+            };
+            let lost = match &a {
+                EntryOutcome::Done {
+                    resource: Some(history),
+                    ..
+                } => replaced_version(history, written.version.as_deref()),
+                _ => {
+                    // The write itself succeeded: a server that keeps no history (or fails
+                    // to show it) leaves the race unchecked rather than failing the write.
+                    tracing::warn!(status = a.status(), "Could not read the history of a created Observation; a concurrent create by another writer goes unnoticed.");
+                    None
+                }
+            };
+            self.stats.created.fetch_add(1, Ordering::Relaxed);
+            match lost {
+                Some(lost) => {
+                    // Another writer created this Observation after our read: our create
+                    // replaced it. Merge its samples back in (with If-Match, as any update),
+                    // so neither writer's readings are lost.
+                    self.stats.create_races.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        observation = %written.resource["id"].as_str().unwrap_or_default(),
+                        "An Observation created concurrently by another writer was replaced; merging its samples back."
+                    );
+                    j.group = lost_samples(j.template, &j.group, &lost.resource);
+                    j.repairs -= 1;
+                    j.existing = None;
+                    j.use_cache = false;
+                    self.observations.remove(&j.identifier);
+                }
+                None => j.result = Some(Ok(Written::Created(written.resource))),
+            }
+        }
+        delay
     }
 }
 
-enum WriteFailure {
-    Mapping(MappingError),
-    Request(WriteError),
-    Multiple(usize, String),
+/// The version a create replaced, from the Observation's history (newest first): the one just
+/// before ours. `None` when ours is the first (the usual case) or is not in the page.
+fn replaced_version(history: &Value, ours: Option<&str>) -> Option<Versioned> {
+    let ours = ours?;
+    let versions: Vec<&Value> = history["entry"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| e.get("resource"))
+        .collect();
+    let at = versions
+        .iter()
+        .position(|r| r.pointer("/meta/versionId").and_then(Value::as_str) == Some(ours))?;
+    versions.get(at + 1).map(|r| Versioned {
+        resource: (*r).clone(),
+        version: r
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    })
 }

@@ -15,6 +15,11 @@
 //! * `a_create_that_replaces_another_writers_create_merges_its_samples_back`: the proxy holds
 //!   one writer's create while another creates the same Observation; no sample is lost.
 //!   `a_server_without_history_still_gets_its_creates`: the check never fails a write.
+//! * `*_bundles_match_single_requests_under_entry_faults`: the Bundle path leaves exactly what
+//!   the single-request path leaves, fault-free, with Bundle entries answering 412, 429
+//!   (`Retry-After`) and 500 (the proxy's entry faults: no real server answers single entries
+//!   so on cue), and through a server that refuses Bundles (fallback). The other fault tests
+//!   use the single-request path, whose requests their scripts address one by one.
 //! * `one_hz_heart_rate_needs_at_most_0_02_requests_per_measurement`: an hour of 1 Hz heart rate
 //!   in batches of 300 (the reference's batch size); prints `REQUESTS_PER_MEASUREMENT ...`.
 //! * `device_link_survives_a_dropped_answer` and `proxy_injects_the_faults_it_is_told_to`:
@@ -124,6 +129,33 @@ impl Seen<'_> {
 /// Decides per request. May keep state (budgets, bursts).
 type Script = Box<dyn FnMut(&Seen<'_>) -> Fault + Send>;
 
+/// What the proxy does with one entry of a `batch` Bundle it passes: no real server answers
+/// single entries with 429 or 500 on cue, so these are injected here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryFault {
+    /// Forward the entry; relay the server's answer to it.
+    Pass,
+    /// Do not forward the entry; answer it with this status (and, for the whole Bundle's
+    /// response, `Retry-After: <seconds>`).
+    Status { code: u16, retry_after: Option<u32> },
+    /// Forward the entry (the server applies it), then answer it with this status instead.
+    AppliedThen { code: u16 },
+}
+
+/// One entry as the proxy saw it.
+#[derive(Debug)]
+struct EntrySeen<'a> {
+    method: &'a str,
+    url: &'a str,
+    /// The entry carries `request.ifMatch` (an update based on a version).
+    if_match: bool,
+    /// How often this exact entry was seen before.
+    attempt: u32,
+}
+
+/// Decides per entry of a passed `batch` Bundle.
+type EntryScript = Box<dyn FnMut(&EntrySeen<'_>) -> EntryFault + Send>;
+
 struct Request {
     method: String,
     target: String,
@@ -162,6 +194,7 @@ struct ProxyState {
     upstream: String,
     http: reqwest::Client,
     script: Mutex<Script>,
+    entry_script: Mutex<Option<EntryScript>>,
     attempts: Mutex<HashMap<u64, u32>>,
     requests: AtomicU64,
     injected: Mutex<BTreeMap<String, u64>>,
@@ -248,10 +281,123 @@ impl ProxyState {
         }
     }
 
+    /// Forwards a `batch` Bundle without the entries the entry script faults, and answers
+    /// those with the injected status, the others with the server's answers.
+    async fn forward_bundle(&self, req: &Request) -> Answer {
+        let Ok(bundle) = serde_json::from_slice::<Value>(&req.body) else {
+            return self.broken("a Bundle POST that is not JSON".into());
+        };
+        let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+        let mut faults = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let mut h = DefaultHasher::new();
+            e.to_string().hash(&mut h);
+            let key = h.finish() ^ 0x5eed;
+            let attempt = {
+                let mut attempts = self.attempts.lock().unwrap();
+                let n = attempts.entry(key).or_insert(0);
+                *n += 1;
+                *n - 1
+            };
+            let seen = EntrySeen {
+                method: e["request"]["method"].as_str().unwrap_or(""),
+                url: e["request"]["url"].as_str().unwrap_or(""),
+                if_match: e["request"].get("ifMatch").is_some(),
+                attempt,
+            };
+            let fault = match self.entry_script.lock().unwrap().as_mut() {
+                Some(script) => script(&seen),
+                None => EntryFault::Pass,
+            };
+            let label = match fault {
+                EntryFault::Pass => None,
+                EntryFault::Status { code, .. } => Some(format!("entry-{code}")),
+                EntryFault::AppliedThen { code } => Some(format!("entry-applied-{code}")),
+            };
+            if let Some(l) = label {
+                *self.injected.lock().unwrap().entry(l).or_default() += 1;
+            }
+            faults.push(fault);
+        }
+        let forwarded: Vec<Value> = entries
+            .iter()
+            .zip(&faults)
+            .filter(|(_, f)| !matches!(f, EntryFault::Status { .. }))
+            .map(|(e, _)| e.clone())
+            .collect();
+        let mut answers = Vec::new().into_iter();
+        let mut headers = vec![(
+            "content-type".to_string(),
+            "application/fhir+json".to_string(),
+        )];
+        if !forwarded.is_empty() {
+            let mut inner = bundle.clone();
+            inner["entry"] = Value::Array(forwarded.clone());
+            let upstream = Request {
+                method: req.method.clone(),
+                target: req.target.clone(),
+                headers: req.headers.clone(),
+                body: inner.to_string().into_bytes(),
+            };
+            let a = self.forward(&upstream).await;
+            let Ok(response) = serde_json::from_slice::<Value>(&a.body) else {
+                return a;
+            };
+            let got = response["entry"].as_array().cloned().unwrap_or_default();
+            if a.status != 200 || got.len() != forwarded.len() {
+                return a;
+            }
+            headers = a.headers;
+            answers = got.into_iter();
+        }
+        let injected = |code: u16| {
+            json!({"response": {"status": code.to_string(), "outcome": {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "transient",
+                           "details": {"text": format!("entry fault injected by the test proxy: HTTP {code}")}}]}}})
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        let mut retry_after = None;
+        for f in faults {
+            match f {
+                EntryFault::Pass => out.push(answers.next().unwrap_or(Value::Null)),
+                EntryFault::Status {
+                    code,
+                    retry_after: ra,
+                } => {
+                    retry_after = retry_after.or(ra);
+                    out.push(injected(code));
+                }
+                EntryFault::AppliedThen { code } => {
+                    let _ = answers.next();
+                    out.push(injected(code));
+                }
+            }
+        }
+        if let Some(s) = retry_after {
+            headers.push(("retry-after".into(), s.to_string()));
+        }
+        let body = json!({"resourceType": "Bundle", "type": "batch-response", "entry": out});
+        Answer {
+            status: 200,
+            headers,
+            body: body.to_string().into_bytes(),
+        }
+    }
+
     fn broken(&self, why: String) -> Answer {
         eprintln!("fault proxy: {why}");
         self.broken.fetch_add(1, Ordering::SeqCst);
         injected_answer(502, None)
+    }
+}
+
+/// A `POST` to the base URL (a Bundle).
+fn is_bundle_post(req: &Request) -> bool {
+    req.method == "POST" && {
+        let path = req.target.split('?').next().unwrap_or("");
+        let path = path.trim_end_matches('/');
+        path.is_empty() || path.ends_with("/fhir/R4") || path.ends_with("/fhir")
     }
 }
 
@@ -301,6 +447,7 @@ impl FaultProxy {
                 .build()
                 .expect("proxy's HTTP client"),
             script: Mutex::new(script),
+            entry_script: Mutex::new(None),
             attempts: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
             injected: Mutex::new(BTreeMap::new()),
@@ -322,6 +469,12 @@ impl FaultProxy {
             state,
             task,
         }
+    }
+
+    /// Faults entries of the `batch` Bundles it passes, as `script` says.
+    fn with_entry_faults(self, script: EntryScript) -> FaultProxy {
+        *self.state.entry_script.lock().unwrap() = Some(script);
+        self
     }
 
     /// Lets one held request through.
@@ -374,6 +527,9 @@ async fn serve(state: Arc<ProxyState>, stream: TcpStream) {
             // Returning drops both halves: the socket closes unanswered.
             Fault::DropBefore => return,
             Fault::Status { code, retry_after } => injected_answer(code, retry_after),
+            Fault::Pass if is_bundle_post(&req) && state.entry_script.lock().unwrap().is_some() => {
+                state.forward_bundle(&req).await
+            }
             Fault::Pass => state.forward(&req).await,
             Fault::DropAfter => {
                 let _ = state.forward(&req).await;
@@ -614,13 +770,22 @@ fn client_config(base: &str) -> FhirClientConfig {
     c
 }
 
+/// A writer with single requests (the path a server without Bundle support gets), which the
+/// request-level fault scripts address.
 fn writer(base: &str, templates: &Arc<FhirTemplates>) -> FhirWriter {
+    writer_with(base, templates, false)
+}
+
+fn writer_with(base: &str, templates: &Arc<FhirTemplates>, bundles: bool) -> FhirWriter {
     let client = FhirClient::new(client_config(base)).expect("FHIR client");
     FhirWriter::new(
         client,
         Arc::clone(templates),
         WriterConfig {
             resolution: ResolutionMode::Create,
+            bundles,
+            // Small Bundles, so that even these sets make several per round.
+            bundle_size: 25,
             ..Default::default()
         },
     )
@@ -945,14 +1110,22 @@ struct Run {
     gave_up: u64,
     conflicts: u64,
     elapsed: Duration,
+    /// Bundles answered with a batch-response.
+    bundles: u64,
+    /// Whether the writer still used Bundles at the end (false after a fallback).
+    used_bundles: bool,
 }
 
 /// Writes every batch of `set` through `base`, with a fresh writer. Only data errors are
 /// allowed (the sample events include a bad value on purpose); a request error would mean a
 /// fault was turned into a dead letter instead of being absorbed.
 async fn write_set(set: &Set, base: &str) -> Run {
+    write_set_with(set, base, false).await
+}
+
+async fn write_set_with(set: &Set, base: &str, bundles: bool) -> Run {
     let started = Instant::now();
-    let w = writer(base, &set.templates);
+    let w = writer_with(base, &set.templates, bundles);
     let mut errors = Vec::new();
     for (i, batch) in set.batches.iter().enumerate() {
         let report = w.write_batch(batch.clone(), None).await;
@@ -974,6 +1147,8 @@ async fn write_set(set: &Set, base: &str) -> Run {
         gave_up: s.gave_up.load(Ordering::SeqCst),
         conflicts: w.stats().conflicts.load(Ordering::SeqCst),
         elapsed: started.elapsed(),
+        bundles: s.bundles.load(Ordering::SeqCst),
+        used_bundles: w.uses_bundles(),
     }
 }
 
@@ -1100,6 +1275,181 @@ async fn blood_pressure_components_survive_every_fault_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spo2_quantity_survives_every_fault_kind() {
     survives_every_fault_kind(Set::load("spo2", spo2_events(), None, false)).await;
+}
+
+/// Entry faults for the Bundle path: among new entries, an update (`ifMatch`) gets 412 every
+/// second time; every 5th new entry 429 with `Retry-After: 1` (twice in all: a real second
+/// each), every 7th 500 (6 in all); every 4th write is applied by the server and then answered
+/// 500 (4 in all), so its retry meets a real 412. Retries of an entry pass.
+fn entry_faults() -> EntryScript {
+    let (mut fresh, mut updates, mut writes) = (0u64, 0u64, 0u64);
+    let (mut b429, mut b500, mut b_applied) = (2u32, 6u32, 4u32);
+    Box::new(move |e: &EntrySeen<'_>| {
+        if e.attempt > 0 {
+            return EntryFault::Pass;
+        }
+        fresh += 1;
+        if e.if_match {
+            updates += 1;
+            if updates % 2 == 1 {
+                return EntryFault::Status {
+                    code: 412,
+                    retry_after: None,
+                };
+            }
+        }
+        if e.method == "PUT" && e.url.starts_with("Observation/") {
+            writes += 1;
+            if writes % 4 == 2 && b_applied > 0 {
+                b_applied -= 1;
+                return EntryFault::AppliedThen { code: 500 };
+            }
+        }
+        if fresh % 5 == 3 && b429 > 0 {
+            b429 -= 1;
+            return EntryFault::Status {
+                code: 429,
+                retry_after: Some(1),
+            };
+        }
+        if fresh % 7 == 4 && b500 > 0 {
+            b500 -= 1;
+            return EntryFault::Status {
+                code: 500,
+                retry_after: None,
+            };
+        }
+        EntryFault::Pass
+    })
+}
+
+/// A server that refuses Bundles as a whole (here: 501 to every `POST` of a Bundle, as a
+/// server without batch support answers; the test server itself takes them).
+fn refuse_bundles() -> Script {
+    Box::new(|s: &Seen<'_>| {
+        if s.method == "POST" && !s.target.contains("/$") {
+            Fault::Status {
+                code: 501,
+                retry_after: None,
+            }
+        } else {
+            Fault::Pass
+        }
+    })
+}
+
+/// The Bundle path against the real test server, resource by resource the same as the
+/// single-request path: fault-free; with entries answering 412, 429 (`Retry-After`) and 500
+/// (also after the server applied them) through the fault proxy; and through a server that
+/// refuses Bundles (fallback to single requests). Every reading written once in each.
+async fn bundles_match_single_requests_under_entry_faults(set: Set) {
+    let server = FhirServer::acquire().await;
+    let single = write_set(&set, &server.base).await;
+    let rejected: HashSet<usize> = single
+        .errors
+        .iter()
+        .flat_map(|(_, events)| events.iter().copied())
+        .collect();
+    let expected = set.expected_samples(&rejected);
+    let baseline = snapshot(&server).await;
+    assert_same_samples(
+        &format!("{} / single", set.name),
+        &baseline.samples,
+        &expected,
+    );
+    assert_eq!(
+        single.bundles, 0,
+        "{}: the single path sent Bundles",
+        set.name
+    );
+
+    let same = |ctx: &str, run: &Run, got: &Snapshot| {
+        assert_eq!(run.gave_up, 0, "{ctx}: the client gave up");
+        assert_eq!(run.errors, single.errors, "{ctx}: errors differ");
+        assert_same_samples(ctx, &got.samples, &expected);
+        assert_eq!(got.patients, baseline.patients, "{ctx}: Patients differ");
+        assert_eq!(got.devices, baseline.devices, "{ctx}: Devices differ");
+        assert_eq!(
+            got.observations.keys().collect::<Vec<_>>(),
+            baseline.observations.keys().collect::<Vec<_>>(),
+            "{ctx}: Observation identifiers differ"
+        );
+        for (id, obs) in &got.observations {
+            assert_eq!(obs, &baseline.observations[id], "{ctx}: Observation {id}");
+        }
+    };
+
+    server.reset().await;
+    let run = write_set_with(&set, &server.base, true).await;
+    let ctx = format!("{} / bundles", set.name);
+    same(&ctx, &run, &snapshot(&server).await);
+    assert!(run.used_bundles && run.bundles > 0, "{ctx}: no Bundles");
+    assert!(
+        run.requests * 2 < single.requests,
+        "{ctx}: {} requests, single path {}",
+        run.requests,
+        single.requests
+    );
+    eprintln!(
+        "BUNDLES set={} single_requests={} bundle_requests={} bundles={} measurements={}",
+        set.name,
+        single.requests,
+        run.requests,
+        run.bundles,
+        set.measurements()
+    );
+
+    server.reset().await;
+    let proxy = FaultProxy::start(&server.base, Box::new(|_: &Seen<'_>| Fault::Pass))
+        .await
+        .with_entry_faults(entry_faults());
+    let run = write_set_with(&set, &proxy.base, true).await;
+    let ctx = format!("{} / entry faults", set.name);
+    let injected = proxy.injected();
+    eprintln!(
+        "BUNDLE_FAULTS set={} requests={} retries={} conflicts={} injected={injected:?}",
+        set.name, run.requests, run.retries, run.conflicts
+    );
+    assert_eq!(proxy.broken(), 0, "{ctx}: the proxy itself failed");
+    for label in ["entry-412", "entry-429", "entry-500", "entry-applied-500"] {
+        assert!(
+            injected.get(label).copied().unwrap_or(0) > 0,
+            "{ctx}: no {label} injected: {injected:?}"
+        );
+    }
+    assert!(run.conflicts > 0, "{ctx}: no 412 handled");
+    assert!(run.retries > 0, "{ctx}: nothing retried");
+    assert!(run.used_bundles, "{ctx}: fell back although Bundles work");
+    same(&ctx, &run, &snapshot(&server).await);
+
+    server.reset().await;
+    let proxy = FaultProxy::start(&server.base, refuse_bundles()).await;
+    let run = write_set_with(&set, &proxy.base, true).await;
+    let ctx = format!("{} / Bundles refused", set.name);
+    assert_eq!(
+        proxy.injected().get("501").copied(),
+        Some(1),
+        "{ctx}: one refused Bundle, then single requests"
+    );
+    assert!(!run.used_bundles, "{ctx}: did not fall back");
+    same(&ctx, &run, &snapshot(&server).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heart_rate_bundles_match_single_requests_under_entry_faults() {
+    bundles_match_single_requests_under_entry_faults(Set::load(
+        "heart-rate",
+        heart_rate_events(),
+        Some(60_000),
+        false,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spo2_bundles_match_single_requests_under_entry_faults() {
+    bundles_match_single_requests_under_entry_faults(Set::load("spo2", spo2_events(), None, false))
+        .await;
 }
 
 /// `ResolutionMode::Create` links an existing Device that has no patient with a PUT carrying

@@ -58,6 +58,17 @@ pub struct FhirConfig {
     /// Devices written in parallel.
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
+    /// Write in FHIR `batch` Bundles (false: one request per read and write, as for a server
+    /// without Bundle support; the writer also falls back by itself when the server refuses
+    /// Bundles).
+    #[serde(default = "default_bundles")]
+    pub bundles: bool,
+    /// Most entries in one Bundle (100–500 is what FHIR servers advise).
+    #[serde(default = "default_bundle_size")]
+    pub bundle_size: usize,
+    /// Bundles in flight at once.
+    #[serde(default = "default_bundle_concurrency")]
+    pub bundle_concurrency: usize,
     /// Give up one request after this long of retries, in seconds (the batch is retried later).
     #[serde(default = "default_retry_deadline")]
     pub retry_deadline_secs: u64,
@@ -71,6 +82,15 @@ pub struct FhirConfig {
 
 fn default_concurrency() -> usize {
     10
+}
+fn default_bundles() -> bool {
+    true
+}
+fn default_bundle_size() -> usize {
+    fhir_writer::DEFAULT_BUNDLE_SIZE
+}
+fn default_bundle_concurrency() -> usize {
+    fhir_writer::DEFAULT_BUNDLE_CONCURRENCY
 }
 fn default_retry_deadline() -> u64 {
     60
@@ -363,6 +383,15 @@ impl Config {
         }
         if self.fhir.max_concurrency == 0 {
             errors.push("fhir.max_concurrency: must be at least 1".into());
+        }
+        if self.fhir.bundle_size == 0 || self.fhir.bundle_size > 1000 {
+            errors.push(format!(
+                "fhir.bundle_size: {} is not between 1 and 1000",
+                self.fhir.bundle_size
+            ));
+        }
+        if self.fhir.bundle_concurrency == 0 {
+            errors.push("fhir.bundle_concurrency: must be at least 1".into());
         }
         if self.pipeline.channel_capacity == 0 {
             errors.push("pipeline.channel_capacity: must be at least 1".into());

@@ -147,6 +147,13 @@ pub struct Metrics {
     /// Creates that replaced another writer's concurrent create, repaired (copied from the
     /// writer).
     pub fhir_create_races: AtomicU64,
+    /// `batch` Bundles answered (copied from the client).
+    pub fhir_bundles: AtomicU64,
+    /// Entries per Bundle: count per bucket of `fhir_writer::client::ENTRY_BUCKETS` (+ one for
+    /// larger), and the sum (copied from the client).
+    pub fhir_bundle_entries: Mutex<(Vec<u64>, u64)>,
+    /// Outcomes of Bundle entries and single requests by HTTP status (copied from the client).
+    pub fhir_entry_statuses: Mutex<BTreeMap<u16, u64>>,
     /// 1 once the service is ready.
     pub ready: AtomicU64,
 }
@@ -373,6 +380,40 @@ impl Metrics {
             "Observation creates that replaced another writer's concurrent create; its samples were merged back.",
             self.fhir_create_races.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "iomt_fhir_bundles_total",
+            "FHIR batch Bundles sent and answered with a batch-response.",
+            self.fhir_bundles.load(Ordering::Relaxed),
+        );
+        if let Ok(h) = self.fhir_bundle_entries.lock() {
+            let (buckets, sum) = &*h;
+            let _ = writeln!(out, "# HELP iomt_fhir_bundle_entries Entries per FHIR Bundle sent.\n# TYPE iomt_fhir_bundle_entries histogram");
+            let mut cumulative = 0;
+            for (i, bound) in fhir_writer::client::ENTRY_BUCKETS.iter().enumerate() {
+                cumulative += buckets.get(i).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "iomt_fhir_bundle_entries_bucket{{le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += buckets
+                .get(fhir_writer::client::ENTRY_BUCKETS.len())
+                .copied()
+                .unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "iomt_fhir_bundle_entries_bucket{{le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(out, "iomt_fhir_bundle_entries_sum {sum}");
+            let _ = writeln!(out, "iomt_fhir_bundle_entries_count {cumulative}");
+        }
+        let _ = writeln!(out, "# HELP iomt_fhir_entries_total Outcomes of FHIR Bundle entries and single requests, by HTTP status (0: no answer).\n# TYPE iomt_fhir_entries_total counter");
+        if let Ok(m) = self.fhir_entry_statuses.lock() {
+            for (status, v) in m.iter() {
+                let _ = writeln!(out, "iomt_fhir_entries_total{{status=\"{status}\"}} {v}");
+            }
+        }
         let _ = writeln!(out, "# HELP iomt_fhir_resources_saved_total FHIR resources saved, by resource type and operation.\n# TYPE iomt_fhir_resources_saved_total counter");
         if let Ok(m) = self.saved.lock() {
             for ((r, o), v) in m.iter() {

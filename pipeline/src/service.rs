@@ -165,6 +165,9 @@ impl Pipeline {
                 resolution: config.fhir.resolution,
                 device_identifier_system: config.fhir.device_identifier_system.clone(),
                 max_concurrency: config.fhir.max_concurrency,
+                bundles: config.fhir.bundles,
+                bundle_size: config.fhir.bundle_size,
+                bundle_concurrency: config.fhir.bundle_concurrency,
                 ..Default::default()
             },
         );
