@@ -737,6 +737,7 @@ mod tests {
             flush_interval_secs: 30.0,
             flush_interval_config: None,
             dir: "/tmp/x".into(),
+            backlog: false,
         }
     }
 
@@ -780,6 +781,8 @@ mod tests {
             killed: false,
             stopped_waiting: None,
             broker_drops: vec![],
+            mqtt_connections: 1,
+            keep_alive_trouble: vec![],
         }
     }
 
