@@ -1,6 +1,7 @@
 //! The MQTT source against a real Mosquitto (started by the test on a free loopback port): a
-//! pipeline that stops reading must not cost the connection (issue 10), and the broker's
-//! in-flight window is what bounds the messages the source holds.
+//! pipeline that stops reading must not cost the connection (an earlier source deadlocked so under
+//! a broker backlog), and the broker's in-flight window is what bounds the messages the source
+//! holds.
 
 #[path = "../../tests/support/mosquitto.rs"]
 mod mosquitto;
