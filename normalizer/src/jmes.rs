@@ -13,7 +13,7 @@ use jmespath::{Context, ErrorReason, JmespathError, Rcvar, Runtime, Variable};
 use serde_json::Value;
 
 use crate::doc::Doc;
-use crate::jsonpath::Token;
+use crate::scope::Token;
 
 /// A compiled JMESPath expression, bound to the shared runtime with custom functions.
 pub type JmesExpression = jmespath::Expression<'static>;

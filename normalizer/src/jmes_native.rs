@@ -5,7 +5,7 @@
 //! The `jmespath` crate parses the expression (its [`Ast`] is the input here) and remains
 //! the authority: [`eval`] covers the expressions device mappings use (fields, indexes,
 //! slices, projections, filters, comparisons, boolean logic, multi-select, literals and
-//! the functions in [`call`]) and gives up with [`Unsupported`] on anything else, on every
+//! the functions in `call`) and gives up with [`Unsupported`] on anything else, on every
 //! error, and on expression references. The caller then evaluates the same expression
 //! with the crate, which produces the result or the exact error message. Evaluation has no
 //! side effects, so trying twice is safe.
@@ -25,7 +25,7 @@ use jmespath::Variable;
 use serde_json::{Number, Value};
 
 use crate::doc::{member, Doc};
-use crate::jsonpath::{Envelope, Token};
+use crate::scope::{Envelope, Token};
 
 /// The evaluation fell outside what this module covers, or failed: evaluate with the
 /// `jmespath` crate instead.

@@ -31,6 +31,7 @@ pub mod jsonpath;
 mod measurement;
 mod normalize;
 pub mod position;
+pub mod scope;
 mod template;
 pub mod value;
 

@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 use crate::doc::Doc;
 use crate::jmes;
 use crate::jmes_native::{self, J};
-use crate::jsonpath::{Envelope, Scope, Token};
 use crate::measurement::{Measurement, MeasurementProperty};
+use crate::scope::{Envelope, Scope, Token};
 use crate::template::{Compiled, ContentTemplate, DeviceMapping, Expression, TemplateKind};
 use crate::value::{parse_timestamp, value_text, ValueText};
 
