@@ -25,8 +25,8 @@
 #![deny(missing_docs)]
 
 pub mod doc;
-pub mod jmes;
-pub mod jmes_native;
+pub mod jmespath_eval;
+pub mod jmespath_fallback;
 pub mod jsonpath;
 mod measurement;
 mod normalize;

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::doc::Doc;
-use crate::jmes;
-use crate::jmes_native::{self, J};
+use crate::jmespath_eval::{self, JmesValue};
+use crate::jmespath_fallback;
 use crate::measurement::{Measurement, MeasurementProperty};
 use crate::scope::{Envelope, Scope, Token};
 use crate::template::{Compiled, ContentTemplate, DeviceMapping, Expression, TemplateKind};
@@ -169,7 +169,8 @@ struct Document<'a> {
 
 impl Document<'_> {
     fn var(&self) -> &Rcvar {
-        self.var.get_or_init(|| jmes::token_to_variable(self.top))
+        self.var
+            .get_or_init(|| jmespath_fallback::token_to_variable(self.top))
     }
 }
 
@@ -197,10 +198,10 @@ impl<'a> Match<'a> {
 
     /// A match the native JMESPath evaluation produced: a token of the document when it
     /// is one, else its JSON.
-    fn of_native(j: J<'a>) -> Self {
+    fn of_native(j: JmesValue<'a>) -> Self {
         match j {
-            J::Val(v) => Match::of_token(Token::Value(v)),
-            J::Env(e) => Match::of_token(Token::Envelope(e)),
+            JmesValue::Val(v) => Match::of_token(Token::Value(v)),
+            JmesValue::Env(e) => Match::of_token(Token::Envelope(e)),
             other => Match {
                 token: None,
                 owned: OnceCell::from(other.to_doc().into_owned()),
@@ -215,16 +216,17 @@ impl Match<'_> {
     fn token(&self) -> Token<'_> {
         match self.token {
             Some(t) => t,
-            None => Token::Value(
-                self.owned
-                    .get_or_init(|| self.var.get().map_or(Doc::Null, |v| jmes::to_doc(v))),
-            ),
+            None => Token::Value(self.owned.get_or_init(|| {
+                self.var
+                    .get()
+                    .map_or(Doc::Null, |v| jmespath_fallback::to_doc(v))
+            })),
         }
     }
 
     fn var(&self) -> &Rcvar {
         self.var
-            .get_or_init(|| jmes::token_to_variable(self.token()))
+            .get_or_init(|| jmespath_fallback::token_to_variable(self.token()))
     }
 
     fn root(&self, doc: &Document<'_>) -> &Rcvar {
@@ -374,14 +376,14 @@ fn type_matches<'a>(
             .collect()),
         Compiled::JmesPath(j) => {
             // On the document as it is; the crate below only for what that does not cover.
-            if let Ok(r) = jmes_native::eval(j.as_ast(), &J::of_token(doc.top)) {
+            if let Ok(r) = jmespath_eval::eval(j.as_ast(), &JmesValue::of_token(doc.top)) {
                 return Ok(match r {
-                    J::Arr(items) => items
+                    JmesValue::Arr(items) => items
                         .into_iter()
                         .filter(|x| !x.is_null())
                         .map(Match::of_native)
                         .collect(),
-                    J::Val(Doc::Array(items)) => items
+                    JmesValue::Val(Doc::Array(items)) => items
                         .iter()
                         .filter(|x| !x.is_null())
                         .map(|x| Match::of_token(Token::Value(x)))
@@ -390,7 +392,7 @@ fn type_matches<'a>(
                     r => vec![Match::of_native(r)],
                 });
             }
-            let r = jmes::search(j, doc.var()).map_err(|err| {
+            let r = jmespath_fallback::search(j, doc.var()).map_err(|err| {
                 NormalizeError::incompatible(
                     t,
                     "TypeMatchExpression",
@@ -398,7 +400,7 @@ fn type_matches<'a>(
                     None,
                     format!(
                         "Unable to evaluate [TypeMatchExpression]: {}",
-                        jmes::error_message(&err)
+                        jmespath_fallback::error_message(&err)
                     ),
                 )
             })?;
@@ -454,19 +456,19 @@ fn select_one<'s>(
         Compiled::JmesPath(j) => {
             // On the document as it is; the crate below only for what that does not cover.
             let data = if legacy {
-                J::of_token(m.token())
+                JmesValue::of_token(m.token())
             } else {
-                J::Root(doc.top, m.token())
+                JmesValue::Root(doc.top, m.token())
             };
-            if let Ok(r) = jmes_native::eval(j.as_ast(), &data) {
+            if let Ok(r) = jmespath_eval::eval(j.as_ast(), &data) {
                 return match r {
-                    J::Arr(mut a) if a.len() <= 1 => {
+                    JmesValue::Arr(mut a) if a.len() <= 1 => {
                         Ok(a.pop().map_or(One::Missing, |x| One::Found(x.to_doc())))
                     }
-                    J::Val(Doc::Array(a)) if a.len() <= 1 => Ok(a
+                    JmesValue::Val(Doc::Array(a)) if a.len() <= 1 => Ok(a
                         .first()
                         .map_or(One::Missing, |x| One::Found(Cow::Borrowed(x)))),
-                    J::Arr(_) | J::Val(Doc::Array(_)) => {
+                    JmesValue::Arr(_) | JmesValue::Val(Doc::Array(_)) => {
                         Err(many(t, field, e, r.array_len().unwrap_or(0)))
                     }
                     r if r.is_null() => Ok(One::Missing),
@@ -474,7 +476,7 @@ fn select_one<'s>(
                 };
             }
             let root = if legacy { m.var() } else { m.root(doc) };
-            let r = jmes::search(j, root).map_err(|err| {
+            let r = jmespath_fallback::search(j, root).map_err(|err| {
                 NormalizeError::incompatible(
                     t,
                     field,
@@ -482,7 +484,7 @@ fn select_one<'s>(
                     None,
                     format!(
                         "Unable to evaluate [{field}]: {}",
-                        jmes::error_message(&err)
+                        jmespath_fallback::error_message(&err)
                     ),
                 )
             })?;
@@ -490,10 +492,10 @@ fn select_one<'s>(
                 Variable::Null => Ok(One::Missing),
                 Variable::Array(a) if a.is_empty() => Ok(One::Missing),
                 Variable::Array(a) if a.len() == 1 => {
-                    Ok(One::Found(Cow::Owned(jmes::to_doc(&a[0]))))
+                    Ok(One::Found(Cow::Owned(jmespath_fallback::to_doc(&a[0]))))
                 }
                 Variable::Array(a) => Err(many(t, field, e, a.len())),
-                other => Ok(One::Found(Cow::Owned(jmes::to_doc(other)))),
+                other => Ok(One::Found(Cow::Owned(jmespath_fallback::to_doc(other)))),
             }
         }
     }
@@ -796,7 +798,7 @@ fn measurement(
 
 /// Which templates can match a document, judged by the member names in it: a
 /// `typeMatchExpression` needs some names to occur (see
-/// [`crate::jsonpath::JsonPath::required_names`], [`jmes::required_names`]),
+/// [`crate::jsonpath::JsonPath::required_names`], [`jmespath_fallback::required_names`]),
 /// one walk over the document finds which of them do, and templates that miss one are
 /// skipped without evaluating their scan. With a mapping of many templates, most of
 /// which match none of a given device's messages, this is most of the saving.
@@ -832,7 +834,7 @@ impl Prefilter {
             let mut needs = 0;
             let names = match &t.type_match.compiled {
                 Compiled::JsonPath(path) => path.required_names(),
-                Compiled::JmesPath(e) => jmes::required_names(e),
+                Compiled::JmesPath(e) => jmespath_fallback::required_names(e),
                 Compiled::Empty => Vec::new(),
             };
             for name in names {

@@ -3,7 +3,7 @@
 //! evaluation (a document, optionally with `CalculatedContent`'s top-level `matchedToken`).
 //!
 //! Shared by the JSONPath evaluator ([`crate::jsonpath`]), the JMESPath evaluator
-//! ([`crate::jmes_native`]), the `jmespath` crate fallback ([`crate::jmes`]) and
+//! ([`crate::jmespath_eval`]), the `jmespath` crate fallback ([`crate::jmespath_fallback`]) and
 //! the normalizer, so that every expression language sees the same document the same way.
 
 use std::borrow::Cow;

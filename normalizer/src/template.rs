@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::jmes::{self, JmesExpression};
+use crate::jmespath_fallback::{self, JmesExpression};
 use crate::jsonpath::JsonPath;
 use crate::position::{escape_token, LineCol, Positions};
 
@@ -112,7 +112,8 @@ impl Expression {
                     Compiled::JsonPath(JsonPath::compile(source).map_err(|e| e.to_string())?)
                 }
                 Language::JmesPath => Compiled::JmesPath(Box::new(
-                    jmes::compile(source).map_err(|e| format!("invalid JMESPath: {e}"))?,
+                    jmespath_fallback::compile(source)
+                        .map_err(|e| format!("invalid JMESPath: {e}"))?,
                 )),
             }
         };
