@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::jmespath_fallback::{self, JmesExpression};
 use crate::jsonpath::JsonPath;
-use crate::position::{escape_token, LineCol, Positions};
+use crate::location::{escape_token, LineCol, Location, Positions};
 
 /// The kind of a content template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -221,6 +221,18 @@ pub struct TemplateError {
 }
 
 impl TemplateError {
+    /// Where the error is: its JSON pointer, line and column, as the shared
+    /// [`Location`] that FHIR-mapping errors carry too.
+    pub fn location(&self) -> Location {
+        Location::new(
+            self.pointer.clone(),
+            LineCol {
+                line: self.line,
+                column: self.column,
+            },
+        )
+    }
+
     fn display(&self) -> String {
         let at = match (&self.template_index, &self.template_type) {
             (Some(i), Some(t)) => format!("template {i} ({t}) "),

@@ -116,12 +116,13 @@ fn seq(ev: &SourceEvent) -> u64 {
     v["seq"].as_u64().unwrap()
 }
 
-/// Issue 10: with 5,000 messages queued on the broker and a pipeline that stops reading for
-/// three keep-alive periods, the source used to stop polling its event loop (blocked on the
-/// full channel): no pings, no PUBACKs, and the broker dropped the connection ("exceeded
-/// timeout"). Now the connection stays up the whole time and, once the pipeline reads again,
-/// every message arrives once and is acknowledged: a second session with the same client id
-/// gets only what was published after the source left.
+/// Regression (the MQTT source deadlocked under a broker backlog): with 5,000 messages queued
+/// on the broker and a pipeline that stops reading for three keep-alive periods, the source
+/// used to stop polling its event loop (blocked on the full channel): no pings, no PUBACKs, and
+/// the broker dropped the connection ("exceeded timeout"). Now the connection stays up the
+/// whole time and, once the pipeline reads again, every message arrives once and is
+/// acknowledged: a second session with the same client id gets only what was published after
+/// the source left.
 async fn a_stalled_pipeline_keeps_the_connection_and_loses_nothing(protocol: &str) {
     const N: usize = 5_000;
     const BATCH: usize = 50;
