@@ -25,12 +25,13 @@
 #![deny(missing_docs)]
 
 pub mod doc;
-pub mod jmes;
-pub mod jmes_native;
+pub mod jmespath_eval;
+pub mod jmespath_fallback;
 pub mod jsonpath;
+pub mod location;
 mod measurement;
 mod normalize;
-pub mod position;
+pub mod scope;
 mod template;
 pub mod value;
 

@@ -18,7 +18,8 @@ pub struct MeasurementProperty {
     pub value: String,
 }
 
-/// A normalized measurement (serialized camelCase, as in DESIGN.md).
+/// A normalized measurement, serialized camelCase as the reference's `Measurement` is
+/// (`type`, `occurrenceTimeUtc`, `ingestionTimeUtc`, `deviceId`, ..., `properties`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Measurement {

@@ -1,4 +1,4 @@
-//! The native JMESPath evaluation (`normalizer::jmes_native`) against the `jmespath` crate:
+//! Our JMESPath evaluator (`normalizer::jmespath_eval`) against the `jmespath` crate:
 //! on every expression and document where the native evaluation gives a result, the crate
 //! gives the same one (objects compared without regard to key order, which is the one
 //! documented difference); where it gives up, the crate decides. And it must actually
@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use normalizer::doc::Doc;
-use normalizer::jmes::{self, JmesExpression};
-use normalizer::jmes_native::{eval, J};
+use normalizer::jmespath_eval::{eval, JmesValue};
+use normalizer::jmespath_fallback::{self, JmesExpression};
 use normalizer::jsonpath::{Envelope, Token};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -143,17 +143,22 @@ fn compiled() -> Vec<(&'static str, JmesExpression)> {
         .map(|e| {
             (
                 *e,
-                jmes::compile(e).unwrap_or_else(|err| panic!("{e}: {err}")),
+                jmespath_fallback::compile(e).unwrap_or_else(|err| panic!("{e}: {err}")),
             )
         })
         .collect()
 }
 
 /// Compares both on one input; returns whether the native evaluation covered it.
-fn agree(e: &str, x: &JmesExpression, native: &J<'_>, crate_input: &jmespath::Rcvar) -> bool {
-    let expected = jmes::search(x, crate_input)
-        .map(|v| canonical(&jmes::to_value(&v)))
-        .map_err(|err| jmes::error_message(&err));
+fn agree(
+    e: &str,
+    x: &JmesExpression,
+    native: &JmesValue<'_>,
+    crate_input: &jmespath::Rcvar,
+) -> bool {
+    let expected = jmespath_fallback::search(x, crate_input)
+        .map(|v| canonical(&jmespath_fallback::to_value(&v)))
+        .map_err(|err| jmespath_fallback::error_message(&err));
     match eval(x.as_ast(), native) {
         Ok(r) => {
             let got = canonical(&r.to_value());
@@ -170,7 +175,7 @@ proptest! {
     #[test]
     fn native_agrees_with_the_crate_on_values(v in doc()) {
         for (e, x) in compiled() {
-            agree(e, &x, &J::Val(&Doc::from_value(&v)), &jmes::to_variable(&v));
+            agree(e, &x, &JmesValue::Val(&Doc::from_value(&v)), &jmespath_fallback::to_variable(&v));
         }
     }
 
@@ -187,21 +192,21 @@ proptest! {
         let env = Envelope { body: &body_doc, properties: &properties_doc, system_properties: &system_doc };
         // The crate's input built from the `serde_json` values, not from the documents.
         let mut crate_env = std::collections::BTreeMap::new();
-        crate_env.insert("Body".to_string(), jmes::to_variable(&body));
-        crate_env.insert("Properties".to_string(), jmes::to_variable(&Value::Object(properties.clone())));
-        crate_env.insert("SystemProperties".to_string(), jmes::to_variable(&Value::Object(system.clone())));
+        crate_env.insert("Body".to_string(), jmespath_fallback::to_variable(&body));
+        crate_env.insert("Properties".to_string(), jmespath_fallback::to_variable(&Value::Object(properties.clone())));
+        crate_env.insert("SystemProperties".to_string(), jmespath_fallback::to_variable(&Value::Object(system.clone())));
         let crate_env = std::sync::Arc::new(jmespath::Variable::Object(crate_env));
-        prop_assert_eq!(&crate_env, &jmes::token_to_variable(Token::Envelope(&env)));
+        prop_assert_eq!(&crate_env, &jmespath_fallback::token_to_variable(Token::Envelope(&env)));
         let mut root = match &*crate_env {
             jmespath::Variable::Object(o) => o.clone(),
             _ => unreachable!("the envelope is an object"),
         };
-        root.insert("matchedToken".into(), jmes::to_variable(&matched));
+        root.insert("matchedToken".into(), jmespath_fallback::to_variable(&matched));
         let crate_root = std::sync::Arc::new(jmespath::Variable::Object(root));
         for (e, x) in compiled() {
-            agree(e, &x, &J::Env(&env), &crate_env);
-            agree(e, &x, &J::Root(Token::Envelope(&env), Token::Value(&matched_doc)), &crate_root);
-            agree(e, &x, &J::Val(&properties_doc), &jmes::to_variable(&Value::Object(properties.clone())));
+            agree(e, &x, &JmesValue::Env(&env), &crate_env);
+            agree(e, &x, &JmesValue::Root(Token::Envelope(&env), Token::Value(&matched_doc)), &crate_root);
+            agree(e, &x, &JmesValue::Val(&properties_doc), &jmespath_fallback::to_variable(&Value::Object(properties.clone())));
         }
     }
 }
@@ -226,9 +231,9 @@ fn native_covers_what_templates_use() {
         "a[?b > `1`].b",
         "length(a)",
     ] {
-        let x = jmes::compile(e).unwrap();
+        let x = jmespath_fallback::compile(e).unwrap();
         assert!(
-            agree(e, &x, &J::Val(&Doc::from_value(&doc)), &jmes::to_variable(&doc)),
+            agree(e, &x, &JmesValue::Val(&Doc::from_value(&doc)), &jmespath_fallback::to_variable(&doc)),
             "{e}: the native evaluation gave up"
         );
     }
@@ -239,9 +244,9 @@ fn native_covers_what_templates_use() {
         "add(Body.d, `1`)",
         "a[::0]",
     ] {
-        let x = jmes::compile(e).unwrap();
+        let x = jmespath_fallback::compile(e).unwrap();
         assert!(
-            eval(x.as_ast(), &J::Val(&Doc::from_value(&doc))).is_err(),
+            eval(x.as_ast(), &JmesValue::Val(&Doc::from_value(&doc))).is_err(),
             "{e}"
         );
     }

@@ -1003,12 +1003,12 @@ proptest! {
 
     #[test]
     fn jmespath_required_names_are_needed(text in jmes_type_match(), doc in json_value()) {
-        if let Ok(e) = normalizer::jmes::compile(&text) {
+        if let Ok(e) = normalizer::jmespath_fallback::compile(&text) {
             let mut keys = Vec::new();
             keys_in(&doc, &mut keys);
-            let names = normalizer::jmes::required_names(&e);
+            let names = normalizer::jmespath_fallback::required_names(&e);
             if names.iter().any(|n| !keys.iter().any(|k| k == n)) {
-                let r = normalizer::jmes::search(&e, &normalizer::jmes::to_variable(&doc));
+                let r = normalizer::jmespath_fallback::search(&e, &normalizer::jmespath_fallback::to_variable(&doc));
                 let nothing = match &r {
                     Ok(v) => v.is_null() || v.as_array().is_some_and(|a| a.iter().all(|x| x.is_null())),
                     Err(_) => false,

@@ -1,6 +1,7 @@
 //! The MQTT source against a real Mosquitto (started by the test on a free loopback port): a
-//! pipeline that stops reading must not cost the connection (issue 10), and the broker's
-//! in-flight window is what bounds the messages the source holds.
+//! pipeline that stops reading must not cost the connection (an earlier source deadlocked so under
+//! a broker backlog), and the broker's in-flight window is what bounds the messages the source
+//! holds.
 
 #[path = "../../tests/support/mosquitto.rs"]
 mod mosquitto;
@@ -115,12 +116,13 @@ fn seq(ev: &SourceEvent) -> u64 {
     v["seq"].as_u64().unwrap()
 }
 
-/// Issue 10: with 5,000 messages queued on the broker and a pipeline that stops reading for
-/// three keep-alive periods, the source used to stop polling its event loop (blocked on the
-/// full channel): no pings, no PUBACKs, and the broker dropped the connection ("exceeded
-/// timeout"). Now the connection stays up the whole time and, once the pipeline reads again,
-/// every message arrives once and is acknowledged: a second session with the same client id
-/// gets only what was published after the source left.
+/// Regression (the MQTT source deadlocked under a broker backlog): with 5,000 messages queued
+/// on the broker and a pipeline that stops reading for three keep-alive periods, the source
+/// used to stop polling its event loop (blocked on the full channel): no pings, no PUBACKs, and
+/// the broker dropped the connection ("exceeded timeout"). Now the connection stays up the
+/// whole time and, once the pipeline reads again, every message arrives once and is
+/// acknowledged: a second session with the same client id gets only what was published after
+/// the source left.
 async fn a_stalled_pipeline_keeps_the_connection_and_loses_nothing(protocol: &str) {
     const N: usize = 5_000;
     const BATCH: usize = 50;

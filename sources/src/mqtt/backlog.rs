@@ -2,17 +2,17 @@
 //! taken yet. Pure (no I/O, no clock), so its rules are tested on their own.
 //!
 //! The queue exists so that the connection loop never waits for room in the pipeline's channel
-//! (waiting there stops the `rumqttc` event loop, and with it pings and PUBACKs: issue 10). It
-//! stays small without blocking because of MQTT flow control: the broker has at most its
-//! in-flight window of unacknowledged QoS 1 messages out to us (MQTT 5: the Receive Maximum we
-//! advertise, which is `inflight`; MQTT 3.1.1: the broker's own setting, Mosquitto's
-//! `max_inflight_messages`), and nothing in this queue is acknowledged yet. A broker that sends
-//! more breaks that bound (Mosquitto 2.0.11 does: once PUBACKs flow while messages are queued for
-//! us, each PUBACK lets up to a whole window more through): the queue then keeps everything
-//! anyway (an unacknowledged message must not be lost, and dropping it would leave it with the
-//! broker until the next reconnect) and says so once; the broker's own queue is then the bound.
-//! QoS 0 messages have no window; beyond the bound they are dropped, which MQTT allows for them
-//! (the broker would never deliver them again either).
+//! (waiting there stops the `rumqttc` event loop, and with it pings and PUBACKs; an earlier version
+//! deadlocked that way under a broker backlog). It stays small without blocking because of MQTT
+//! flow control: the broker has at most its in-flight window of unacknowledged QoS 1 messages out
+//! to us (MQTT 5: the Receive Maximum we advertise, which is `inflight`; MQTT 3.1.1: the broker's
+//! own setting, Mosquitto's `max_inflight_messages`), and nothing in this queue is acknowledged
+//! yet. A broker that sends more breaks that bound (Mosquitto 2.0.11 does: once PUBACKs flow while
+//! messages are queued for us, each PUBACK lets up to a whole window more through): the queue then
+//! keeps everything anyway (an unacknowledged message must not be lost, and dropping it would leave
+//! it with the broker until the next reconnect) and says so once; the broker's own queue is then
+//! the bound. QoS 0 messages have no window; beyond the bound they are dropped, which MQTT allows
+//! for them (the broker would never deliver them again either).
 
 use std::collections::VecDeque;
 

@@ -2,10 +2,11 @@
 //!
 //! Its one rule: **the `rumqttc` event loop is always being polled.** It alone writes our
 //! PUBACKs and pings to the socket and reads the broker's packets; a loop that stops polling it
-//! while it waits for the pipeline (as this one did, issue 10) sends no pings (the broker drops
-//! the connection after 1.5 keep-alives) and no PUBACKs (the pipeline's acks pile up in the
-//! request channel until they block the pipeline, which then never empties the channel the loop
-//! waits on: a deadlock). So one `poll()` future is kept alive across a `select!` that also
+//! while it waits for the pipeline (as an earlier version of this one did) sends no pings (the
+//! broker drops the connection after 1.5 keep-alives) and no PUBACKs (the pipeline's acks pile
+//! up in the request channel until they block the pipeline, which then never empties the
+//! channel the loop waits on: a deadlock). So one `poll()` future is kept alive across a
+//! `select!` that also
 //!
 //! * hands deliveries from the local [`Backlog`] to the pipeline when `out` has room
 //!   (`reserve`, never a blocking `send`);

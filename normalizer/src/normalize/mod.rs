@@ -1,4 +1,5 @@
-//! Evaluating a device mapping against one event: the pure core of the normalizer.
+//! Evaluating a device mapping against one event: the pure core of the normalizer. Its
+//! errors are in `error`, the name pre-filter that skips templates in `prefilter`.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -7,152 +8,22 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use jmespath::{Rcvar, Variable};
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::doc::Doc;
-use crate::jmes;
-use crate::jmes_native::{self, J};
-use crate::jsonpath::{Envelope, Scope, Token};
+use crate::jmespath_eval::{self, JmesValue};
+use crate::jmespath_fallback;
 use crate::measurement::{Measurement, MeasurementProperty};
+use crate::scope::{Envelope, Scope, Token};
 use crate::template::{Compiled, ContentTemplate, DeviceMapping, Expression, TemplateKind};
 use crate::value::{parse_timestamp, value_text, ValueText};
 
-/// The reference's exception type for a per-event error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ErrorType {
-    /// The event body is not JSON (or not usable as a document).
-    InvalidDataFormatException,
-    /// The data does not satisfy the template.
-    IncompatibleDataException,
-}
+mod error;
+mod prefilter;
 
-impl ErrorType {
-    /// The name as the reference spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::InvalidDataFormatException => "InvalidDataFormatException",
-            ErrorType::IncompatibleDataException => "IncompatibleDataException",
-        }
-    }
-}
-
-/// Which template an error came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateRef {
-    /// Index in the collection.
-    pub index: usize,
-    /// Template kind.
-    pub kind: TemplateKind,
-    /// `typeName`.
-    pub type_name: String,
-}
-
-/// Why one event could not be normalized. The event is skipped; nothing else stops.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
-#[serde(rename_all = "camelCase")]
-#[error("{message}")]
-pub struct NormalizeError {
-    /// The reference's exception type.
-    #[serde(rename = "type")]
-    pub error_type: ErrorType,
-    /// The reference's message text (e.g. `Unable to extract required value for [hr] ...`).
-    pub reason: String,
-    /// The full message: reason plus the template, field and value involved.
-    pub message: String,
-    /// Which template, field, expression and value were involved.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub context: Option<Box<ErrorContext>>,
-}
-
-/// Where an evaluation error happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorContext {
-    /// The template.
-    pub template: TemplateRef,
-    /// The expression field (`DeviceIdExpression`, ...) or value name involved.
-    pub field: String,
-    /// The expression text involved.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expression: Option<String>,
-    /// The offending value (truncated), if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-}
-
-impl NormalizeError {
-    /// An event whose body is not valid JSON.
-    pub fn invalid_format(detail: impl std::fmt::Display) -> Self {
-        let reason = format!("The event body is not valid JSON: {detail}");
-        NormalizeError {
-            error_type: ErrorType::InvalidDataFormatException,
-            message: reason.clone(),
-            reason,
-            context: None,
-        }
-    }
-
-    fn incompatible(
-        t: &ContentTemplate,
-        field: &str,
-        expr: Option<&Expression>,
-        value: Option<String>,
-        reason: String,
-    ) -> Self {
-        let mut message = format!(
-            "{reason} [{} template {} '{}'",
-            t.kind.as_str(),
-            t.index,
-            t.type_name
-        );
-        if let Some(e) = expr {
-            message.push_str(&format!(", expression {:?}", e.source));
-        }
-        if let Some(v) = &value {
-            message.push_str(&format!(", value {v:?}"));
-        }
-        message.push(']');
-        NormalizeError {
-            error_type: ErrorType::IncompatibleDataException,
-            reason,
-            message,
-            context: Some(Box::new(ErrorContext {
-                template: TemplateRef {
-                    index: t.index,
-                    kind: t.kind,
-                    type_name: t.type_name.to_string(),
-                },
-                field: field.to_string(),
-                expression: expr.map(|e| e.source.clone()),
-                value,
-            })),
-        }
-    }
-
-    /// The reference's exception type name.
-    pub fn type_name(&self) -> &'static str {
-        self.error_type.as_str()
-    }
-}
-
-fn shorten(s: &str) -> String {
-    const MAX: usize = 120;
-    if s.chars().count() <= MAX {
-        s.to_string()
-    } else {
-        let cut: String = s.chars().take(MAX).collect();
-        format!("{cut}…")
-    }
-}
-
-fn describe(v: &Doc<'_>) -> String {
-    match v {
-        Doc::String(s) => shorten(s),
-        other => shorten(&other.to_string()),
-    }
-}
+use error::{describe, shorten};
+pub use error::{ErrorContext, ErrorType, NormalizeError, TemplateRef};
+use prefilter::Prefilter;
 
 /// The normalizer: a compiled device mapping, evaluated against documents.
 #[derive(Debug, Clone, Default)]
@@ -169,7 +40,8 @@ struct Document<'a> {
 
 impl Document<'_> {
     fn var(&self) -> &Rcvar {
-        self.var.get_or_init(|| jmes::token_to_variable(self.top))
+        self.var
+            .get_or_init(|| jmespath_fallback::token_to_variable(self.top))
     }
 }
 
@@ -197,10 +69,10 @@ impl<'a> Match<'a> {
 
     /// A match the native JMESPath evaluation produced: a token of the document when it
     /// is one, else its JSON.
-    fn of_native(j: J<'a>) -> Self {
+    fn of_native(j: JmesValue<'a>) -> Self {
         match j {
-            J::Val(v) => Match::of_token(Token::Value(v)),
-            J::Env(e) => Match::of_token(Token::Envelope(e)),
+            JmesValue::Val(v) => Match::of_token(Token::Value(v)),
+            JmesValue::Env(e) => Match::of_token(Token::Envelope(e)),
             other => Match {
                 token: None,
                 owned: OnceCell::from(other.to_doc().into_owned()),
@@ -215,16 +87,17 @@ impl Match<'_> {
     fn token(&self) -> Token<'_> {
         match self.token {
             Some(t) => t,
-            None => Token::Value(
-                self.owned
-                    .get_or_init(|| self.var.get().map_or(Doc::Null, |v| jmes::to_doc(v))),
-            ),
+            None => Token::Value(self.owned.get_or_init(|| {
+                self.var
+                    .get()
+                    .map_or(Doc::Null, |v| jmespath_fallback::to_doc(v))
+            })),
         }
     }
 
     fn var(&self) -> &Rcvar {
         self.var
-            .get_or_init(|| jmes::token_to_variable(self.token()))
+            .get_or_init(|| jmespath_fallback::token_to_variable(self.token()))
     }
 
     fn root(&self, doc: &Document<'_>) -> &Rcvar {
@@ -374,14 +247,14 @@ fn type_matches<'a>(
             .collect()),
         Compiled::JmesPath(j) => {
             // On the document as it is; the crate below only for what that does not cover.
-            if let Ok(r) = jmes_native::eval(j.as_ast(), &J::of_token(doc.top)) {
+            if let Ok(r) = jmespath_eval::eval(j.as_ast(), &JmesValue::of_token(doc.top)) {
                 return Ok(match r {
-                    J::Arr(items) => items
+                    JmesValue::Arr(items) => items
                         .into_iter()
                         .filter(|x| !x.is_null())
                         .map(Match::of_native)
                         .collect(),
-                    J::Val(Doc::Array(items)) => items
+                    JmesValue::Val(Doc::Array(items)) => items
                         .iter()
                         .filter(|x| !x.is_null())
                         .map(|x| Match::of_token(Token::Value(x)))
@@ -390,7 +263,7 @@ fn type_matches<'a>(
                     r => vec![Match::of_native(r)],
                 });
             }
-            let r = jmes::search(j, doc.var()).map_err(|err| {
+            let r = jmespath_fallback::search(j, doc.var()).map_err(|err| {
                 NormalizeError::incompatible(
                     t,
                     "TypeMatchExpression",
@@ -398,7 +271,7 @@ fn type_matches<'a>(
                     None,
                     format!(
                         "Unable to evaluate [TypeMatchExpression]: {}",
-                        jmes::error_message(&err)
+                        jmespath_fallback::error_message(&err)
                     ),
                 )
             })?;
@@ -454,19 +327,19 @@ fn select_one<'s>(
         Compiled::JmesPath(j) => {
             // On the document as it is; the crate below only for what that does not cover.
             let data = if legacy {
-                J::of_token(m.token())
+                JmesValue::of_token(m.token())
             } else {
-                J::Root(doc.top, m.token())
+                JmesValue::Root(doc.top, m.token())
             };
-            if let Ok(r) = jmes_native::eval(j.as_ast(), &data) {
+            if let Ok(r) = jmespath_eval::eval(j.as_ast(), &data) {
                 return match r {
-                    J::Arr(mut a) if a.len() <= 1 => {
+                    JmesValue::Arr(mut a) if a.len() <= 1 => {
                         Ok(a.pop().map_or(One::Missing, |x| One::Found(x.to_doc())))
                     }
-                    J::Val(Doc::Array(a)) if a.len() <= 1 => Ok(a
+                    JmesValue::Val(Doc::Array(a)) if a.len() <= 1 => Ok(a
                         .first()
                         .map_or(One::Missing, |x| One::Found(Cow::Borrowed(x)))),
-                    J::Arr(_) | J::Val(Doc::Array(_)) => {
+                    JmesValue::Arr(_) | JmesValue::Val(Doc::Array(_)) => {
                         Err(many(t, field, e, r.array_len().unwrap_or(0)))
                     }
                     r if r.is_null() => Ok(One::Missing),
@@ -474,7 +347,7 @@ fn select_one<'s>(
                 };
             }
             let root = if legacy { m.var() } else { m.root(doc) };
-            let r = jmes::search(j, root).map_err(|err| {
+            let r = jmespath_fallback::search(j, root).map_err(|err| {
                 NormalizeError::incompatible(
                     t,
                     field,
@@ -482,7 +355,7 @@ fn select_one<'s>(
                     None,
                     format!(
                         "Unable to evaluate [{field}]: {}",
-                        jmes::error_message(&err)
+                        jmespath_fallback::error_message(&err)
                     ),
                 )
             })?;
@@ -490,10 +363,10 @@ fn select_one<'s>(
                 Variable::Null => Ok(One::Missing),
                 Variable::Array(a) if a.is_empty() => Ok(One::Missing),
                 Variable::Array(a) if a.len() == 1 => {
-                    Ok(One::Found(Cow::Owned(jmes::to_doc(&a[0]))))
+                    Ok(One::Found(Cow::Owned(jmespath_fallback::to_doc(&a[0]))))
                 }
                 Variable::Array(a) => Err(many(t, field, e, a.len())),
-                other => Ok(One::Found(Cow::Owned(jmes::to_doc(other)))),
+                other => Ok(One::Found(Cow::Owned(jmespath_fallback::to_doc(other)))),
             }
         }
     }
@@ -792,133 +665,4 @@ fn measurement(
         correlation_id,
         properties,
     })
-}
-
-/// Which templates can match a document, judged by the member names in it: a
-/// `typeMatchExpression` needs some names to occur (see
-/// [`crate::jsonpath::JsonPath::required_names`], [`jmes::required_names`]),
-/// one walk over the document finds which of them do, and templates that miss one are
-/// skipped without evaluating their scan. With a mapping of many templates, most of
-/// which match none of a given device's messages, this is most of the saving.
-#[derive(Debug, Clone, Default)]
-struct Prefilter {
-    /// The names templates need, each with its bit (at most 64 names are tracked).
-    names: Vec<(String, u64)>,
-    /// For each of `names`: its first 8 bytes (zero-padded) and its length, compared
-    /// before the whole name.
-    heads: Vec<(u64, usize)>,
-    /// `names` and `heads` are sorted by length; those `n` bytes long (63: 63 or more)
-    /// are at `by_length[n]..by_length[n + 1]`.
-    by_length: Vec<usize>,
-    /// Bit `n` set when a tracked name is `n` bytes long (bit 63: 63 bytes or more).
-    lengths: u64,
-    /// For each template, the bits of the names it needs (0: always evaluated).
-    needs: Vec<u64>,
-}
-
-/// The first 8 bytes of a name as a number (zero-padded), to compare names cheaply.
-fn head(s: &str) -> u64 {
-    let b = s.as_bytes();
-    let mut buf = [0u8; 8];
-    let n = b.len().min(8);
-    buf[..n].copy_from_slice(&b[..n]);
-    u64::from_le_bytes(buf)
-}
-
-impl Prefilter {
-    fn new(mapping: &DeviceMapping) -> Self {
-        let mut p = Prefilter::default();
-        for t in &mapping.templates {
-            let mut needs = 0;
-            let names = match &t.type_match.compiled {
-                Compiled::JsonPath(path) => path.required_names(),
-                Compiled::JmesPath(e) => jmes::required_names(e),
-                Compiled::Empty => Vec::new(),
-            };
-            for name in names {
-                let bit = match p.names.iter().find(|(n, _)| n == name) {
-                    Some(&(_, bit)) => bit,
-                    None if p.names.len() < 64 => {
-                        let bit = 1u64 << p.names.len();
-                        p.names.push((name.to_string(), bit));
-                        p.heads.push((head(name), name.len()));
-                        p.lengths |= 1u64 << name.len().min(63);
-                        bit
-                    }
-                    None => 0,
-                };
-                needs |= bit;
-            }
-            p.needs.push(needs);
-        }
-        let mut order: Vec<usize> = (0..p.names.len()).collect();
-        order.sort_by_key(|&i| p.names[i].0.len());
-        p.names = order.iter().map(|&i| p.names[i].clone()).collect();
-        p.heads = order.iter().map(|&i| p.heads[i]).collect();
-        p.by_length = (0..=64)
-            .map(|n| p.names.partition_point(|(name, _)| name.len().min(63) < n))
-            .collect();
-        p
-    }
-
-    /// The bits of the tracked names that occur in `doc` (all bits when none is tracked).
-    fn present(&self, doc: &Doc<'_>) -> u64 {
-        if self.names.is_empty() {
-            return u64::MAX;
-        }
-        let mut bits = 0;
-        self.scan(doc, &mut bits);
-        bits
-    }
-
-    /// The bits of the tracked names that occur in the envelope `{Body, Properties,
-    /// SystemProperties}` (all bits when none is tracked).
-    fn present_envelope(&self, e: &Envelope<'_>) -> u64 {
-        if self.names.is_empty() {
-            return u64::MAX;
-        }
-        let mut bits = 0;
-        self.scan(e.body, &mut bits);
-        for name in Envelope::NAMES {
-            self.key(name, &mut bits);
-        }
-        self.scan(e.properties, &mut bits);
-        self.scan(e.system_properties, &mut bits);
-        bits
-    }
-
-    /// Sets the bit of `k` in `bits` when `k` is a tracked name.
-    fn key(&self, k: &str, bits: &mut u64) {
-        let n = k.len().min(63);
-        if self.lengths & (1u64 << n) != 0 {
-            let h = (head(k), k.len());
-            for i in self.by_length[n]..self.by_length[n + 1] {
-                if self.heads[i] == h && (h.1 <= 8 || self.names[i].0 == k) {
-                    *bits |= self.names[i].1;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn scan(&self, v: &Doc<'_>, bits: &mut u64) {
-        match v {
-            Doc::Object(m) => {
-                for (k, x) in m {
-                    self.key(k, bits);
-                    if x.is_container() {
-                        self.scan(x, bits);
-                    }
-                }
-            }
-            Doc::Array(a) => {
-                for x in a {
-                    if x.is_container() {
-                        self.scan(x, bits);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
 }

@@ -1,13 +1,13 @@
-//! JMESPath evaluated on the document as it is (the parsed [`Doc`], the event's property
-//! maps, the virtual envelope), without converting it into the `jmespath` crate's
-//! `Variable` tree first.
+//! Our JMESPath evaluator: JMESPath evaluated on the document as it is (the parsed [`Doc`],
+//! the event's property maps, the virtual envelope), without converting it into the
+//! `jmespath` crate's `Variable` tree first.
 //!
 //! The `jmespath` crate parses the expression (its [`Ast`] is the input here) and remains
-//! the authority: [`eval`] covers the expressions device mappings use (fields, indexes,
+//! the authority ([`crate::jmespath_fallback`]): [`eval`] covers the expressions device mappings use (fields, indexes,
 //! slices, projections, filters, comparisons, boolean logic, multi-select, literals and
-//! the functions in [`call`]) and gives up with [`Unsupported`] on anything else, on every
+//! the functions in `call`) and gives up with [`Unsupported`] on anything else, on every
 //! error, and on expression references. The caller then evaluates the same expression
-//! with the crate, which produces the result or the exact error message. Evaluation has no
+//! with the crate (the fallback), which produces the result or the exact error message. Evaluation has no
 //! side effects, so trying twice is safe.
 //!
 //! Results are those of the crate, with one deliberate difference: an object taken whole
@@ -25,18 +25,18 @@ use jmespath::Variable;
 use serde_json::{Number, Value};
 
 use crate::doc::{member, Doc};
-use crate::jsonpath::{Envelope, Token};
+use crate::scope::{Envelope, Token};
 
 /// The evaluation fell outside what this module covers, or failed: evaluate with the
 /// `jmespath` crate instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsupported;
 
-type Eval<'a> = Result<J<'a>, Unsupported>;
+type Eval<'a> = Result<JmesValue<'a>, Unsupported>;
 
 /// A JMESPath value: a part of the document (borrowed) or a value the expression built.
 #[derive(Debug, Clone)]
-pub enum J<'a> {
+pub enum JmesValue<'a> {
     /// `null`.
     Null,
     /// A boolean.
@@ -52,12 +52,12 @@ pub enum J<'a> {
     /// `CalculatedContent`'s root: the document plus a top-level `matchedToken`.
     Root(Token<'a>, Token<'a>),
     /// An array the expression built.
-    Arr(Vec<J<'a>>),
+    Arr(Vec<JmesValue<'a>>),
     /// An object the expression built, sorted by key, keys unique.
-    Obj(Vec<(Cow<'a, str>, J<'a>)>),
+    Obj(Vec<(Cow<'a, str>, JmesValue<'a>)>),
 }
 
-/// What [`J::kind`] reports: the JMESPath type.
+/// What [`JmesValue::kind`] reports: the JMESPath type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Null,
@@ -68,23 +68,26 @@ enum Kind {
     Obj,
 }
 
-impl<'a> J<'a> {
+impl<'a> JmesValue<'a> {
     /// The token as a JMESPath value.
-    pub fn of_token(t: Token<'a>) -> J<'a> {
+    pub fn of_token(t: Token<'a>) -> JmesValue<'a> {
         match t {
-            Token::Value(v) => J::Val(v),
-            Token::Envelope(e) => J::Env(e),
+            Token::Value(v) => JmesValue::Val(v),
+            Token::Envelope(e) => JmesValue::Env(e),
         }
     }
 
     fn kind(&self) -> Kind {
         match self {
-            J::Null | J::Val(Doc::Null) => Kind::Null,
-            J::Bool(_) | J::Val(Doc::Bool(_)) => Kind::Bool,
-            J::Num(_) | J::Val(Doc::Number(_)) => Kind::Num,
-            J::Str(_) | J::Val(Doc::String(_)) => Kind::Str,
-            J::Arr(_) | J::Val(Doc::Array(_)) => Kind::Arr,
-            J::Obj(_) | J::Val(Doc::Object(_)) | J::Env(_) | J::Root(..) => Kind::Obj,
+            JmesValue::Null | JmesValue::Val(Doc::Null) => Kind::Null,
+            JmesValue::Bool(_) | JmesValue::Val(Doc::Bool(_)) => Kind::Bool,
+            JmesValue::Num(_) | JmesValue::Val(Doc::Number(_)) => Kind::Num,
+            JmesValue::Str(_) | JmesValue::Val(Doc::String(_)) => Kind::Str,
+            JmesValue::Arr(_) | JmesValue::Val(Doc::Array(_)) => Kind::Arr,
+            JmesValue::Obj(_)
+            | JmesValue::Val(Doc::Object(_))
+            | JmesValue::Env(_)
+            | JmesValue::Root(..) => Kind::Obj,
         }
     }
 
@@ -100,7 +103,7 @@ impl<'a> J<'a> {
 
     fn number(&self) -> Option<&Number> {
         match self {
-            J::Num(n) | J::Val(Doc::Number(n)) => Some(n),
+            JmesValue::Num(n) | JmesValue::Val(Doc::Number(n)) => Some(n),
             _ => None,
         }
     }
@@ -111,69 +114,71 @@ impl<'a> J<'a> {
 
     fn str(&self) -> Option<&str> {
         match self {
-            J::Str(s) | J::Val(Doc::String(s)) => Some(s),
+            JmesValue::Str(s) | JmesValue::Val(Doc::String(s)) => Some(s),
             _ => None,
         }
     }
 
     fn truthy(&self) -> bool {
         match self {
-            J::Null | J::Val(Doc::Null) => false,
-            J::Bool(b) | J::Val(Doc::Bool(b)) => *b,
-            J::Num(_) | J::Val(Doc::Number(_)) => true,
-            J::Str(s) | J::Val(Doc::String(s)) => !s.is_empty(),
-            J::Arr(a) => !a.is_empty(),
-            J::Val(Doc::Array(a)) => !a.is_empty(),
-            J::Obj(o) => !o.is_empty(),
-            J::Val(Doc::Object(m)) => !m.is_empty(),
-            J::Env(_) | J::Root(..) => true,
+            JmesValue::Null | JmesValue::Val(Doc::Null) => false,
+            JmesValue::Bool(b) | JmesValue::Val(Doc::Bool(b)) => *b,
+            JmesValue::Num(_) | JmesValue::Val(Doc::Number(_)) => true,
+            JmesValue::Str(s) | JmesValue::Val(Doc::String(s)) => !s.is_empty(),
+            JmesValue::Arr(a) => !a.is_empty(),
+            JmesValue::Val(Doc::Array(a)) => !a.is_empty(),
+            JmesValue::Obj(o) => !o.is_empty(),
+            JmesValue::Val(Doc::Object(m)) => !m.is_empty(),
+            JmesValue::Env(_) | JmesValue::Root(..) => true,
         }
     }
 
     /// The array's items, when this is an array.
     fn items(&self) -> Option<Items<'_, 'a>> {
         match self {
-            J::Arr(a) => Some(Items::Built(a)),
-            J::Val(Doc::Array(a)) => Some(Items::Doc(a)),
+            JmesValue::Arr(a) => Some(Items::Built(a)),
+            JmesValue::Val(Doc::Array(a)) => Some(Items::Doc(a)),
             _ => None,
         }
     }
 
     /// The member `name` of an object (`null` for anything else or a missing member).
-    fn field(&self, name: &str) -> J<'a> {
+    fn field(&self, name: &str) -> JmesValue<'a> {
         match self {
-            J::Val(Doc::Object(m)) => member(m, name).map_or(J::Null, J::Val),
-            J::Env(e) => match name {
-                "Body" => J::Val(e.body),
-                "Properties" => J::Val(e.properties),
-                "SystemProperties" => J::Val(e.system_properties),
-                _ => J::Null,
+            JmesValue::Val(Doc::Object(m)) => {
+                member(m, name).map_or(JmesValue::Null, JmesValue::Val)
+            }
+            JmesValue::Env(e) => match name {
+                "Body" => JmesValue::Val(e.body),
+                "Properties" => JmesValue::Val(e.properties),
+                "SystemProperties" => JmesValue::Val(e.system_properties),
+                _ => JmesValue::Null,
             },
-            J::Root(_, matched) if name == "matchedToken" => J::of_token(*matched),
-            J::Root(doc, _) => J::of_token(*doc).field(name),
-            J::Obj(o) => o
+            JmesValue::Root(_, matched) if name == "matchedToken" => JmesValue::of_token(*matched),
+            JmesValue::Root(doc, _) => JmesValue::of_token(*doc).field(name),
+            JmesValue::Obj(o) => o
                 .binary_search_by(|(k, _)| k.as_ref().cmp(name))
-                .map_or(J::Null, |i| o[i].1.clone()),
-            _ => J::Null,
+                .map_or(JmesValue::Null, |i| o[i].1.clone()),
+            _ => JmesValue::Null,
         }
     }
 
     /// An object's members, sorted by key (as the crate's `BTreeMap` holds them).
-    fn entries(&self) -> Option<Vec<(Cow<'a, str>, J<'a>)>> {
-        let mut out: Vec<(Cow<'a, str>, J<'a>)> = match self {
-            J::Obj(o) => return Some(o.clone()),
-            J::Val(Doc::Object(m)) => m
+    fn entries(&self) -> Option<Vec<(Cow<'a, str>, JmesValue<'a>)>> {
+        let mut out: Vec<(Cow<'a, str>, JmesValue<'a>)> = match self {
+            JmesValue::Obj(o) => return Some(o.clone()),
+            JmesValue::Val(Doc::Object(m)) => m
                 .iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_ref()), J::Val(v)))
+                .map(|(k, v)| (Cow::Borrowed(k.as_ref()), JmesValue::Val(v)))
                 .collect(),
-            J::Env(e) => Envelope::NAMES
+            JmesValue::Env(e) => Envelope::NAMES
                 .iter()
-                .map(|&k| (Cow::Borrowed(k), J::Env(e).field(k)))
+                .map(|&k| (Cow::Borrowed(k), JmesValue::Env(e).field(k)))
                 .collect(),
-            J::Root(doc, matched) => {
-                let mut o = J::of_token(*doc).entries().unwrap_or_default();
+            JmesValue::Root(doc, matched) => {
+                let mut o = JmesValue::of_token(*doc).entries().unwrap_or_default();
                 o.retain(|(k, _)| k != "matchedToken");
-                o.push((Cow::Borrowed("matchedToken"), J::of_token(*matched)));
+                o.push((Cow::Borrowed("matchedToken"), JmesValue::of_token(*matched)));
                 o
             }
             _ => return None,
@@ -184,13 +189,13 @@ impl<'a> J<'a> {
 
     fn len(&self) -> Option<usize> {
         match self {
-            J::Str(s) | J::Val(Doc::String(s)) => Some(s.chars().count()),
-            J::Arr(a) => Some(a.len()),
-            J::Val(Doc::Array(a)) => Some(a.len()),
-            J::Obj(o) => Some(o.len()),
-            J::Val(Doc::Object(m)) => Some(m.len()),
-            J::Env(_) => Some(3),
-            J::Root(..) => self.entries().map(|e| e.len()),
+            JmesValue::Str(s) | JmesValue::Val(Doc::String(s)) => Some(s.chars().count()),
+            JmesValue::Arr(a) => Some(a.len()),
+            JmesValue::Val(Doc::Array(a)) => Some(a.len()),
+            JmesValue::Obj(o) => Some(o.len()),
+            JmesValue::Val(Doc::Object(m)) => Some(m.len()),
+            JmesValue::Env(_) => Some(3),
+            JmesValue::Root(..) => self.entries().map(|e| e.len()),
             _ => None,
         }
     }
@@ -198,7 +203,7 @@ impl<'a> J<'a> {
     /// The value as a document value: borrowed when it is a part of the document.
     pub fn to_doc(&self) -> Cow<'a, Doc<'a>> {
         match self {
-            J::Val(v) => Cow::Borrowed(*v),
+            JmesValue::Val(v) => Cow::Borrowed(*v),
             other => Cow::Owned(other.to_owned_doc()),
         }
     }
@@ -210,14 +215,14 @@ impl<'a> J<'a> {
 
     fn to_owned_doc(&self) -> Doc<'a> {
         match self {
-            J::Null => Doc::Null,
-            J::Bool(b) => Doc::Bool(*b),
-            J::Num(n) => Doc::Number(n.clone()),
-            J::Str(s) => Doc::String(s.clone()),
-            J::Val(v) => (*v).clone(),
-            J::Env(e) => e.to_doc(),
-            J::Arr(a) => Doc::Array(a.iter().map(J::to_owned_doc).collect()),
-            J::Obj(_) | J::Root(..) => Doc::Object(
+            JmesValue::Null => Doc::Null,
+            JmesValue::Bool(b) => Doc::Bool(*b),
+            JmesValue::Num(n) => Doc::Number(n.clone()),
+            JmesValue::Str(s) => Doc::String(s.clone()),
+            JmesValue::Val(v) => (*v).clone(),
+            JmesValue::Env(e) => e.to_doc(),
+            JmesValue::Arr(a) => Doc::Array(a.iter().map(JmesValue::to_owned_doc).collect()),
+            JmesValue::Obj(_) | JmesValue::Root(..) => Doc::Object(
                 self.entries()
                     .unwrap_or_default()
                     .into_iter()
@@ -228,20 +233,20 @@ impl<'a> J<'a> {
     }
 
     /// A JSON value the expression built (a parsed string, a literal), as a JMESPath value.
-    fn from_owned(v: Value) -> J<'a> {
+    fn from_owned(v: Value) -> JmesValue<'a> {
         match v {
-            Value::Null => J::Null,
-            Value::Bool(b) => J::Bool(b),
-            Value::Number(n) => J::Num(n),
-            Value::String(s) => J::Str(Cow::Owned(s)),
-            Value::Array(a) => J::Arr(a.into_iter().map(J::from_owned).collect()),
+            Value::Null => JmesValue::Null,
+            Value::Bool(b) => JmesValue::Bool(b),
+            Value::Number(n) => JmesValue::Num(n),
+            Value::String(s) => JmesValue::Str(Cow::Owned(s)),
+            Value::Array(a) => JmesValue::Arr(a.into_iter().map(JmesValue::from_owned).collect()),
             Value::Object(m) => {
                 let mut o: Vec<_> = m
                     .into_iter()
-                    .map(|(k, v)| (Cow::<str>::Owned(k), J::from_owned(v)))
+                    .map(|(k, v)| (Cow::<str>::Owned(k), JmesValue::from_owned(v)))
                     .collect();
                 o.sort_by(|(a, _), (b, _)| a.cmp(b));
-                J::Obj(o)
+                JmesValue::Obj(o)
             }
         }
     }
@@ -251,7 +256,7 @@ impl<'a> J<'a> {
 #[derive(Clone, Copy)]
 enum Items<'s, 'a> {
     Doc(&'a [Doc<'a>]),
-    Built(&'s [J<'a>]),
+    Built(&'s [JmesValue<'a>]),
 }
 
 impl<'a> Items<'_, 'a> {
@@ -262,32 +267,32 @@ impl<'a> Items<'_, 'a> {
         }
     }
 
-    fn get(self, i: usize) -> Option<J<'a>> {
+    fn get(self, i: usize) -> Option<JmesValue<'a>> {
         match self {
-            Items::Doc(a) => a.get(i).map(J::Val),
+            Items::Doc(a) => a.get(i).map(JmesValue::Val),
             Items::Built(a) => a.get(i).cloned(),
         }
     }
 
-    fn to_vec(self) -> Vec<J<'a>> {
+    fn to_vec(self) -> Vec<JmesValue<'a>> {
         (0..self.len()).filter_map(|i| self.get(i)).collect()
     }
 }
 
 /// A literal of the expression.
-fn literal(v: &Variable) -> J<'_> {
+fn literal(v: &Variable) -> JmesValue<'_> {
     match v {
-        Variable::Null => J::Null,
-        Variable::Bool(b) => J::Bool(*b),
-        Variable::Number(n) => J::Num(n.clone()),
-        Variable::String(s) => J::Str(Cow::Borrowed(s)),
-        Variable::Array(a) => J::Arr(a.iter().map(|x| literal(x)).collect()),
-        Variable::Object(m) => J::Obj(
+        Variable::Null => JmesValue::Null,
+        Variable::Bool(b) => JmesValue::Bool(*b),
+        Variable::Number(n) => JmesValue::Num(n.clone()),
+        Variable::String(s) => JmesValue::Str(Cow::Borrowed(s)),
+        Variable::Array(a) => JmesValue::Arr(a.iter().map(|x| literal(x)).collect()),
+        Variable::Object(m) => JmesValue::Obj(
             m.iter()
                 .map(|(k, x)| (Cow::Borrowed(k.as_str()), literal(x)))
                 .collect(),
         ),
-        Variable::Expref(_) => J::Null,
+        Variable::Expref(_) => JmesValue::Null,
     }
 }
 
@@ -305,7 +310,7 @@ fn float_eq(a: f64, b: f64) -> bool {
 }
 
 /// JMESPath equality (the crate's: numbers within a relative epsilon, objects as maps).
-fn equal(a: &J<'_>, b: &J<'_>) -> bool {
+fn equal(a: &JmesValue<'_>, b: &JmesValue<'_>) -> bool {
     let kind = a.kind();
     if kind != b.kind() {
         return false;
@@ -340,16 +345,16 @@ fn equal(a: &J<'_>, b: &J<'_>) -> bool {
     }
 }
 
-fn compare<'a>(c: &Comparator, a: &J<'_>, b: &J<'_>) -> J<'a> {
+fn compare<'a>(c: &Comparator, a: &JmesValue<'_>, b: &JmesValue<'_>) -> JmesValue<'a> {
     match c {
-        Comparator::Equal => J::Bool(equal(a, b)),
-        Comparator::NotEqual => J::Bool(!equal(a, b)),
+        Comparator::Equal => JmesValue::Bool(equal(a, b)),
+        Comparator::NotEqual => JmesValue::Bool(!equal(a, b)),
         _ => {
             let (Some(x), Some(y)) = (a.f64(), b.f64()) else {
-                return J::Null; // ordering needs two numbers
+                return JmesValue::Null; // ordering needs two numbers
             };
             let o = x.partial_cmp(&y).unwrap_or(Ordering::Less);
-            J::Bool(match c {
+            JmesValue::Bool(match c {
                 Comparator::LessThan => o == Ordering::Less,
                 Comparator::LessThanEqual => o != Ordering::Greater,
                 Comparator::GreaterThan => o == Ordering::Greater,
@@ -362,30 +367,30 @@ fn compare<'a>(c: &Comparator, a: &J<'_>, b: &J<'_>) -> J<'a> {
 /// Evaluates `ast` against `data`.
 ///
 /// ```
-/// use normalizer::jmes_native::{eval, J};
-/// let e = normalizer::jmes::compile("Body[?hr > `60`].hr").unwrap();
+/// use normalizer::jmespath_eval::{eval, JmesValue};
+/// let e = normalizer::jmespath_fallback::compile("Body[?hr > `60`].hr").unwrap();
 /// let doc = serde_json::json!({"Body": [{"hr": 58}, {"hr": 72}]});
 /// let doc = normalizer::doc::Doc::from_value(&doc);
-/// let r = eval(e.as_ast(), &J::Val(&doc)).unwrap();
+/// let r = eval(e.as_ast(), &JmesValue::Val(&doc)).unwrap();
 /// assert_eq!(r.to_value(), serde_json::json!([72]));
 /// ```
-pub fn eval<'a>(ast: &'a Ast, data: &J<'a>) -> Eval<'a> {
+pub fn eval<'a>(ast: &'a Ast, data: &JmesValue<'a>) -> Eval<'a> {
     Ok(match ast {
         Ast::Field { name, .. } => data.field(name),
         Ast::Subexpr { lhs, rhs, .. } => eval(rhs, &eval(lhs, data)?)?,
         Ast::Identity { .. } => data.clone(),
         Ast::Literal { value, .. } => literal(value),
         Ast::Index { idx, .. } => match data.items() {
-            Some(items) if *idx >= 0 => items.get(*idx as usize).unwrap_or(J::Null),
+            Some(items) if *idx >= 0 => items.get(*idx as usize).unwrap_or(JmesValue::Null),
             Some(items) => {
                 let back = (idx.unsigned_abs() as usize).max(1);
                 if items.len() >= back {
-                    items.get(items.len() - back).unwrap_or(J::Null)
+                    items.get(items.len() - back).unwrap_or(JmesValue::Null)
                 } else {
-                    J::Null
+                    JmesValue::Null
                 }
             }
-            None => J::Null,
+            None => JmesValue::Null,
         },
         Ast::Or { lhs, rhs, .. } => {
             let left = eval(lhs, data)?;
@@ -403,14 +408,14 @@ pub fn eval<'a>(ast: &'a Ast, data: &J<'a>) -> Eval<'a> {
                 left
             }
         }
-        Ast::Not { node, .. } => J::Bool(!eval(node, data)?.truthy()),
+        Ast::Not { node, .. } => JmesValue::Bool(!eval(node, data)?.truthy()),
         Ast::Condition {
             predicate, then, ..
         } => {
             if eval(predicate, data)?.truthy() {
                 eval(then, data)?
             } else {
-                J::Null
+                JmesValue::Null
             }
         }
         Ast::Comparison {
@@ -424,13 +429,13 @@ pub fn eval<'a>(ast: &'a Ast, data: &J<'a>) -> Eval<'a> {
             compare(comparator, &left, &right)
         }
         Ast::ObjectValues { node, .. } => match eval(node, data)?.entries() {
-            Some(e) => J::Arr(e.into_iter().map(|(_, v)| v).collect()),
-            None => J::Null,
+            Some(e) => JmesValue::Arr(e.into_iter().map(|(_, v)| v).collect()),
+            None => JmesValue::Null,
         },
         Ast::Projection { lhs, rhs, .. } => {
             let left = eval(lhs, data)?;
             match left.items() {
-                None => J::Null,
+                None => JmesValue::Null,
                 Some(items) => {
                     let mut out = Vec::new();
                     for i in 0..items.len() {
@@ -440,14 +445,14 @@ pub fn eval<'a>(ast: &'a Ast, data: &J<'a>) -> Eval<'a> {
                             out.push(r);
                         }
                     }
-                    J::Arr(out)
+                    JmesValue::Arr(out)
                 }
             }
         }
         Ast::Flatten { node, .. } => {
             let inner = eval(node, data)?;
             match inner.items() {
-                None => J::Null,
+                None => JmesValue::Null,
                 Some(items) => {
                     let mut out = Vec::new();
                     for item in items.to_vec() {
@@ -456,26 +461,27 @@ pub fn eval<'a>(ast: &'a Ast, data: &J<'a>) -> Eval<'a> {
                             None => out.push(item),
                         }
                     }
-                    J::Arr(out)
+                    JmesValue::Arr(out)
                 }
             }
         }
         Ast::MultiList { elements, .. } => {
             if data.is_null() {
-                J::Null
+                JmesValue::Null
             } else {
                 let mut out = Vec::with_capacity(elements.len());
                 for e in elements {
                     out.push(eval(e, data)?);
                 }
-                J::Arr(out)
+                JmesValue::Arr(out)
             }
         }
         Ast::MultiHash { elements, .. } => {
             if data.is_null() {
-                J::Null
+                JmesValue::Null
             } else {
-                let mut out: Vec<(Cow<'a, str>, J<'a>)> = Vec::with_capacity(elements.len());
+                let mut out: Vec<(Cow<'a, str>, JmesValue<'a>)> =
+                    Vec::with_capacity(elements.len());
                 for kv in elements {
                     let v = eval(&kv.value, data)?;
                     match out.binary_search_by(|(k, _)| k.as_ref().cmp(kv.key.as_str())) {
@@ -483,7 +489,7 @@ pub fn eval<'a>(ast: &'a Ast, data: &J<'a>) -> Eval<'a> {
                         Err(i) => out.insert(i, (Cow::Borrowed(kv.key.as_str()), v)),
                     }
                 }
-                J::Obj(out)
+                JmesValue::Obj(out)
             }
         }
         Ast::Slice {
@@ -493,8 +499,8 @@ pub fn eval<'a>(ast: &'a Ast, data: &J<'a>) -> Eval<'a> {
                 return Err(Unsupported); // the crate's "invalid slice" error
             }
             match data.items() {
-                Some(items) => J::Arr(slice(items, *start, *stop, *step)),
-                None => J::Null,
+                Some(items) => JmesValue::Arr(slice(items, *start, *stop, *step)),
+                None => JmesValue::Null,
             }
         }
         Ast::Function { name, args, .. } => {
@@ -512,7 +518,12 @@ pub fn eval<'a>(ast: &'a Ast, data: &J<'a>) -> Eval<'a> {
 }
 
 /// The crate's slice, endpoint adjustment included.
-fn slice<'a>(items: Items<'_, 'a>, start: Option<i32>, stop: Option<i32>, step: i32) -> Vec<J<'a>> {
+fn slice<'a>(
+    items: Items<'_, 'a>,
+    start: Option<i32>,
+    stop: Option<i32>,
+    step: i32,
+) -> Vec<JmesValue<'a>> {
     let len = items.len() as i64;
     let mut out = Vec::new();
     if len == 0 {
@@ -558,23 +569,24 @@ fn slice<'a>(items: Items<'_, 'a>, start: Option<i32>, stop: Option<i32>, step: 
 }
 
 /// `x` as the custom functions return numbers: integral values as integers.
-fn number(x: f64) -> J<'static> {
-    J::Num(if x.fract() == 0.0 && x.abs() < 9.007_199_254_740_992e15 {
+fn number(x: f64) -> JmesValue<'static> {
+    JmesValue::Num(if x.fract() == 0.0 && x.abs() < 9.007_199_254_740_992e15 {
         Number::from(x as i64)
     } else {
         Number::from_f64(x).unwrap_or_else(|| Number::from(0))
     })
 }
 
-fn float(x: f64) -> Result<J<'static>, Unsupported> {
-    Number::from_f64(x).map(J::Num).ok_or(Unsupported)
+fn float(x: f64) -> Result<JmesValue<'static>, Unsupported> {
+    Number::from_f64(x).map(JmesValue::Num).ok_or(Unsupported)
 }
 
 /// The functions covered here, with the crate's signatures; anything else (an unknown
 /// name, a wrong argument count or type, a custom function's error) is [`Unsupported`].
-fn call<'a>(name: &str, mut args: Vec<J<'a>>) -> Eval<'a> {
+fn call<'a>(name: &str, mut args: Vec<JmesValue<'a>>) -> Eval<'a> {
     let n = args.len();
-    let num = |i: usize, args: &[J<'_>]| args.get(i).and_then(J::f64).ok_or(Unsupported);
+    let num =
+        |i: usize, args: &[JmesValue<'_>]| args.get(i).and_then(JmesValue::f64).ok_or(Unsupported);
     let arity = |k: usize| if n == k { Ok(()) } else { Err(Unsupported) };
     match name {
         "add" | "subtract" | "multiply" | "divide" | "pow" => {
@@ -605,7 +617,7 @@ fn call<'a>(name: &str, mut args: Vec<J<'a>>) -> Eval<'a> {
                 return Err(Unsupported);
             }
             let t = DateTime::<Utc>::from_timestamp_nanos(nanos.round() as i64);
-            Ok(J::Str(Cow::Owned(
+            Ok(JmesValue::Str(Cow::Owned(
                 t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
             )))
         }
@@ -625,36 +637,36 @@ fn call<'a>(name: &str, mut args: Vec<J<'a>>) -> Eval<'a> {
                 .map_or(original.len(), |(i, _)| i);
             let mut s = original.to_string();
             s.insert_str(at, insert);
-            Ok(J::Str(Cow::Owned(s)))
+            Ok(JmesValue::Str(Cow::Owned(s)))
         }
         "to_array" => {
             arity(1)?;
-            let x = args.pop().unwrap_or(J::Null);
+            let x = args.pop().unwrap_or(JmesValue::Null);
             Ok(if x.kind() == Kind::Arr {
                 x
             } else {
-                J::Arr(vec![x])
+                JmesValue::Arr(vec![x])
             })
         }
         "to_number" => {
             arity(1)?;
-            let x = args.pop().unwrap_or(J::Null);
+            let x = args.pop().unwrap_or(JmesValue::Null);
             Ok(match x.kind() {
                 Kind::Num => x,
                 Kind::Str => match serde_json::from_str::<Value>(x.str().unwrap_or_default()) {
-                    Ok(v) => J::from_owned(v),
-                    Err(_) => J::Null,
+                    Ok(v) => JmesValue::from_owned(v),
+                    Err(_) => JmesValue::Null,
                 },
-                _ => J::Null,
+                _ => JmesValue::Null,
             })
         }
         "to_string" => {
             arity(1)?;
-            let x = args.pop().unwrap_or(J::Null);
+            let x = args.pop().unwrap_or(JmesValue::Null);
             Ok(if x.kind() == Kind::Str {
                 x
             } else {
-                J::Str(Cow::Owned(
+                JmesValue::Str(Cow::Owned(
                     serde_json::to_string(&sorted(&x)).map_err(|_| Unsupported)?,
                 ))
             })
@@ -662,9 +674,9 @@ fn call<'a>(name: &str, mut args: Vec<J<'a>>) -> Eval<'a> {
         "length" => {
             arity(1)?;
             match args[0].kind() {
-                Kind::Str | Kind::Arr | Kind::Obj => {
-                    Ok(J::Num(Number::from(args[0].len().ok_or(Unsupported)?)))
-                }
+                Kind::Str | Kind::Arr | Kind::Obj => Ok(JmesValue::Num(Number::from(
+                    args[0].len().ok_or(Unsupported)?,
+                ))),
                 _ => Err(Unsupported),
             }
         }
@@ -672,7 +684,10 @@ fn call<'a>(name: &str, mut args: Vec<J<'a>>) -> Eval<'a> {
             if n == 0 {
                 return Err(Unsupported);
             }
-            Ok(args.into_iter().find(|a| !a.is_null()).unwrap_or(J::Null))
+            Ok(args
+                .into_iter()
+                .find(|a| !a.is_null())
+                .unwrap_or(JmesValue::Null))
         }
         "abs" | "ceil" | "floor" => {
             arity(1)?;
@@ -688,7 +703,7 @@ fn call<'a>(name: &str, mut args: Vec<J<'a>>) -> Eval<'a> {
             let (Some(s), Some(p)) = (args[0].str(), args[1].str()) else {
                 return Err(Unsupported);
             };
-            Ok(J::Bool(if name == "starts_with" {
+            Ok(JmesValue::Bool(if name == "starts_with" {
                 s.starts_with(p)
             } else {
                 s.ends_with(p)
@@ -699,11 +714,11 @@ fn call<'a>(name: &str, mut args: Vec<J<'a>>) -> Eval<'a> {
             match args[0].kind() {
                 Kind::Arr => {
                     let items = args[0].items().ok_or(Unsupported)?;
-                    Ok(J::Bool((0..items.len()).any(|i| {
+                    Ok(JmesValue::Bool((0..items.len()).any(|i| {
                         items.get(i).is_some_and(|x| equal(&x, &args[1]))
                     })))
                 }
-                Kind::Str => Ok(J::Bool(match args[1].str() {
+                Kind::Str => Ok(JmesValue::Bool(match args[1].str() {
                     Some(needle) => args[0].str().unwrap_or_default().contains(needle),
                     None => false,
                 })),
@@ -712,7 +727,7 @@ fn call<'a>(name: &str, mut args: Vec<J<'a>>) -> Eval<'a> {
         }
         "type" => {
             arity(1)?;
-            Ok(J::Str(Cow::Borrowed(match args[0].kind() {
+            Ok(JmesValue::Str(Cow::Borrowed(match args[0].kind() {
                 Kind::Null => "null",
                 Kind::Bool => "boolean",
                 Kind::Num => "number",
@@ -726,7 +741,7 @@ fn call<'a>(name: &str, mut args: Vec<J<'a>>) -> Eval<'a> {
 }
 
 /// The JSON the crate would serialize: objects with sorted keys.
-fn sorted(x: &J<'_>) -> Value {
+fn sorted(x: &JmesValue<'_>) -> Value {
     match x.kind() {
         Kind::Obj => Value::Object(
             x.entries()

@@ -1,4 +1,10 @@
-//! JMESPath with the MedTech custom functions: `add`, `subtract`, `multiply`, `divide`,
+//! JMESPath through the `jmespath` crate, the authority and the fallback: it compiles every
+//! expression ([`compile`]), and evaluates ([`search`]) whatever our evaluator
+//! ([`crate::jmespath_eval`]) gives up on, so results and error messages are the crate's. It
+//! also converts documents to the crate's `Variable` tree and back, and tells which member
+//! names an expression needs ([`required_names`]).
+//!
+//! The runtime carries the MedTech custom functions: `add`, `subtract`, `multiply`, `divide`,
 //! `pow` (results must fit a 64-bit integer's range; division by zero and overflow are
 //! errors), `insertString(original, toInsert, pos)`, `fromUnixTimestamp(seconds)` and
 //! `fromUnixTimestampMs(ms)` (return RFC 3339 UTC strings).
@@ -13,7 +19,7 @@ use jmespath::{Context, ErrorReason, JmespathError, Rcvar, Runtime, Variable};
 use serde_json::Value;
 
 use crate::doc::Doc;
-use crate::jsonpath::Token;
+use crate::scope::Token;
 
 /// A compiled JMESPath expression, bound to the shared runtime with custom functions.
 pub type JmesExpression = jmespath::Expression<'static>;
@@ -31,8 +37,8 @@ fn runtime() -> &'static Runtime {
 /// Compiles a JMESPath expression with the custom functions available.
 ///
 /// ```
-/// let e = normalizer::jmes::compile("multiply(to_number(h), `0.0254`)").unwrap();
-/// let doc = normalizer::jmes::to_variable(&serde_json::json!({"h": "100"}));
+/// let e = normalizer::jmespath_fallback::compile("multiply(to_number(h), `0.0254`)").unwrap();
+/// let doc = normalizer::jmespath_fallback::to_variable(&serde_json::json!({"h": "100"}));
 /// let r = e.search(&doc).unwrap();
 /// assert_eq!(r.as_number(), Some(2.54));
 /// ```
@@ -56,10 +62,10 @@ pub fn search(e: &JmesExpression, data: &Rcvar) -> Result<Rcvar, JmespathError> 
 /// source are analysed; anything else contributes no name.
 ///
 /// ```
-/// let e = normalizer::jmes::compile("to_array(@)[?Body.weight && Body.kind == 'scale']").unwrap();
-/// assert_eq!(normalizer::jmes::required_names(&e), ["Body", "kind", "weight"]);
-/// let e = normalizer::jmes::compile("to_array(@)[?!Body.weight]").unwrap();
-/// assert!(normalizer::jmes::required_names(&e).is_empty());
+/// let e = normalizer::jmespath_fallback::compile("to_array(@)[?Body.weight && Body.kind == 'scale']").unwrap();
+/// assert_eq!(normalizer::jmespath_fallback::required_names(&e), ["Body", "kind", "weight"]);
+/// let e = normalizer::jmespath_fallback::compile("to_array(@)[?!Body.weight]").unwrap();
+/// assert!(normalizer::jmespath_fallback::required_names(&e).is_empty());
 /// ```
 pub fn required_names(e: &JmesExpression) -> Vec<&str> {
     let mut names = Vec::new();
