@@ -465,8 +465,7 @@ fn validate(
             print_template_errors(device_mapping, &loaded.errors, stdout)?;
             if let Some((p, (_, errs))) = &fhir {
                 for e in errs {
-                    let at = e.location();
-                    writeln!(stdout, "{}:{}:{}: {e}", p.display(), at.line, at.column)?;
+                    writeln!(stdout, "{}", e.report_for(p))?;
                 }
             }
             if valid {
@@ -752,8 +751,7 @@ fn load_fhir_mapping(fhir_mapping: &Path) -> Result<Option<fhir_writer::FhirTemp
         return Ok(Some(templates));
     }
     for e in &errors {
-        let at = e.location();
-        eprintln!("{}:{}:{}: {e}", fhir_mapping.display(), at.line, at.column);
+        eprintln!("{}", e.report_for(fhir_mapping));
     }
     eprintln!(
         "{}: the FHIR mapping is invalid ({} error(s))",
@@ -918,14 +916,7 @@ fn watch_pass(device_mapping: &Path, fhir_mapping: &Path, events: &Path) -> Resu
         writeln!(out, "  template error  {}:{e}", device_mapping.display())?;
     }
     for e in &fhir_errors {
-        let at = e.location();
-        writeln!(
-            out,
-            "  template error  {}:{}:{}: {e}",
-            fhir_mapping.display(),
-            at.line,
-            at.column
-        )?;
+        writeln!(out, "  template error  {}", e.report_for(fhir_mapping))?;
     }
     if !loaded.errors.is_empty() || !fhir_errors.is_empty() {
         writeln!(out, "  fix the template errors above; nothing was mapped")?;
@@ -1052,8 +1043,7 @@ fn map(
     let (templates, errors) = fhir_writer::FhirTemplates::load(&read_text(fhir_mapping)?);
     if !errors.is_empty() {
         for e in &errors {
-            let at = e.location();
-            eprintln!("{}:{}:{}: {e}", fhir_mapping.display(), at.line, at.column);
+            eprintln!("{}", e.report_for(fhir_mapping));
         }
         eprintln!(
             "{}: the FHIR mapping is invalid ({} error(s))",

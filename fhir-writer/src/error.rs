@@ -135,6 +135,30 @@ impl TemplateError {
     }
 
     /// Where the problem is.
+    /// The error as a report line for `file`: `file:L:C: at /pointer: message`, the location
+    /// once, in the form editors and terminals link to (the CLI, `validate` and the service
+    /// all print it so).
+    pub fn report_for(&self, file: &std::path::Path) -> String {
+        let at = self.location();
+        let text = self.to_string();
+        let message = text
+            .strip_prefix(&format!("{at}: "))
+            .unwrap_or(&text)
+            .to_string();
+        let pointer = if at.pointer.is_empty() {
+            "(root)"
+        } else {
+            &at.pointer
+        };
+        format!(
+            "{}:{}:{}: at {pointer}: {message}",
+            file.display(),
+            at.line,
+            at.column
+        )
+    }
+
+    /// Where in the template the error is.
     pub fn location(&self) -> &Location {
         match self {
             TemplateError::InvalidJson { at, .. }

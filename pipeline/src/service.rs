@@ -117,8 +117,7 @@ pub fn load_mappings(
         Ok(text) => {
             let (t, errs) = fhir_writer::FhirTemplates::load(&text);
             errors.extend(errs.iter().map(|e| {
-                let at = e.location();
-                format!("{}:{}:{}: {e}", fm.display(), at.line, at.column)
+                e.report_for(fm)
             }));
             Some(t)
         }

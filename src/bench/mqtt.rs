@@ -213,10 +213,30 @@ impl BareSubscriber {
     pub async fn receive(mut self, n: u64, received: Arc<AtomicU64>) -> Result<Instant> {
         let mut count = 0u64;
         let mut last = Instant::now();
-        while count < n {
+        // Acks wait here while the client's request queue is full: awaiting room would stop
+        // polling the event loop, which is what drains that queue (a deadlock once the broker
+        // sends more than `inflight` at once, as Mosquitto 2.0 does when acks flow).
+        let mut unacked: std::collections::VecDeque<rumqttc::v5::mqttbytes::v5::Publish> =
+            Default::default();
+        while count < n || !unacked.is_empty() {
+            while let Some(p) = unacked.front() {
+                if self.client.try_ack(p).is_err() {
+                    break;
+                }
+                unacked.pop_front();
+            }
+            if count >= n {
+                // Every message is in; let the event loop send the remaining acks.
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(Duration::from_millis(10), self.eventloop.poll()).await
+                {
+                    bail!("bare subscriber: MQTT connection failed while acking: {e}");
+                }
+                continue;
+            }
             match tokio::time::timeout(STALL, self.eventloop.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    self.client.ack(&p).await.context("bare subscriber: ack")?;
+                    unacked.push_back(p);
                     count += 1;
                     last = Instant::now();
                     received.store(count, Ordering::Relaxed);
@@ -234,4 +254,5 @@ impl BareSubscriber {
         disconnect(&self.client, &mut self.eventloop).await;
         Ok(last)
     }
+
 }
