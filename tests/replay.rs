@@ -203,3 +203,66 @@ async fn every_template_set_replays_into_exactly_the_expected_resources() {
         assert_eq!(before, after, "{name}: a second replay changed the server");
     }
 }
+
+/// The state comparison the service tests rely on (`support/fhir_state.rs`) finds what it is
+/// there to find: two replays of the same events are the same state; a replay without one
+/// heart-rate reading and one blood pressure, with one value changed, and with a second
+/// Observation of one identifier, differs by exactly one lost sample, one wrong sample, one
+/// missing Observation and one duplicate, and says which resource and which slot.
+#[tokio::test]
+async fn the_state_comparison_finds_lost_and_wrong_samples_missing_observations_and_duplicates() {
+    use crate::fhir_state::{Comparison, FhirState};
+    use crate::vitals;
+    let server = FhirServer::acquire().await;
+    let readings = vitals::readings("cmp", 3, 30);
+    vitals::replay(&server.base, &readings);
+    let expected = FhirState::fetch(&server.base).await;
+    server.reset().await;
+    vitals::replay(&server.base, &readings);
+    let same = Comparison::of(&expected, &FhirState::fetch(&server.base).await);
+    same.assert_same("two replays of the same events");
+    assert_eq!(same.compared, expected.len());
+    assert_eq!(same.samples_compared, 90);
+
+    let mut other = readings.clone();
+    let lost = other
+        .iter()
+        .rposition(|r| r.device == "cmp-01" && r.body.get("spo2").is_none())
+        .unwrap();
+    let lost_at = other.remove(lost).body["endDate"].clone();
+    other.retain(|r| !(r.device == "cmp-02" && r.body["systolic"].is_number()));
+    let changed = other.iter().position(|r| r.device == "cmp-00").unwrap();
+    other[changed].body["heartRate"] = json!(1);
+    server.reset().await;
+    vitals::replay(&server.base, &other);
+    let mut copy = server
+        .all("Observation")
+        .await
+        .into_iter()
+        .find(|o| o["code"]["text"] == "spo2")
+        .unwrap();
+    copy["id"] = json!("a-second-one");
+    server.put(copy).await;
+    let cmp = Comparison::of(&expected, &FhirState::fetch(&server.base).await);
+    let report = cmp.report();
+    assert!(!cmp.is_same(), "{report}");
+    assert_eq!(
+        (
+            cmp.lost_samples,
+            cmp.wrong_samples,
+            cmp.missing,
+            cmp.duplicates,
+            cmp.extra
+        ),
+        (1, 1, 1, 1, 0),
+        "{report}"
+    );
+    assert_eq!(cmp.differences.len(), 4, "{report}");
+    assert!(
+        report.contains("Observation bloodpressure") && report.contains("of Device cmp-02"),
+        "{report}"
+    );
+    assert!(report.contains("found 1"), "{report}");
+    assert!(report.contains("found E"), "{lost_at}: {report}");
+    assert!(report.contains("(duplicates)"), "{report}");
+}
