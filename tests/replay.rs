@@ -266,3 +266,45 @@ async fn the_state_comparison_finds_lost_and_wrong_samples_missing_observations_
     assert!(report.contains("found E"), "{lost_at}: {report}");
     assert!(report.contains("(duplicates)"), "{report}");
 }
+
+/// Regression: `@medplum/fhir-router` 4.5's in-memory repository reversed its stored history
+/// on every `_history` read, so every other read listed the versions oldest first; the
+/// writer's create-race repair then missed the version its create replaced, and three
+/// instances on one shared subscription lost a writer's samples. `tests/fhir-server/server.mjs`
+/// lists the history without that; every read must give newest first, as FHIR says.
+#[tokio::test]
+async fn the_test_fhir_server_lists_history_newest_first_on_every_read() {
+    let server = FhirServer::acquire().await;
+    let client = reqwest::Client::new();
+    let history = || async {
+        let r = client
+            .get(format!("{}/Patient/h1/_history", server.base))
+            .send()
+            .await
+            .unwrap();
+        let b: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["resource"]["identifier"][0]["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    for v in ["v1", "v2"] {
+        server
+            .put(json!({"resourceType": "Patient", "id": "h1", "identifier": [{"value": v}]}))
+            .await;
+    }
+    assert_eq!(history().await, ["v2", "v1"]);
+    assert_eq!(history().await, ["v2", "v1"]);
+    server
+        .put(json!({"resourceType": "Patient", "id": "h1", "identifier": [{"value": "v3"}]}))
+        .await;
+    assert_eq!(history().await, ["v3", "v2", "v1"]);
+    assert_eq!(history().await, ["v3", "v2", "v1"]);
+}
