@@ -652,38 +652,92 @@ async fn bad_events_are_dead_lettered_and_the_pipeline_goes_on() {
     assert!(peak > 0 && peak < 256 * 1024, "peak RSS {peak} KiB");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_on_a_shared_subscription_split_the_load() {
+/// Issue 10, Must show (scale-out): `instances` connectors on one MQTT v5 shared subscription
+/// (`$share/iomt/devices/+/telemetry`) split the stream and end in the FHIR state one
+/// `iomt replay` of the same events gives, resource by resource. Mosquitto hands each message
+/// to one member of the group (round robin), so every device's readings are spread over all
+/// instances: they write the same hourly Observations at the same time, each from its own
+/// cache, and race on creating them (repaired by the writer, docs/FHIR.md) and on updating
+/// them (`If-Match`, re-read and merge on 412).
+async fn shared_subscription_ends_in_the_state_of_one_replay(instances: usize) {
+    let test_started = Instant::now();
     let server = FhirServer::acquire().await;
+    let readings = vitals::readings(&format!("sh{instances}"), 10, 60);
+    let total = readings.len();
+    let expected = one_replay_of(&server, &readings).await;
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let shared = "shared_group = \"iomt\"";
-    let a = Connector::start(dir.path(), "share-a", broker.port, &server.base, shared);
-    let b = Connector::start(dir.path(), "share-b", broker.port, &server.base, shared);
-    let devices = ["sh-a", "sh-b", "sh-c", "sh-d"];
-    // Both instances get readings of every device-hour from the start, so both may create
-    // the same Observation at once (a create race, repaired by the writer: docs/FHIR.md).
-    publish(broker.port, hr_messages(&devices, 0..60), Duration::ZERO).await;
-    wait_for_complete_observations(&server, &devices, Duration::from_secs(90)).await;
-    let started = Instant::now();
-    while a.metric("iomt_events_committed_total") + b.metric("iomt_events_committed_total") < 240.0
-    {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (na, nb) = (
-        a.metric("iomt_events_incoming_total"),
-        b.metric("iomt_events_incoming_total"),
+    let connectors: Vec<Connector> = (0..instances)
+        .map(|i| {
+            let name = format!("share-{i}");
+            let c = Connector::start_vitals(dir.path(), &name, broker.port, &server.base, shared);
+            broker.wait_for_log(
+                &format!("{name} 1 $share/iomt/devices/+/telemetry"),
+                Duration::from_secs(20),
+            );
+            c
+        })
+        .collect();
+    publish(broker.port, vitals_messages(&readings), Duration::ZERO).await;
+    let logs = || {
+        connectors
+            .iter()
+            .map(|c| c.log_text())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    wait_for_state(
+        &server.base,
+        &expected,
+        Duration::from_secs(120),
+        || connectors.iter().all(|c| idle(c)),
+        logs,
+    )
+    .await;
+    let per_instance: Vec<f64> = connectors
+        .iter()
+        .map(|c| c.metric("iomt_events_incoming_total"))
+        .collect();
+    let total_of = |name: &str| connectors.iter().map(|c| c.metric(name)).sum::<f64>();
+    let (races, requests) = (
+        total_of("iomt_fhir_create_races_total"),
+        total_of("iomt_fhir_requests_total"),
     );
-    assert_eq!(na + nb, 240.0);
+    assert_eq!(
+        per_instance.iter().sum::<f64>(),
+        total as f64,
+        "each event delivered once: {per_instance:?}"
+    );
     assert!(
-        na > 0.0 && nb > 0.0,
-        "both instances took a share: {na} / {nb}"
+        per_instance.iter().all(|&n| n > 0.0),
+        "every instance took a share: {per_instance:?}"
     );
+    assert_eq!(total_of("iomt_dead_letters_total"), 0.0, "{}", logs());
+    assert_eq!(total_of("iomt_errors_total"), 0.0, "{}", logs());
+    let mut connectors = connectors;
+    for c in &mut connectors {
+        let status = c.terminate();
+        assert!(status.success(), "{status:?}:\n{}", c.log_text());
+    }
+    let cmp = Comparison::of(&expected, &FhirState::fetch(&server.base).await);
+    cmp.assert_same("after every instance stopped");
     eprintln!(
-        "SHARED_SUBSCRIPTION instance_a={na} instance_b={nb} create_races={}",
-        a.metric("iomt_fhir_create_races_total") + b.metric("iomt_fhir_create_races_total")
+        "SHARED_SUBSCRIPTION instances={instances} events={total} per_instance={per_instance:?} \
+         create_races={races} fhir_requests={requests} {} in {:.1?}",
+        cmp.figures(),
+        test_started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_shared_subscription_end_in_the_state_of_one_replay() {
+    shared_subscription_ends_in_the_state_of_one_replay(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_a_shared_subscription_end_in_the_state_of_one_replay() {
+    shared_subscription_ends_in_the_state_of_one_replay(3).await;
 }
 
 /// The committed example config documents every option; it must stay loadable and valid.

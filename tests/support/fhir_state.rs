@@ -333,7 +333,7 @@ impl Comparison {
                 self.samples(key, path, w, g)
             }
             (Value::String(w), Value::String(g))
-                if path == "status" && key.starts_with("Observation|") && w != g =>
+                if path == "status" && key.starts_with("Observation") && w != g =>
             {
                 if w == "final" && g == "amended" {
                     self.amended += 1;
