@@ -618,6 +618,57 @@ async fn event_hubs_kill_9_at_full_rate_ends_in_the_state_of_one_replay() {
     );
 }
 
+/// Two instances split a hub's partitions, each device on one partition (a partition key), so
+/// each device's Observations have one writer; every event is read once. Kept while the
+/// comparison tests below are ignored: it waits a fixed 5 s for the balancers and their
+/// receivers to settle, which avoids the known bug those tests find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_event_hubs_instances_split_the_partitions() {
+    let server = FhirServer::acquire().await;
+    let hub = EventHubsEmulator::start("telemetry", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = ["es-a", "es-b", "es-c", "es-d"];
+    let a = Connector::start(dir.path(), "split-a", "instance-a", &hub, &server.base);
+    let b = Connector::start(dir.path(), "split-b", "instance-b", &hub, &server.base);
+    // Let the load balancers settle (1 s cycles) before the flood, so that no partition is
+    // read by both while ownership moves.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    publish(&hub, hr_events(&devices, 0..1, 4), Duration::ZERO).await;
+    let started = Instant::now();
+    while server.all("Observation").await.len() < devices.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish(&hub, hr_events(&devices, 1..60, 4), Duration::ZERO).await;
+    wait_for_complete_observations(&server, &devices, Duration::from_secs(90)).await;
+    let started = Instant::now();
+    while a.metric("iomt_events_acked_total") + b.metric("iomt_events_acked_total") < 240.0 {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (na, nb) = (
+        a.metric("iomt_events_incoming_total"),
+        b.metric("iomt_events_incoming_total"),
+    );
+    eprintln!("EVENTHUBS_SPLIT instance_a={na} instance_b={nb}");
+    assert_eq!(
+        na + nb,
+        240.0,
+        "each event read once:\n{}\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    assert!(
+        na > 0.0 && nb > 0.0,
+        "both instances took partitions: {na} / {nb}"
+    );
+}
+
 /// Partition → owner id, from the checkpoint store's ownership records under `dir`.
 fn ownerships(dir: &Path) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
