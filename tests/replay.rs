@@ -338,3 +338,108 @@ async fn replay_with_bundles_leaves_what_single_requests_leave() {
         "a second replay wrote"
     );
 }
+
+/// The state comparison the service tests rely on (`support/fhir_state.rs`) finds what it is
+/// there to find: two replays of the same events are the same state; a replay without one
+/// heart-rate reading and one blood pressure, with one value changed, and with a second
+/// Observation of one identifier, differs by exactly one lost sample, one wrong sample, one
+/// missing Observation and one duplicate, and says which resource and which slot.
+#[tokio::test]
+async fn the_state_comparison_finds_lost_and_wrong_samples_missing_observations_and_duplicates() {
+    use crate::fhir_state::{Comparison, FhirState};
+    use crate::vitals;
+    let server = FhirServer::acquire().await;
+    let readings = vitals::readings("cmp", 3, 30);
+    vitals::replay(&server.base, &readings);
+    let expected = FhirState::fetch(&server.base).await;
+    server.reset().await;
+    vitals::replay(&server.base, &readings);
+    let same = Comparison::of(&expected, &FhirState::fetch(&server.base).await);
+    same.assert_same("two replays of the same events");
+    assert_eq!(same.compared, expected.len());
+    assert_eq!(same.samples_compared, 90);
+
+    let mut other = readings.clone();
+    let lost = other
+        .iter()
+        .rposition(|r| r.device == "cmp-01" && r.body.get("spo2").is_none())
+        .unwrap();
+    let lost_at = other.remove(lost).body["endDate"].clone();
+    other.retain(|r| !(r.device == "cmp-02" && r.body["systolic"].is_number()));
+    let changed = other.iter().position(|r| r.device == "cmp-00").unwrap();
+    other[changed].body["heartRate"] = json!(1);
+    server.reset().await;
+    vitals::replay(&server.base, &other);
+    let mut copy = server
+        .all("Observation")
+        .await
+        .into_iter()
+        .find(|o| o["code"]["text"] == "spo2")
+        .unwrap();
+    copy["id"] = json!("a-second-one");
+    server.put(copy).await;
+    let cmp = Comparison::of(&expected, &FhirState::fetch(&server.base).await);
+    let report = cmp.report();
+    assert!(!cmp.is_same(), "{report}");
+    assert_eq!(
+        (
+            cmp.lost_samples,
+            cmp.wrong_samples,
+            cmp.missing,
+            cmp.duplicates,
+            cmp.extra
+        ),
+        (1, 1, 1, 1, 0),
+        "{report}"
+    );
+    assert_eq!(cmp.differences.len(), 4, "{report}");
+    assert!(
+        report.contains("Observation bloodpressure") && report.contains("of Device cmp-02"),
+        "{report}"
+    );
+    assert!(report.contains("found 1"), "{report}");
+    assert!(report.contains("found E"), "{lost_at}: {report}");
+    assert!(report.contains("(duplicates)"), "{report}");
+}
+
+/// Regression: `@medplum/fhir-router` 4.5's in-memory repository reversed its stored history
+/// on every `_history` read, so every other read listed the versions oldest first; the
+/// writer's create-race repair then missed the version its create replaced, and three
+/// instances on one shared subscription lost a writer's samples. `tests/fhir-server/server.mjs`
+/// lists the history without that; every read must give newest first, as FHIR says.
+#[tokio::test]
+async fn the_test_fhir_server_lists_history_newest_first_on_every_read() {
+    let server = FhirServer::acquire().await;
+    let client = reqwest::Client::new();
+    let history = || async {
+        let r = client
+            .get(format!("{}/Patient/h1/_history", server.base))
+            .send()
+            .await
+            .unwrap();
+        let b: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["resource"]["identifier"][0]["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    for v in ["v1", "v2"] {
+        server
+            .put(json!({"resourceType": "Patient", "id": "h1", "identifier": [{"value": v}]}))
+            .await;
+    }
+    assert_eq!(history().await, ["v2", "v1"]);
+    assert_eq!(history().await, ["v2", "v1"]);
+    server
+        .put(json!({"resourceType": "Patient", "id": "h1", "identifier": [{"value": "v3"}]}))
+        .await;
+    assert_eq!(history().await, ["v3", "v2", "v1"]);
+    assert_eq!(history().await, ["v3", "v2", "v1"]);
+}

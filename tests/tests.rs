@@ -2,12 +2,16 @@
 
 #[path = "support/fhir_server.rs"]
 mod fhir_server;
+#[path = "support/fhir_state.rs"]
+mod fhir_state;
 #[path = "support/hr.rs"]
 mod hr;
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/vitals.rs"]
+mod vitals;
 
 mod bench;
 mod browser;

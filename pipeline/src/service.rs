@@ -116,9 +116,7 @@ pub fn load_mappings(
     let templates = match std::fs::read_to_string(fm) {
         Ok(text) => {
             let (t, errs) = fhir_writer::FhirTemplates::load(&text);
-            errors.extend(errs.iter().map(|e| {
-                e.report_for(fm)
-            }));
+            errors.extend(errs.iter().map(|e| e.report_for(fm)));
             Some(t)
         }
         Err(e) => {

@@ -254,5 +254,4 @@ impl BareSubscriber {
         disconnect(&self.client, &mut self.eventloop).await;
         Ok(last)
     }
-
 }

