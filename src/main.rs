@@ -1,6 +1,6 @@
 //! `iomt`: the IoMT connector's command line.
 //!
-//! See `docs/CLI.md` and DESIGN.md's command-line contract.
+//! The commands and their options: README.md ("Command line") and `iomt <command> --help`.
 
 mod bench;
 mod demo;

@@ -499,7 +499,7 @@ fn idle(c: &ConnectorProcess) -> bool {
         && metric(&text, "iomt_pending_measurements") == 0.0
 }
 
-/// Issue 10, Must show: `iomt run` reading Event Hubs at full rate, killed with SIGKILL after
+/// `iomt run` reading Event Hubs at full rate, killed with SIGKILL after
 /// some events were committed, then started again (same owner id and checkpoint store), ends
 /// in the FHIR state one `iomt replay` of exactly the same events gives, resource by resource:
 /// nothing lost (every sample), nothing duplicated.
@@ -696,7 +696,7 @@ fn ownerships(dir: &Path) -> std::collections::BTreeMap<String, String> {
     out
 }
 
-/// Issue 10, Must show (scale-out): `instances` connectors in one consumer group split a hub's
+/// Scale-out: `instances` connectors in one consumer group split a hub's
 /// 6 partitions (the SDK's load balancing over the shared checkpoint store) and end in the
 /// FHIR state one `iomt replay` of the same events gives, resource by resource. The events go
 /// to the partitions round robin, as a sender without partition keys spreads them, so every

@@ -244,7 +244,7 @@ async fn state(server: &FhirServer) -> BTreeMap<(String, String), Value> {
     out
 }
 
-/// Issue 11's Must-show on the test FHIR server (Medplum): `iomt replay` of simulated SpO2
+/// On the test FHIR server (Medplum): `iomt replay` of simulated SpO2
 /// (point-in-time Quantity) and heart-rate (hourly SampledData) readings with batch Bundles of 50
 /// leaves the same FHIR state, resource by resource, as `--no-bundles` (single requests), with
 /// a tenth of the requests or fewer; a second replay with Bundles changes nothing.

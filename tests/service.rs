@@ -306,7 +306,7 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// Issue 10, Must show: `iomt run` killed with SIGKILL at full rate, then started again on
+/// `iomt run` killed with SIGKILL at full rate, then started again on
 /// the same spool and persistent session, ends in the FHIR state one `iomt replay` of exactly
 /// the same events gives, resource by resource: nothing lost (every sample), nothing
 /// duplicated (no second Observation for an identifier, no sample twice).
@@ -704,7 +704,7 @@ async fn bad_events_are_dead_lettered_and_the_pipeline_goes_on() {
     assert!(peak > 0 && peak < 256 * 1024, "peak RSS {peak} KiB");
 }
 
-/// Issue 10, Must show (scale-out): `instances` connectors on one MQTT v5 shared subscription
+/// Scale-out: `instances` connectors on one MQTT v5 shared subscription
 /// (`$share/iomt/devices/+/telemetry`) split the stream and end in the FHIR state one
 /// `iomt replay` of the same events gives, resource by resource. Mosquitto hands each message
 /// to one member of the group (round robin), so every device's readings are spread over all
@@ -1129,7 +1129,7 @@ fn forwarded(server: &FhirServer, fwd: &Forwarder) -> String {
         .replacen(&authority, &format!("127.0.0.1:{}", fwd.port), 1)
 }
 
-/// Issue 10, whole program: a persistent session, the connector stopped, 20,000 heart-rate
+/// The whole program: a persistent session, the connector stopped, 20,000 heart-rate
 /// messages published while it is down (Mosquitto with `max_queued_messages 1000000`, so the
 /// broker keeps them all), then the connector started again. It must drain the backlog
 /// completely over one connection: every sample in FHIR, once; every event received once (a
@@ -1277,7 +1277,7 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Issue 10: the spool's disk fills while the FHIR server is down (the spool is a 64 KiB
+/// The spool's disk fills while the FHIR server is down (the spool is a 64 KiB
 /// tmpfs). The connector says so at ERROR, counts it, stops acknowledging (the broker keeps
 /// the rest), and once the server is back and written events free the spool, everything is
 /// written once (a chunk larger than the space left is written in smaller parts). Skipped

@@ -1,7 +1,8 @@
-//! FHIR mapping: `CollectionFhir` / `CodeValueFhir` templates, observation groups to FHIR R4
-//! Observations, and merges into existing Observations (issue 3; the HTTP writer is issue 4).
+//! FHIR mapping and writing: `CollectionFhir` / `CodeValueFhir` templates, observation groups to
+//! FHIR R4 Observations, merges into existing Observations, and the writer that puts them on a
+//! FHIR server ([`FhirWriter`]: identities, batch Bundles, retries, the version cache).
 //!
-//! Everything here is pure: no I/O and no clock reads (`issued` and the Patient/Device
+//! The mapping core is pure: no I/O and no clock reads (`issued` and the Patient/Device
 //! references are inputs).
 //!
 //! * [`FhirTemplates::load`] loads a mapping and reports every problem with line:column and
@@ -10,7 +11,7 @@
 //!   an Observation or merges into an existing one ([`Outcome`]), exactly as the open-source
 //!   reference (identifier, logical id, SampledData), except that Quantity, String and
 //!   CodeableConcept values are one point-in-time Observation per reading, as the MedTech docs
-//!   state (see `docs/DIFFERENCES-fhir.md`).
+//!   state (see `docs/FHIR.md` in the repository).
 //! * [`map_batch`] runs all of it on one batch, offline — what `iomt map` prints.
 //!
 //! ```
