@@ -1,35 +1,10 @@
 //! Errors: [`TemplateError`] (loading a FHIR mapping) and [`MappingError`] (building one
 //! Observation). Each names the reference's exception type through `type_name()`.
 
-use std::fmt;
-
 use serde::Serialize;
 
-/// Where in a template file something is: JSON pointer plus 1-based line and column.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-pub struct Location {
-    /// RFC 6901 JSON pointer (`""` is the document root).
-    pub pointer: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column (characters).
-    pub column: usize,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pointer = if self.pointer.is_empty() {
-            "(root)"
-        } else {
-            &self.pointer
-        };
-        write!(
-            f,
-            "line {}, column {}, at {}",
-            self.line, self.column, pointer
-        )
-    }
-}
+/// Where in a template file something is: the one location type both template loaders use.
+pub use normalizer::location::Location;
 
 /// A problem in a FHIR mapping (`CollectionFhir` / `CodeValueFhir`) found while loading it.
 /// Loading reports every problem at once.

@@ -63,7 +63,6 @@ pub mod client;
 mod error;
 pub mod exchange;
 pub mod identity;
-mod json;
 mod observation;
 pub mod retry;
 pub mod sampled;

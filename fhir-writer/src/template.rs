@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use grouper::PeriodInterval;
 
 use crate::error::{Location, TemplateError};
-use crate::json::{self, pointer_push, Kind, Node, Pos};
+use normalizer::location::{self as json, pointer_push, Kind, LineCol as Pos, Node};
 
 /// A Coding from a template: `{code, system, display}`, each optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
