@@ -7,8 +7,9 @@
 //!   time the measurement with the latest ingestion time;
 //!   [`MeasurementGroup::observation_groups`] splits a group into windows by the FHIR template's
 //!   [`PeriodInterval`]; [`Grouper`] accumulates a stream per Observation window across
-//!   batches and releases a window `flush_interval` after its first pending measurement, past a
-//!   memory cap, or at shutdown (`push(tag, m, interval, now)` / `expire(now)` / `flush_all()`).
+//!   batches and releases a window `flush_interval` after its first pending measurement (less
+//!   a fixed per-window share of `spread`, so windows that opened together are written apart),
+//!   past a memory cap, or at shutdown (`push(tag, m, interval, now)` / `expire(now)` / `flush_all()`).
 //!   Its async shell is the pipeline's group stage (`pipeline/src/group.rs`).
 //!
 //! ```

@@ -101,6 +101,7 @@ fn correlation_window_needs_a_correlation_id() {
 fn windows_are_released_by_age_in_arrival_order() {
     let cfg = GrouperConfig {
         flush_interval: Duration::from_secs(30),
+        spread: Duration::ZERO,
         max_pending: NonZeroUsize::new(1_000).expect("nonzero"),
     };
     let mut g = Grouper::new(cfg);
@@ -158,9 +159,58 @@ fn windows_are_released_by_age_in_arrival_order() {
 }
 
 #[test]
+fn windows_that_open_together_are_released_over_the_spread_and_stay_apart() {
+    // 1,000 devices whose hour begins in the same second, one reading a second each.
+    let cfg = GrouperConfig {
+        flush_interval: Duration::from_secs(30),
+        spread: Duration::from_secs(8),
+        max_pending: NonZeroUsize::new(1_000_000).expect("nonzero"),
+    };
+    let mut g = Grouper::new(cfg);
+    let t0 = Instant::now();
+    let devices: Vec<String> = (0..1000).map(|d| format!("dev-{d}")).collect();
+    // Per second of the run: how many windows were released, and each reading's wait.
+    let mut released_per_second = Vec::new();
+    let mut arrived = std::collections::HashMap::new();
+    let mut longest_wait = Duration::ZERO;
+    for second in 0..120u32 {
+        let now = t0 + Duration::from_secs(u64::from(second));
+        let due = g.expire(now);
+        let mut windows = std::collections::HashSet::new();
+        for (tag, m) in due {
+            windows.insert(m.device_id.clone());
+            let at: Instant = arrived.remove(&tag).expect("released once");
+            longest_wait = longest_wait.max(now - at);
+        }
+        released_per_second.push(windows.len());
+        for (d, dev) in devices.iter().enumerate() {
+            let tag = (second as usize) * devices.len() + d;
+            arrived.insert(tag, now);
+            let reading = m(dev, t(1, second / 60, second % 60), "70");
+            g.push(tag, reading, PeriodInterval::Hourly, now);
+        }
+    }
+    assert!(longest_wait <= Duration::from_secs(30), "{longest_wait:?}");
+    // Nothing before flush_interval − spread; then no second takes more than a fifth of the
+    // windows (all at once would be 1,000 in one second).
+    assert!(released_per_second[..22].iter().all(|&n| n == 0));
+    let busiest = released_per_second.iter().copied().max().unwrap_or(0);
+    assert!(busiest <= 200, "busiest second released {busiest} windows");
+    // Later flushes stay apart too (the offsets are fixed per window key).
+    let late = released_per_second[90..].iter().copied().max().unwrap_or(0);
+    assert!(late <= 200, "a later second released {late} windows");
+    let total: usize = released_per_second.iter().sum();
+    assert!(
+        total >= 3000,
+        "every window written about every 26 s: {total}"
+    );
+}
+
+#[test]
 fn the_memory_cap_releases_the_oldest_windows_early() {
     let cfg = GrouperConfig {
         flush_interval: Duration::from_secs(3600),
+        spread: Duration::ZERO,
         max_pending: NonZeroUsize::new(3).expect("nonzero"),
     };
     let mut g = Grouper::new(cfg);

@@ -29,9 +29,13 @@ pub(crate) async fn run(
         let committed = shared.ledger().commit();
         let m = &shared.metrics;
         let now = Utc::now();
-        for t in &committed.ingestion_times {
+        for t in &committed.done_ingestion_times {
             let age = (now - *t).to_std().unwrap_or_default();
             m.ingestion_to_written.0.observe(age);
+        }
+        for t in &committed.ingestion_times {
+            let age = (now - *t).to_std().unwrap_or_default();
+            m.ingestion_to_committed.0.observe(age);
         }
         m.committed
             .fetch_add(committed.events as u64, Ordering::Relaxed);

@@ -153,8 +153,11 @@ pub struct PipelineConfig {
     /// Normalization workers (0: one per core).
     #[serde(default)]
     pub normalize_workers: usize,
-    /// A window's pending measurements are written this long after the first of them arrived,
-    /// in milliseconds (MedTech waits about 5 minutes).
+    /// A window's pending measurements are written at most this long after the first of them
+    /// arrived, in milliseconds (MedTech waits about 5 minutes). Each window waits between 3/4
+    /// of it and all of it, by a fixed offset per device and type, so that windows which open
+    /// together (every device's hour begins in the same second) are written over a quarter of
+    /// the interval instead of all at once.
     #[serde(default = "default_flush_interval")]
     pub flush_interval_ms: u64,
     /// Most measurements pending in all windows together; past it the oldest windows are

@@ -1,6 +1,6 @@
 //! The group stage: the async shell of [`grouper::Grouper`]. Measurements accumulate per
 //! Observation window across source batches; due windows (first pending measurement
-//! `flush_interval` old, or past the memory cap) are released to the write stage as one flush
+//! `flush_interval` old, less the window's share of the spread, or past the memory cap) are released to the write stage as one flush
 //! once it can take one — until then a due window keeps absorbing new readings, so a slow
 //! server gets fewer, larger writes. At the end of the input every window is released.
 

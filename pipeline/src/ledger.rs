@@ -90,8 +90,12 @@ pub struct Committed {
     pub watermark: u64,
     /// Acks to send, in sequence order.
     pub acks: Vec<Ack>,
-    /// Ingestion times of the events committed, for the ingestion→written latency.
+    /// Ingestion times of the events committed, for the ingestion→committed latency.
     pub ingestion_times: Vec<DateTime<Utc>>,
+    /// Ingestion times of the events that became done (every measurement written, or the
+    /// event dead-lettered) since the last commit, committed or not: the ingestion→written
+    /// latency, which an earlier event still pending does not hold back.
+    pub done_ingestion_times: Vec<DateTime<Utc>>,
     /// Events committed.
     pub events: usize,
 }
@@ -101,6 +105,8 @@ pub struct Committed {
 pub struct Ledger {
     base: u64,
     slots: VecDeque<Slot>,
+    /// Ingestion times of events done since the last [`Ledger::commit`].
+    done: Vec<DateTime<Utc>>,
 }
 
 impl Ledger {
@@ -109,6 +115,7 @@ impl Ledger {
         Ledger {
             base: first_seq,
             slots: VecDeque::new(),
+            done: Vec::new(),
         }
     }
 
@@ -192,27 +199,35 @@ impl Ledger {
         self.slots.get_mut(i)
     }
 
+    /// Sets the event's remaining measurements, noting when that makes it done.
+    fn set_remaining(&mut self, seq: u64, remaining: impl FnOnce(Option<usize>) -> usize) {
+        let Some(s) = self.slot(seq) else { return };
+        let was_done = s.remaining == Some(0);
+        let now = remaining(s.remaining);
+        s.remaining = Some(now);
+        if now == 0 && !was_done {
+            if let Some(t) = s.ingestion_time {
+                self.done.push(t);
+            }
+        }
+    }
+
     /// The event normalized into `measurements` measurements (0: dropped, or dead-lettered).
     pub fn normalized(&mut self, seq: u64, measurements: usize) {
-        if let Some(s) = self.slot(seq) {
-            s.remaining = Some(measurements);
-        }
+        self.set_remaining(seq, |_| measurements);
     }
 
     /// `n` of the event's measurements are written (or dead-lettered with the event).
     pub fn written(&mut self, seq: u64, n: usize) {
-        if let Some(s) = self.slot(seq) {
-            if let Some(r) = &mut s.remaining {
-                *r = r.saturating_sub(n);
-            }
+        // Before normalization there is nothing to count down.
+        if self.slot(seq).is_some_and(|s| s.remaining.is_some()) {
+            self.set_remaining(seq, |r| r.unwrap_or(0).saturating_sub(n));
         }
     }
 
     /// The event is done whatever its measurements still pending do (it was dead-lettered).
     pub fn finish(&mut self, seq: u64) {
-        if let Some(s) = self.slot(seq) {
-            s.remaining = Some(0);
-        }
+        self.set_remaining(seq, |_| 0);
     }
 
     /// The event cannot be made durable now: keep it un-committed (redelivered after a restart).
@@ -252,6 +267,7 @@ impl Ledger {
             self.base += 1;
         }
         out.watermark = self.base;
+        out.done_ingestion_times = std::mem::take(&mut self.done);
         out
     }
 }
@@ -287,11 +303,22 @@ mod tests {
             (10, 0),
             "a still pending"
         );
+        // b and c are done (written) though not committed: their latency counts now.
+        assert_eq!(
+            (done.ingestion_times.len(), done.done_ingestion_times.len()),
+            (0, 2)
+        );
         l.written(a, 1);
-        assert_eq!(l.commit().watermark, 10);
+        let done = l.commit();
+        assert_eq!((done.watermark, done.done_ingestion_times.len()), (10, 0));
         l.written(a, 1);
         let done = l.commit();
         assert_eq!((done.watermark, done.acks.len()), (13, 3));
+        assert_eq!(
+            (done.ingestion_times.len(), done.done_ingestion_times.len()),
+            (3, 1),
+            "all three committed; a became done now, once"
+        );
         assert_eq!(l.in_flight(), 0);
         // Late updates for committed events are ignored.
         l.written(a, 1);

@@ -22,9 +22,12 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// Buckets of the ingestion→written latency (seconds): up to several flush intervals.
-const LATENCY_BUCKETS: [f64; 16] = [
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 35.0, 45.0, 60.0, 120.0, 300.0, 900.0,
+/// Buckets of the ingestion→written latency (seconds): up to several flush intervals, one
+/// second apart just past a 1 s and the default 30 s flush interval (where the latency of a
+/// steady stream lies, and where `flush_interval + 2 s` is to be told apart).
+const LATENCY_BUCKETS: [f64; 26] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 31.0, 32.0,
+    33.0, 35.0, 40.0, 45.0, 60.0, 90.0, 120.0, 300.0, 900.0,
 ];
 
 impl Default for Histogram {
@@ -92,8 +95,12 @@ impl Default for LatencyHistogram {
 pub struct Metrics {
     /// Events committed: every measurement written to FHIR, or the event dead-lettered.
     pub committed: AtomicU64,
-    /// Ingestion→written latency per committed event.
+    /// Ingestion→written latency per event: until its last measurement is written (or it is
+    /// dead-lettered).
     pub ingestion_to_written: LatencyHistogram,
+    /// Ingestion→committed latency per event: until the commit watermark passes it (every
+    /// earlier event done too; MQTT: its spool record released, Event Hubs: checkpointed).
+    pub ingestion_to_committed: LatencyHistogram,
     /// Measurements pending in the group stage (gauge).
     pub pending_measurements: AtomicU64,
     /// Windows (future Observation writes) pending in the group stage (gauge).
@@ -354,6 +361,11 @@ impl Metrics {
         self.ingestion_to_written.0.render(
             "iomt_ingestion_to_written_seconds",
             "From an event's ingestion time until every measurement it produced is written.",
+            &mut out,
+        );
+        self.ingestion_to_committed.0.render(
+            "iomt_ingestion_to_committed_seconds",
+            "From an event's ingestion time until it is committed (it and every earlier event done).",
             &mut out,
         );
         counter(

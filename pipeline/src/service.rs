@@ -333,6 +333,7 @@ impl Pipeline {
             self.templates.clone(),
             shared.clone(),
             GrouperConfig {
+                spread: self.config.flush_interval() / 4,
                 flush_interval: self.config.flush_interval(),
                 max_pending: std::num::NonZeroUsize::new(self.config.max_pending_measurements)
                     .unwrap_or(std::num::NonZeroUsize::MIN),

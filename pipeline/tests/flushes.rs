@@ -178,6 +178,7 @@ proptest! {
             let w = writer(&b.base, &templates);
             let mut g = Grouper::new(GrouperConfig {
                 flush_interval: Duration::from_millis(flush_ms),
+                spread: Duration::from_millis(flush_ms / 4),
                 max_pending: NonZeroUsize::new(cap).expect("nonzero"),
             });
             let mut now = Instant::now();
