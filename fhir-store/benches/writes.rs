@@ -1,7 +1,8 @@
 //! The local store's write rate: Observations created (`PUT` to their id) in one `batch` Bundle
 //! of 250 entries (one SQLite transaction), against the same 250 written one `update` (one
-//! transaction) each, and a Bundle of 250 identifier searches (what the writer reads before
-//! point-in-time writes). A file-backed store in WAL mode, as `iomt demo` and `iomt fhir-store`
+//! transaction) each; a Bundle of 250 identifier searches (what the writer reads before
+//! point-in-time writes); and a Bundle of 250 `If-Match` updates of existing Observations whose
+//! value changed (what a streaming flush of SampledData windows sends). A file-backed store in WAL mode, as `iomt demo` and `iomt fhir-store`
 //! open it; a fresh one per iteration (setup not timed).
 //!
 //! `cargo bench -p fhir-store --bench writes`; throughput is in Observations per second.
@@ -117,7 +118,40 @@ fn writes(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    let updates = if_match_updates();
+    g.bench_function("batch_bundle_250_if_match_updates", |b| {
+        b.iter_batched(
+            || {
+                let (dir, store) = fresh();
+                store
+                    .bundle(&bundle, "http://bench/fhir/R4", Utc::now())
+                    .expect("fill");
+                (dir, store)
+            },
+            |(_dir, store)| {
+                let r = store
+                    .bundle(&updates, "http://bench/fhir/R4", Utc::now())
+                    .expect("bundle");
+                assert_eq!(r["entry"][N - 1]["response"]["status"], "200 OK");
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
+}
+
+/// Every Observation of [`puts`] again at version 1, with a new value.
+fn if_match_updates() -> Value {
+    let entries: Vec<Value> = (0..N)
+        .map(|i| {
+            let mut o = observation(i);
+            o["valueQuantity"]["value"] = json!(90);
+            o["status"] = json!("amended");
+            let url = format!("Observation/{}", o["id"].as_str().unwrap_or_default());
+            json!({"resource": o, "request": {"method": "PUT", "url": url, "ifMatch": "W/\"1\""}})
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
 }
 
 criterion_group!(benches, writes);

@@ -122,22 +122,49 @@ pub fn parse_if_match(value: &str) -> String {
 }
 
 /// The resource without `meta.versionId` and `meta.lastUpdated` (and without an empty `meta`).
+#[cfg(test)]
 fn content(resource: &Value) -> Value {
     let mut c = resource.clone();
     if let Some(obj) = c.as_object_mut() {
-        let empty = match obj.get_mut("meta").and_then(Value::as_object_mut) {
-            Some(meta) => {
-                meta.remove("versionId");
-                meta.remove("lastUpdated");
-                meta.is_empty()
+        match obj.get("meta").map(meta_content) {
+            Some(Some(meta)) => {
+                obj.insert("meta".into(), meta);
             }
-            None => false,
-        };
-        if empty {
-            obj.remove("meta");
+            Some(None) => {
+                obj.remove("meta");
+            }
+            None => {}
         }
     }
     c
+}
+
+/// `meta` without `versionId` and `lastUpdated` (`None` when nothing else is in it).
+fn meta_content(meta: &Value) -> Option<Value> {
+    match meta.as_object() {
+        Some(m) => {
+            let rest: serde_json::Map<String, Value> = m
+                .iter()
+                .filter(|(k, _)| *k != "versionId" && *k != "lastUpdated")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (!rest.is_empty()).then_some(Value::Object(rest))
+        }
+        None => Some(meta.clone()),
+    }
+}
+
+/// `content(a) == content(b)` without copying the resources (only their `meta`).
+fn same_content(a: &Value, b: &Value) -> bool {
+    let (Some(x), Some(y)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let others = |o: &serde_json::Map<String, Value>| o.keys().filter(|k| *k != "meta").count();
+    others(x) == others(y)
+        && x.iter()
+            .filter(|(k, _)| *k != "meta")
+            .all(|(k, v)| y.get(k) == Some(v))
+        && x.get("meta").and_then(meta_content) == y.get("meta").and_then(meta_content)
 }
 
 fn decode(resource_type: &str, id: &str, json: &str) -> Result<Value, StoreError> {
@@ -473,9 +500,12 @@ fn write_version(
             });
         }
     }
+    // The stored version's index rows, when the new version would write the same ones (an
+    // Observation update usually changes its value and period, not its codes and references).
+    let mut stored_index = None;
     if let Some((version, json)) = &current {
         let stored = decode(resource_type, id, json)?;
-        if content(&stored) == content(&resource) {
+        if same_content(&stored, &resource) {
             return Ok(Written {
                 resource: stored,
                 version: version.to_string(),
@@ -483,6 +513,7 @@ fn write_version(
                 changed: false,
             });
         }
+        stored_index = Some(entries(resource_type, &stored));
     }
     let version = current.as_ref().map_or(1, |(v, _)| v + 1);
     let last_updated = rfc3339_ms(now);
@@ -523,6 +554,17 @@ fn write_version(
             date_start,
             date_end
         ])?;
+        let same_rows = stored_index
+            .as_ref()
+            .is_some_and(|old| old.tokens == idx.tokens && old.references == idx.references);
+        if same_rows {
+            return Ok(Written {
+                resource,
+                version: version.to_string(),
+                created: false,
+                changed: true,
+            });
+        }
         tx.prepare_cached("DELETE FROM tokens WHERE type = ?1 AND id = ?2")?
             .execute(params![resource_type, id])?;
         tx.prepare_cached("DELETE FROM refs WHERE type = ?1 AND id = ?2")?
@@ -704,6 +746,48 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// An update that keeps the index rows (a new value) keeps them findable; one that changes
+    /// them (a new identifier, a new subject) replaces them.
+    #[test]
+    fn updates_keep_or_replace_the_index_rows() {
+        let store = Store::open_in_memory().unwrap();
+        let find = |params: &[(&str, &str)]| {
+            let params: Vec<(String, String)> = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let q = SearchQuery::parse(&params).unwrap();
+            store.search("Observation", &q).unwrap().total
+        };
+        let obs = |identifier: &str, patient: &str, value: i64| {
+            json!({"resourceType": "Observation", "id": "o1", "status": "final",
+                   "identifier": [{"system": "urn:s", "value": identifier}],
+                   "subject": {"reference": format!("Patient/{patient}")},
+                   "valueQuantity": {"value": value}})
+        };
+        let now = Utc::now();
+        store
+            .update("Observation", "o1", obs("a", "p1", 1), None, now)
+            .unwrap();
+        let w = store
+            .update("Observation", "o1", obs("a", "p1", 2), Some("1"), now)
+            .unwrap();
+        assert!(w.changed && w.version == "2");
+        assert_eq!(find(&[("identifier", "urn:s|a")]), 1);
+        assert_eq!(find(&[("subject", "Patient/p1")]), 1);
+        store
+            .update("Observation", "o1", obs("b", "p2", 2), Some("2"), now)
+            .unwrap();
+        assert_eq!(find(&[("identifier", "urn:s|a")]), 0);
+        assert_eq!(find(&[("identifier", "urn:s|b")]), 1);
+        assert_eq!(find(&[("subject", "Patient/p1")]), 0);
+        assert_eq!(find(&[("subject", "Patient/p2")]), 1);
+        assert_eq!(
+            store.read("Observation", "o1").unwrap()["valueQuantity"]["value"],
+            2
+        );
+    }
+
     /// Searches by identifier, reference and id go through the side tables' indexes: no step
     /// of the plan scans a table.
     #[test]
@@ -762,5 +846,11 @@ mod tests {
         assert_eq!(content(&a), content(&b));
         let c = json!({"resourceType": "Patient", "meta": {"tag": [{"code": "t"}]}});
         assert_ne!(content(&c), content(&b));
+        for (x, y) in [(&a, &b), (&c, &b), (&a, &c), (&b, &b)] {
+            assert_eq!(same_content(x, y), content(x) == content(y), "{x} {y}");
+            assert_eq!(same_content(y, x), content(x) == content(y), "{y} {x}");
+        }
+        let d = json!({"resourceType": "Patient", "active": true});
+        assert!(!same_content(&b, &d) && !same_content(&d, &b));
     }
 }

@@ -21,9 +21,10 @@ use crate::shared::Shared;
 /// One flush: the measurements of the released windows, with their events' sequence numbers.
 pub(crate) type Flush = Vec<(u64, Measurement)>;
 
-/// Windows due within this long of each other go out in one flush.
+/// Windows due within this long of each other go out in one flush (a window waits at most
+/// this much past its flush interval; the grouper's spread keeps each flush small).
 fn coalesce(flush_interval: Duration) -> Duration {
-    (flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    (flush_interval / 8).clamp(Duration::from_millis(10), Duration::from_millis(500))
 }
 
 /// Runs the stage until `rx` closes, then releases everything pending.
