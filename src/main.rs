@@ -2,12 +2,11 @@
 //!
 //! The commands and their options: README.md ("Command line") and `iomt <command> --help`.
 
-mod bench;
-mod demo;
+mod commands;
 mod events;
 mod review;
 
-mod simulate;
+use commands::{bench, demo, simulate};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

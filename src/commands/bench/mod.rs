@@ -84,8 +84,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 /// Marks a folder as the bench's, so `--dir` may clear it.
 const MARKER: &str = ".iomt-bench";
 
-const DEVICE_MAPPING: &str = include_str!("../../templates/simulator/devicecontent.json");
-const FHIR_MAPPING: &str = include_str!("../../templates/simulator/fhirmapping.json");
+const DEVICE_MAPPING: &str = include_str!("../../../templates/simulator/devicecontent.json");
+const FHIR_MAPPING: &str = include_str!("../../../templates/simulator/fhirmapping.json");
 
 /// Parses `30s`, `500ms`, `2m`, `1h` or a number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration> {

@@ -41,8 +41,8 @@ pub struct DemoArgs {
     log_format: String,
 }
 
-const DEVICE_MAPPING: &str = include_str!("../templates/simulator/devicecontent.json");
-const FHIR_MAPPING: &str = include_str!("../templates/simulator/fhirmapping.json");
+const DEVICE_MAPPING: &str = include_str!("../../templates/simulator/devicecontent.json");
+const FHIR_MAPPING: &str = include_str!("../../templates/simulator/fhirmapping.json");
 
 /// Whether the broker on `port` accepts an MQTT session: CONNECT, CONNACK, DISCONNECT.
 async fn broker_answers(port: u16) -> bool {
@@ -207,7 +207,7 @@ format = "{log_format}"
         let mut sim_stop = shutdown_rx.clone();
         let mqtt_port = args.mqtt_port;
         let simulator = tokio::spawn(async move {
-            crate::simulate::publish_realtime(mqtt_port, sim, &mut sim_stop).await
+            super::simulate::publish_realtime(mqtt_port, sim, &mut sim_stop).await
         });
 
         // The review page, reading the local store and the connector's metrics.

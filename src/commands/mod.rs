@@ -1,0 +1,5 @@
+//! The commands, one module each.
+
+pub mod bench;
+pub mod demo;
+pub mod simulate;
