@@ -231,9 +231,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         heart_rate_readings: (heart_rate_devices * args.readings) as u64,
         backlog: args.backlog,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::commands::runtime()?;
     let outcome = runtime.block_on(async {
         let broker_only = if args.skip_broker_only {
             None
