@@ -5,10 +5,9 @@
 //!   file into a FHIR server), [`dead_letters`] (list, show, reprocess);
 //! * servers and tools: [`demo`], [`review`], [`fhir_store`], [`simulate`], [`bench`](mod@bench).
 //!
-//! What they share is here and in [`templates`] and [`fhir`], once: the tokio runtime
-//! ([`runtime`]), the logging set-up ([`init_logging`]), the shutdown signal
-//! ([`shutdown_signal`]), loading the mappings with the one template-error report
-//! ([`templates`]), and reaching a FHIR server ([`fhir`]).
+//! What they share is written once: here the tokio runtime ([`runtime`]), the logging set-up
+//! ([`init_logging`]) and the shutdown signal ([`shutdown_signal`]); in [`templates`] loading
+//! the mappings, with the one template-error report; in [`fhir`] reaching a FHIR server.
 
 pub mod bench;
 pub mod dead_letters;
