@@ -139,9 +139,7 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode> {
     if args.target == "eventhubs" {
         let cs = std::env::var("IOMT_EVENTHUBS_CONNECTION_STRING")
             .context("--target eventhubs needs IOMT_EVENTHUBS_CONNECTION_STRING")?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
+        let runtime = super::runtime()?;
         runtime.block_on(publish_event_hubs(
             &cs,
             args.eventhubs_endpoint.as_deref(),
@@ -160,9 +158,7 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode> {
         Some((h, p)) => (h.to_string(), p.parse::<u16>().context("MQTT port")?),
         None => (addr.to_string(), 1883),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = super::runtime()?;
     runtime.block_on(publish(&host, port, all, args.rate, total))?;
     Ok(ExitCode::SUCCESS)
 }

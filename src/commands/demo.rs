@@ -41,8 +41,8 @@ pub struct DemoArgs {
     log_format: String,
 }
 
-const DEVICE_MAPPING: &str = include_str!("../templates/simulator/devicecontent.json");
-const FHIR_MAPPING: &str = include_str!("../templates/simulator/fhirmapping.json");
+const DEVICE_MAPPING: &str = include_str!("../../templates/simulator/devicecontent.json");
+const FHIR_MAPPING: &str = include_str!("../../templates/simulator/fhirmapping.json");
 
 /// Whether the broker on `port` accepts an MQTT session: CONNECT, CONNACK, DISCONNECT.
 async fn broker_answers(port: u16) -> bool {
@@ -145,7 +145,7 @@ format = "{log_format}"
         ),
     )?;
     let config = pipeline::validate(&config_path).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
-    crate::init_service_logging(&config);
+    super::init_service_logging(&config);
 
     // The broker runs on its own threads for the life of the process.
     let mut broker = rumqttd::Broker::new(broker_config(args.mqtt_port)?);
@@ -157,9 +157,7 @@ format = "{log_format}"
             }
         })?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = super::runtime()?;
     runtime.block_on(async move {
         // Stopped in order: simulator, then the connector (which flushes into the store), then the store.
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -207,7 +205,7 @@ format = "{log_format}"
         let mut sim_stop = shutdown_rx.clone();
         let mqtt_port = args.mqtt_port;
         let simulator = tokio::spawn(async move {
-            crate::simulate::publish_realtime(mqtt_port, sim, &mut sim_stop).await
+            super::simulate::publish_realtime(mqtt_port, sim, &mut sim_stop).await
         });
 
         // The review page, reading the local store and the connector's metrics.
@@ -246,7 +244,7 @@ format = "{log_format}"
         let stop = async {
             match args.duration {
                 Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-                None => wait_for_signal().await,
+                None => super::shutdown_signal().await,
             }
         };
         stop.await;
@@ -266,24 +264,4 @@ format = "{log_format}"
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
