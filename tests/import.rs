@@ -244,3 +244,27 @@ fn bicep_and_terraform_are_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn key_vault_parameter_is_reported_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = dir.path().join("kv.parameters.json");
+    std::fs::write(
+        &params,
+        r#"{"parameters": {"basename": {"reference": {"keyVault": {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv"}, "secretName": "basename"}}}}"#,
+    )
+    .unwrap();
+    let file = data("quickstart-iotconnectors/azuredeploy.json");
+    let (code, _stdout, stderr, _out) = import(
+        std::slice::from_ref(&file),
+        &["--parameters", params.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:139:56: fullyQualifiedEventHubNamespace: parameter 'basename' is a Key Vault reference",
+            file.display()
+        )),
+        "{stderr}"
+    );
+}
