@@ -367,6 +367,10 @@ impl Found {
             let Some(t) = res.get("type").and_then(Value::as_str) else {
                 continue;
             };
+            // `existing: true` (symbolic-name templates) refers to a resource defined elsewhere.
+            if res.get("existing").and_then(Value::as_bool) == Some(true) {
+                continue;
+            }
             let mut kind = t.to_lowercase();
             if let Some((pt, _)) = parent {
                 if !kind.contains('/') {
