@@ -268,3 +268,33 @@ fn key_vault_parameter_is_reported_not_read() {
         "{stderr}"
     );
 }
+
+/// Once the sign-in placeholders are filled in and the secrets are in the environment, the
+/// imported folder passes `iomt validate --config` as it is.
+#[test]
+fn imported_config_validates_once_filled_in() {
+    let (code, stdout, stderr, out) = import(
+        &[
+            data("rest-api-examples/iotconnector.json"),
+            data("rest-api-examples/fhirdestination.json"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let config = out.path().join("blue/config.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("<tenant-id>", "11111111-2222-3333-4444-555566667777")
+        .replace("<client-id>", "00000000-0000-0000-0000-000000000001");
+    assert!(!text.contains("\"<") && !text.contains("/<"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
+        .args(["validate", "--config", config.to_str().unwrap()])
+        .env("IOMT_FHIR_CLIENT_SECRET", "x")
+        .env("IOMT_EVENTHUBS_CLIENT_SECRET", "x")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("valid"), "{stdout}");
+}
