@@ -15,7 +15,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    bench, dead_letters, demo, fhir_store, map, normalize, replay, run, simulate, validate,
+    bench, dead_letters, demo, fhir_store, import, map, normalize, replay, run, simulate, validate,
 };
 
 #[derive(Parser)]
@@ -54,6 +54,8 @@ enum Command {
     Run(run::RunArgs),
     /// Inspect and reprocess the dead-letter store.
     DeadLetters(dead_letters::DeadLettersArgs),
+    /// Import an Azure MedTech service (ARM template or REST JSON) as mappings and a config.
+    Import(import::ImportArgs),
 }
 
 /// Exit codes: 0 done; 1 a problem the command reports itself (invalid templates or config,
@@ -81,5 +83,6 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::FhirStore(args) => fhir_store::run(args),
         Command::Run(args) => run::run(args),
         Command::DeadLetters(args) => dead_letters::run(args),
+        Command::Import(args) => import::run(args),
     }
 }

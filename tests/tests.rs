@@ -19,6 +19,7 @@ mod cli_normalize;
 mod demo;
 mod event_hubs;
 mod golden;
+mod import;
 mod replay;
 mod review;
 mod service;

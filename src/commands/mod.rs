@@ -3,6 +3,7 @@
 //! * offline, no server: [`validate`], [`normalize`], [`map`] (and [`watch`], `map --watch`);
 //! * the stage graph (the `pipeline` crate): [`run`] (the service), [`replay`] (an events
 //!   file into a FHIR server), [`dead_letters`] (list, show, reprocess);
+//! * migration: [`import`] (Azure MedTech definitions into mappings and a config);
 //! * servers and tools: [`demo`], [`review`], [`fhir_store`], [`simulate`], [`bench`](mod@bench).
 //!
 //! What they share is written once: here the tokio runtime ([`runtime`]), the logging set-up
@@ -14,6 +15,7 @@ pub mod dead_letters;
 pub mod demo;
 pub mod fhir;
 pub mod fhir_store;
+pub mod import;
 pub mod map;
 pub mod normalize;
 pub mod replay;

@@ -1,0 +1,788 @@
+//! `iomt import medtech FILE… [--out DIR] [--parameters FILE]`: Azure MedTech service
+//! definitions into this connector's folder per MedTech service: `devicecontent.json`,
+//! `fhirmapping.json` and `config.toml` (Event Hubs source, FHIR URL and resolution), checked
+//! with the mapping loaders and the config's own validation.
+//!
+//! Reads ARM templates (resources `Microsoft.HealthcareApis/workspaces/iotconnectors` and
+//! `…/iotconnectors/fhirdestinations`, any apiVersion, also inside nested
+//! `Microsoft.Resources/deployments`; expressions through [`arm`]) and the REST / `az
+//! healthcareapis workspace iot-connector show` JSON (one resource, a list, or
+//! `{"value": [...]}`). What cannot be resolved is reported with `file:line:column`, never
+//! dropped; exit 1 when a required value is missing or a mapping is invalid.
+
+mod arm;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use normalizer::location::Positions;
+
+use super::templates::{read_text, report};
+use arm::Scope;
+
+/// `iomt import` options.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    from: ImportFrom,
+}
+
+#[derive(clap::Subcommand)]
+enum ImportFrom {
+    /// Azure MedTech service (IoT connector) definitions: ARM templates, or the REST / `az
+    /// healthcareapis workspace iot-connector show` JSON of connectors and FHIR destinations.
+    Medtech(MedtechArgs),
+}
+
+/// `iomt import medtech` options.
+#[derive(clap::Args)]
+struct MedtechArgs {
+    /// ARM template(s) or resource JSON; a connector and its FHIR destination may be in
+    /// different files.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Output folder: one sub-folder per MedTech service, named after it.
+    #[arg(long, value_name = "DIR", default_value = "medtech-import")]
+    out: PathBuf,
+    /// ARM deployment parameters file (`{"parameters": {"name": {"value": …}}}`).
+    #[arg(long, value_name = "FILE")]
+    parameters: Option<PathBuf>,
+}
+
+/// Runs `iomt import`.
+pub fn run(args: ImportArgs) -> Result<ExitCode> {
+    match args.from {
+        ImportFrom::Medtech(a) => medtech(a),
+    }
+}
+
+/// A value the import could not resolve, and where it stands.
+#[derive(Debug, Clone)]
+struct Unresolved {
+    file: PathBuf,
+    line: usize,
+    column: usize,
+    what: String,
+    reason: String,
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.what,
+            self.reason
+        )
+    }
+}
+
+type Field = Result<Value, Unresolved>;
+
+/// One input file: its path, its positions, and (for an ARM template) how to evaluate.
+struct Source {
+    path: PathBuf,
+    positions: Positions,
+}
+
+impl Source {
+    fn unresolved(&self, pointer: &str, what: &str, reason: impl Into<String>) -> Unresolved {
+        // The value's position, else its nearest enclosing value's.
+        let mut p = pointer.to_string();
+        let at = loop {
+            if let Some(at) = self.positions.value(&p) {
+                break at;
+            }
+            match p.rfind('/') {
+                Some(i) => p.truncate(i),
+                None => break Default::default(),
+            }
+        };
+        Unresolved {
+            file: self.path.clone(),
+            line: at.line.max(1),
+            column: at.column.max(1),
+            what: what.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The value at `base` + `rel`, evaluated in `scope` (ARM) or as it is (REST).
+    fn field(
+        &self,
+        res: &Value,
+        base: &str,
+        rel: &str,
+        what: &str,
+        scope: Option<&Scope>,
+    ) -> Option<Field> {
+        let v = res.pointer(rel)?;
+        let pointer = format!("{base}{rel}");
+        Some(match scope {
+            Some(s) => s.eval(v).map_err(|e| self.unresolved(&pointer, what, e)),
+            None => Ok(v.clone()),
+        })
+    }
+
+    fn required(
+        &self,
+        res: &Value,
+        base: &str,
+        rel: &str,
+        what: &str,
+        scope: Option<&Scope>,
+    ) -> Field {
+        self.field(res, base, rel, what, scope).unwrap_or_else(|| {
+            Err(self.unresolved(base, what, format!("missing ({rel} is not set)")))
+        })
+    }
+
+    /// A mapping's `content`: an object, or a JSON-encoded string of one.
+    fn mapping(
+        &self,
+        res: &Value,
+        base: &str,
+        rel: &str,
+        what: &str,
+        scope: Option<&Scope>,
+    ) -> Field {
+        let v = self.required(res, base, rel, what, scope)?;
+        match v {
+            Value::String(s) => serde_json::from_str(&s).map_err(|e| {
+                self.unresolved(
+                    &format!("{base}{rel}"),
+                    what,
+                    format!("the content is a string but not JSON: {e}"),
+                )
+            }),
+            Value::Object(_) => Ok(v),
+            other => Err(self.unresolved(
+                &format!("{base}{rel}"),
+                what,
+                format!("expected an object, found {other}"),
+            )),
+        }
+    }
+}
+
+/// A MedTech service found in the files.
+struct Connector {
+    name: String,
+    file: PathBuf,
+    event_hub: Field,
+    consumer_group: Field,
+    namespace: Field,
+    device_mapping: Field,
+    destinations: Vec<Destination>,
+}
+
+/// A FHIR destination found in the files.
+struct Destination {
+    /// The connector it belongs to (from its name or id), when known.
+    connector: Option<String>,
+    name: String,
+    resolution: Field,
+    fhir_service: Field,
+    fhir_mapping: Field,
+}
+
+#[derive(Default)]
+struct Found {
+    connectors: Vec<Connector>,
+    destinations: Vec<Destination>,
+    problems: Vec<Unresolved>,
+}
+
+fn last_segment(s: &str) -> String {
+    s.rsplit('/').next().unwrap_or(s).to_string()
+}
+
+/// The segment after `key` in a resource name or id (`…/iotconnectors/{this}/…`).
+fn segment_after(id: &str, key: &str) -> Option<String> {
+    let parts: Vec<&str> = id.split('/').collect();
+    parts
+        .iter()
+        .position(|p| p.eq_ignore_ascii_case(key))
+        .and_then(|i| parts.get(i + 1))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_string())
+}
+
+/// The FHIR service's URL from its resource id: a workspace FHIR service
+/// (`…/workspaces/{ws}/fhirservices/{fhir}`) or an Azure API for FHIR (`…/services/{name}`).
+fn fhir_url(resource_id: &str) -> Option<String> {
+    if let (Some(ws), Some(fhir)) = (
+        segment_after(resource_id, "workspaces"),
+        segment_after(resource_id, "fhirservices"),
+    ) {
+        return Some(format!("https://{ws}-{fhir}.fhir.azurehealthcareapis.com"));
+    }
+    let parts: Vec<&str> = resource_id.split('/').collect();
+    let i = parts
+        .iter()
+        .position(|p| p.eq_ignore_ascii_case("Microsoft.HealthcareApis"))?;
+    match (parts.get(i + 1), parts.get(i + 2)) {
+        (Some(t), Some(name)) if t.eq_ignore_ascii_case("services") && !name.is_empty() => {
+            Some(format!("https://{name}.azurehealthcareapis.com"))
+        }
+        _ => None,
+    }
+}
+
+const CONNECTOR: &str = "microsoft.healthcareapis/workspaces/iotconnectors";
+const DESTINATION: &str = "microsoft.healthcareapis/workspaces/iotconnectors/fhirdestinations";
+const DEPLOYMENT: &str = "microsoft.resources/deployments";
+
+impl Found {
+    /// One resource (ARM when `scope` is set, else REST) at `base`.
+    fn resource(
+        &mut self,
+        src: &Source,
+        res: &Value,
+        base: &str,
+        kind: &str,
+        name: Field,
+        scope: Option<&Scope>,
+    ) {
+        let name_text = |f: &Field| f.as_ref().ok().and_then(Value::as_str).map(str::to_string);
+        if kind == CONNECTOR {
+            let name = match &name {
+                Ok(_) => name_text(&name).unwrap_or_default(),
+                Err(e) => {
+                    self.problems.push(e.clone());
+                    String::new()
+                }
+            };
+            let name = if name.is_empty() {
+                format!("connector{}", self.connectors.len() + 1)
+            } else {
+                last_segment(&name)
+            };
+            let ing = "/properties/ingestionEndpointConfiguration";
+            self.connectors.push(Connector {
+                name,
+                file: src.path.clone(),
+                event_hub: src.required(
+                    res,
+                    base,
+                    &format!("{ing}/eventHubName"),
+                    "eventHubName",
+                    scope,
+                ),
+                consumer_group: src
+                    .field(
+                        res,
+                        base,
+                        &format!("{ing}/consumerGroup"),
+                        "consumerGroup",
+                        scope,
+                    )
+                    .unwrap_or_else(|| Ok(Value::String("$Default".into()))),
+                namespace: src.required(
+                    res,
+                    base,
+                    &format!("{ing}/fullyQualifiedEventHubNamespace"),
+                    "fullyQualifiedEventHubNamespace",
+                    scope,
+                ),
+                device_mapping: src.mapping(
+                    res,
+                    base,
+                    "/properties/deviceMapping/content",
+                    "deviceMapping",
+                    scope,
+                ),
+                destinations: Vec::new(),
+            });
+        } else if kind == DESTINATION {
+            let full = match &name {
+                Ok(_) => name_text(&name).unwrap_or_default(),
+                Err(e) => {
+                    self.problems.push(e.clone());
+                    String::new()
+                }
+            };
+            let id = res.get("id").and_then(Value::as_str).unwrap_or_default();
+            let parts: Vec<&str> = full.split('/').collect();
+            let connector = segment_after(id, "iotconnectors")
+                .or_else(|| (parts.len() >= 2).then(|| parts[parts.len() - 2].to_string()));
+            self.destinations.push(Destination {
+                connector,
+                name: last_segment(&full),
+                resolution: src
+                    .field(
+                        res,
+                        base,
+                        "/properties/resourceIdentityResolutionType",
+                        "resourceIdentityResolutionType",
+                        scope,
+                    )
+                    .unwrap_or_else(|| Ok(Value::String("Lookup".into()))),
+                fhir_service: src.required(
+                    res,
+                    base,
+                    "/properties/fhirServiceResourceId",
+                    "fhirServiceResourceId",
+                    scope,
+                ),
+                fhir_mapping: src.mapping(
+                    res,
+                    base,
+                    "/properties/fhirMapping/content",
+                    "fhirMapping",
+                    scope,
+                ),
+            });
+        }
+    }
+
+    /// An ARM `resources` array (or symbolic-name object) at `base`, in `scope`.
+    fn arm_resources(
+        &mut self,
+        src: &Source,
+        resources: &Value,
+        base: &str,
+        scope: &Scope,
+        parent: Option<(&str, &str)>,
+    ) {
+        let items: Vec<(String, &Value)> = match resources {
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v))
+                .collect(),
+            Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            _ => return,
+        };
+        for (key, res) in items {
+            let ptr = format!("{base}/{}", normalizer::location::escape_token(&key));
+            let Some(t) = res.get("type").and_then(Value::as_str) else {
+                continue;
+            };
+            // `existing: true` (symbolic-name templates) refers to a resource defined elsewhere.
+            if res.get("existing").and_then(Value::as_bool) == Some(true) {
+                continue;
+            }
+            let mut kind = t.to_lowercase();
+            if let Some((pt, _)) = parent {
+                if !kind.contains('/') {
+                    kind = format!("{}/{kind}", pt.to_lowercase());
+                }
+            }
+            let name: Field = match res.get("name") {
+                Some(n) => scope
+                    .eval(n)
+                    .map_err(|e| src.unresolved(&format!("{ptr}/name"), "name", e))
+                    .map(|v| match (parent, v.as_str()) {
+                        (Some((_, pn)), Some(s)) if !s.contains('/') => {
+                            Value::String(format!("{pn}/{s}"))
+                        }
+                        _ => v,
+                    }),
+                None => Ok(Value::String(String::new())),
+            };
+            if kind == DEPLOYMENT {
+                let props = &res["properties"];
+                if props.get("templateLink").is_some() {
+                    self.problems.push(src.unresolved(
+                        &format!("{ptr}/properties/templateLink"),
+                        "templateLink",
+                        "a linked template is not followed: import that file itself",
+                    ));
+                }
+                if let Some(template) = props.get("template") {
+                    let inner = props
+                        .pointer("/expressionEvaluationOptions/scope")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("inner"));
+                    let nested = if inner {
+                        Scope::new(template, props.get("parameters"), Some(scope))
+                    } else {
+                        scope.clone()
+                    };
+                    if let Some(r) = template.get("resources") {
+                        self.arm_resources(
+                            src,
+                            r,
+                            &format!("{ptr}/properties/template/resources"),
+                            &nested,
+                            None,
+                        );
+                    }
+                }
+                continue;
+            }
+            self.resource(src, res, &ptr, &kind, name.clone(), Some(scope));
+            if let Some(children) = res.get("resources") {
+                let pname = name
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                self.arm_resources(
+                    src,
+                    children,
+                    &format!("{ptr}/resources"),
+                    scope,
+                    Some((&kind, &pname)),
+                );
+            }
+        }
+    }
+
+    /// REST / CLI JSON: one resource, a list, or `{"value": [...]}`.
+    fn rest(&mut self, src: &Source, doc: &Value, base: &str) {
+        match doc {
+            Value::Array(a) => {
+                for (i, r) in a.iter().enumerate() {
+                    self.rest(src, r, &format!("{base}/{i}"));
+                }
+            }
+            Value::Object(m)
+                if m.get("type").is_none() && m.get("value").is_some_and(Value::is_array) =>
+            {
+                self.rest(src, &m["value"], &format!("{base}/value"));
+            }
+            Value::Object(_) => {
+                let kind = doc
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_lowercase();
+                let name = Ok(doc
+                    .get("name")
+                    .cloned()
+                    .unwrap_or(Value::String(String::new())));
+                self.resource(src, doc, base, &kind, name, None);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_arm_template(doc: &Value) -> bool {
+    doc.get("resources").is_some()
+        && (doc.get("contentVersion").is_some()
+            || doc
+                .get("$schema")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.contains("deploymentTemplate")))
+}
+
+fn medtech(args: MedtechArgs) -> Result<ExitCode> {
+    let given = match &args.parameters {
+        Some(p) => {
+            let doc: Value = serde_json::from_str(&read_text(p)?)
+                .with_context(|| format!("{}: not JSON", p.display()))?;
+            Some(doc.get("parameters").cloned().unwrap_or(doc))
+        }
+        None => None,
+    };
+    let mut found = Found::default();
+    for path in &args.files {
+        let name = path.to_string_lossy().to_lowercase();
+        if [".bicep", ".bicepparam", ".tf", ".tfvars", ".hcl"]
+            .iter()
+            .any(|e| name.ends_with(e))
+        {
+            bail!(
+                "{}: Bicep/Terraform not supported yet; give the ARM template (`az bicep build --file {}`) or the resources' JSON (`az healthcareapis workspace iot-connector show` and `… fhir-destination show`)",
+                path.display(),
+                path.display()
+            );
+        }
+        let text = read_text(path)?;
+        let doc: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+        let src = Source {
+            path: path.clone(),
+            positions: Positions::index(&text),
+        };
+        if is_arm_template(&doc) {
+            let scope = Scope::new(&doc, given.as_ref(), None);
+            found.arm_resources(&src, &doc["resources"], "/resources", &scope, None);
+        } else {
+            found.rest(&src, &doc, "");
+        }
+    }
+    // Each destination to its connector.
+    let mut connectors = std::mem::take(&mut found.connectors);
+    for d in std::mem::take(&mut found.destinations) {
+        let target = match &d.connector {
+            Some(c) => connectors
+                .iter()
+                .position(|x| x.name.eq_ignore_ascii_case(c)),
+            None if connectors.len() == 1 => Some(0),
+            None => None,
+        };
+        match target {
+            Some(i) => connectors[i].destinations.push(d),
+            None => eprintln!(
+                "warning: FHIR destination {:?} (of connector {}) has no connector in the files given; skipped",
+                d.name,
+                d.connector.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+    if connectors.is_empty() {
+        for p in &found.problems {
+            eprintln!("{p}");
+        }
+        eprintln!(
+            "no MedTech service (Microsoft.HealthcareApis/workspaces/iotconnectors) found in {}",
+            args.files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let mut ok = true;
+    for p in &found.problems {
+        eprintln!("{p}");
+    }
+    let mut seen = BTreeMap::new();
+    for c in &connectors {
+        let n = seen.entry(c.name.to_lowercase()).or_insert(0);
+        *n += 1;
+        let folder = if *n == 1 {
+            folder_name(&c.name)
+        } else {
+            format!("{}-{n}", folder_name(&c.name))
+        };
+        ok &= write_connector(c, &args.out.join(folder))?;
+    }
+    Ok(if ok && found.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn folder_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// A required text value, or its placeholder (and the problem on stderr).
+fn text_or(field: &Field, placeholder: &str, problems: &mut Vec<String>) -> String {
+    match field {
+        Ok(Value::String(s)) => s.clone(),
+        Ok(other) => {
+            problems.push(format!("expected a string, found {other}"));
+            placeholder.to_string()
+        }
+        Err(e) => {
+            problems.push(e.to_string());
+            placeholder.to_string()
+        }
+    }
+}
+
+/// Writes one connector's folder, validates it and prints what is still to fill in; false
+/// when a required value is missing or a mapping is invalid.
+fn write_connector(c: &Connector, dir: &Path) -> Result<bool> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut problems = Vec::new();
+    let event_hub = text_or(&c.event_hub, "<fill in: event hub name>", &mut problems);
+    let namespace = text_or(
+        &c.namespace,
+        "<fill in: namespace>.servicebus.windows.net",
+        &mut problems,
+    );
+    let consumer_group = text_or(
+        &c.consumer_group,
+        "<fill in: consumer group>",
+        &mut problems,
+    );
+    let (resolution, url, fhir_mapping) = match c.destinations.as_slice() {
+        [] => {
+            problems.push(format!(
+                "{}: MedTech service {:?} has no FHIR destination in the files given (import its fhirdestinations resource too)",
+                c.file.display(),
+                c.name
+            ));
+            (
+                "Lookup".to_string(),
+                "<fill in: FHIR service URL>".to_string(),
+                None,
+            )
+        }
+        [d, rest @ ..] => {
+            for extra in rest {
+                eprintln!(
+                    "warning: {}: FHIR destination {:?} ignored: a MedTech service has one",
+                    c.name, extra.name
+                );
+            }
+            let resolution = text_or(&d.resolution, "Lookup", &mut problems);
+            let url = match &d.fhir_service {
+                Ok(Value::String(id)) => match fhir_url(id) {
+                    Some(u) => u,
+                    None => {
+                        problems.push(format!(
+                            "fhirServiceResourceId {id:?}: no FHIR URL derivable; set [fhir] url"
+                        ));
+                        "<fill in: FHIR service URL>".to_string()
+                    }
+                },
+                other => text_or(other, "<fill in: FHIR service URL>", &mut problems),
+            };
+            (resolution, url, Some(&d.fhir_mapping))
+        }
+    };
+    let device_path = dir.join("devicecontent.json");
+    let fhir_path = dir.join("fhirmapping.json");
+    let config_path = dir.join("config.toml");
+    let mut valid = true;
+    let mut lines = Vec::new();
+    match &c.device_mapping {
+        Ok(v) => {
+            std::fs::write(&device_path, serde_json::to_string_pretty(v)? + "\n")?;
+            let loaded = normalizer::load_device_mapping(&read_text(&device_path)?);
+            lines.extend(report(&device_path, &loaded.errors));
+            valid &= loaded.errors.is_empty();
+            if loaded.errors.is_empty() {
+                lines.push(format!(
+                    "{}: valid ({} templates)",
+                    device_path.display(),
+                    loaded.mapping.templates.len()
+                ));
+            }
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
+    match fhir_mapping {
+        Some(Ok(v)) => {
+            std::fs::write(&fhir_path, serde_json::to_string_pretty(v)? + "\n")?;
+            let (t, errors) = fhir_writer::FhirTemplates::load(&read_text(&fhir_path)?);
+            lines.extend(report(&fhir_path, &errors));
+            valid &= errors.is_empty();
+            if errors.is_empty() {
+                lines.push(format!(
+                    "{}: valid ({} templates)",
+                    fhir_path.display(),
+                    t.templates().len()
+                ));
+            }
+        }
+        Some(Err(e)) => problems.push(e.to_string()),
+        None => {}
+    }
+    let mut toml = String::new();
+    writeln!(
+        toml,
+        "# Imported by `iomt import medtech` from {}: MedTech service {:?}.",
+        c.file.display(),
+        c.name
+    )?;
+    writeln!(toml, "# Values in <angle brackets> are still to fill in; check with: iomt validate --config config.toml")?;
+    writeln!(toml, "\n[templates]\ndevice_mapping = \"devicecontent.json\"\nfhir_mapping = \"fhirmapping.json\"")?;
+    writeln!(toml, "\n[fhir]\nurl = {}", toml_str(&url))?;
+    writeln!(
+        toml,
+        "# MedTech's resourceIdentityResolutionType.\nresolution = {}",
+        toml_str(&resolution)
+    )?;
+    writeln!(toml, "\n# MedTech signed in with its managed identity; here an app registration (or use kind = \"bearer\").")?;
+    writeln!(toml, "[fhir.auth]\nkind = \"client_credentials\"")?;
+    writeln!(
+        toml,
+        "token_url = \"https://login.microsoftonline.com/<tenant-id>/oauth2/v2.0/token\""
+    )?;
+    writeln!(
+        toml,
+        "client_id = \"<client-id>\"\nclient_secret_env = \"IOMT_FHIR_CLIENT_SECRET\""
+    )?;
+    writeln!(toml, "scope = {}", toml_str(&format!("{url}/.default")))?;
+    writeln!(toml, "\n# MedTech's ingestionEndpointConfiguration. To run beside MedTech, use a consumer group of your own.")?;
+    writeln!(toml, "[source]\nkind = \"event_hubs\"")?;
+    writeln!(toml, "fully_qualified_namespace = {}", toml_str(&namespace))?;
+    writeln!(toml, "event_hub = {}", toml_str(&event_hub))?;
+    writeln!(toml, "consumer_group = {}", toml_str(&consumer_group))?;
+    writeln!(toml, "checkpoint_dir = \"eventhubs-checkpoints\"")?;
+    writeln!(
+        toml,
+        "owner_id = {}",
+        toml_str(&format!("iomt-{}-1", c.name))
+    )?;
+    writeln!(
+        toml,
+        "\n# Azure AD sign-in; the identity needs \"Azure Event Hubs Data Receiver\" on the hub."
+    )?;
+    writeln!(toml, "[source.credential]\nkind = \"client_secret\"\ntenant_id = \"<tenant-id>\"\nclient_id = \"<client-id>\"")?;
+    writeln!(toml, "client_secret_env = \"IOMT_EVENTHUBS_CLIENT_SECRET\"")?;
+    std::fs::write(&config_path, &toml)?;
+
+    let stdout = &mut std::io::stdout().lock();
+    use std::io::Write as _;
+    writeln!(
+        stdout,
+        "{}: MedTech service {:?} from {}",
+        dir.display(),
+        c.name,
+        c.file.display()
+    )?;
+    for l in &lines {
+        writeln!(stdout, "  {l}")?;
+    }
+    match pipeline::config::Config::load(&config_path) {
+        Ok(config) => {
+            let left = config.validate();
+            writeln!(stdout, "  still to fill in:")?;
+            for (i, line) in toml.lines().enumerate() {
+                if line.contains("\"<") || line.contains("/<") {
+                    writeln!(stdout, "    {}:{}: {line}", config_path.display(), i + 1)?;
+                }
+            }
+            for e in left {
+                writeln!(stdout, "    {}: {e}", config_path.display())?;
+            }
+        }
+        Err(e) => {
+            problems.push(e);
+        }
+    }
+    for p in &problems {
+        eprintln!("{p}");
+        writeln!(stdout, "  unresolved: {p}")?;
+    }
+    Ok(valid && problems.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fhir_urls_from_resource_ids() {
+        assert_eq!(
+            fhir_url("subscriptions/s/resourceGroups/rg/providers/Microsoft.HealthcareApis/workspaces/myworkspace/fhirservices/myfhirservice").as_deref(),
+            Some("https://myworkspace-myfhirservice.fhir.azurehealthcareapis.com")
+        );
+        assert_eq!(
+            fhir_url("/subscriptions/s/resourceGroups/rg/providers/Microsoft.HealthcareApis/services/legacy").as_deref(),
+            Some("https://legacy.azurehealthcareapis.com")
+        );
+        assert_eq!(fhir_url("https://example.org/fhir"), None);
+    }
+}
