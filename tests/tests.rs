@@ -20,6 +20,7 @@ mod demo;
 mod event_hubs;
 mod golden;
 mod import;
+mod medtech_continuation;
 mod replay;
 mod review;
 mod service;
