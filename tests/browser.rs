@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fhir_server::FhirServer;
-use crate::mosquitto::free_port;
+use testkit::fhir::FhirServer;
+use testkit::free_port;
 
 struct Killed(std::process::Child);
 

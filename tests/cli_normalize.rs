@@ -1,13 +1,11 @@
 //! The 88 reference normalization cases through the CLI (`iomt validate`,
 //! `iomt normalize --input P --document`), read from `conformance/iomt-fhir`.
 
-#[path = "../normalizer/tests/support/cases.rs"]
-mod cases;
-
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use testkit::conformance as cases;
 
 fn iomt(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_iomt"))

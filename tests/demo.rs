@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::mosquitto::free_port;
+use testkit::free_port;
 
 fn get(port: u16, path: &str) -> Option<Value> {
     use std::io::{Read, Write};

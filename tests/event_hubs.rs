@@ -1,13 +1,8 @@
 //! `iomt run` with the Azure Event Hubs source, end to end: the real `azure_messaging_eventhubs`
 //! SDK (the connector's `EventProcessor` and the test's `ProducerClient`) against the in-test
-//! AMQP 1.0 emulator (`support/eventhubs_emulator.rs` — an in-process stand-in, because no real
+//! AMQP 1.0 emulator (`testkit::event_hubs::emulator` — an in-process stand-in, because no real
 //! Event Hubs or Microsoft's emulator can run here), the real test FHIR server, and the
 //! connector as a separate process so it can be killed with SIGKILL.
-
-#[path = "support/eventhubs_emulator.rs"]
-mod eventhubs_emulator;
-#[path = "support/token_endpoint.rs"]
-mod token_endpoint;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,14 +12,12 @@ use azure_messaging_eventhubs::models::{AmqpMessage, EventData};
 use azure_messaging_eventhubs::{ProducerClient, SendEventOptions, SendMessageOptions};
 use serde_json::Value;
 
-use crate::fhir_server::FhirServer;
-use crate::fhir_state::{wait_for_state, Comparison, FhirState};
-use crate::hr::{hr_body, metric, wait_for_complete_observations};
-use crate::mosquitto::free_port;
-use crate::process::ConnectorProcess;
-use crate::vitals;
-use eventhubs_emulator::EventHubsEmulator;
-use token_endpoint::TokenEndpoint;
+use testkit::connector::{metric, ConnectorProcess};
+use testkit::event_hubs::{token_endpoint, EventHubsEmulator, TokenEndpoint};
+use testkit::fhir::{wait_for_state, Comparison, FhirServer, FhirState};
+use testkit::free_port;
+use testkit::heart_rate::{hr_body, wait_for_complete_observations};
+use testkit::vitals;
 
 const CS_ENV: &str = "IOMT_TEST_EVENTHUBS_CONNECTION_STRING";
 
@@ -484,7 +477,7 @@ async fn publish_at_full_rate(hub: &EventHubsEmulator, events: Vec<(usize, Vec<u
 /// The reference state: `readings` written by one `iomt replay` into the emptied server, read
 /// back; the server is emptied again for the run.
 async fn one_replay_of(server: &FhirServer, readings: &[vitals::Reading]) -> FhirState {
-    vitals::replay(&server.base, readings);
+    vitals::replay(env!("CARGO_BIN_EXE_iomt"), &server.base, readings);
     let expected = FhirState::fetch(&server.base).await;
     server.reset().await;
     assert!(expected.count("Observation") > 0 && expected.duplicates() == 0);
@@ -820,7 +813,7 @@ async fn three_event_hubs_instances_end_in_the_state_of_one_replay() {
 
 // ---------------------------------------------------------------------------------------------
 // Azure AD (Microsoft Entra ID) sign-in, against the in-test token endpoint
-// (`support/token_endpoint.rs`, a stand-in: no Entra ID can run here).
+// (`testkit::event_hubs::token_endpoint`, a stand-in: no Entra ID can run here).
 
 const SECRET_ENV: &str = "IOMT_TEST_EVENTHUBS_CLIENT_SECRET";
 const SECRET: &str = "eh~Test.Secret_value+/=";
@@ -1186,7 +1179,7 @@ fn example_event_hubs_azure_ad_sources_validate() {
 /// emulator): every simulated event is stored in the hub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_publishes_to_event_hubs() {
-    let hub = eventhubs_emulator::EventHubsEmulator::start("telemetry", 2).await;
+    let hub = EventHubsEmulator::start("telemetry", 2).await;
     let endpoint = hub.endpoint();
     let cs = hub.connection_string();
     let out = tokio::task::spawn_blocking(move || {

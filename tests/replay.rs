@@ -1,5 +1,5 @@
 //! `iomt replay` of every template set into the real test FHIR server (see
-//! `support/fhir_server.rs`): exactly the Observations `iomt map` predicts (its golden
+//! `testkit::fhir::FhirServer`): exactly the Observations `iomt map` predicts (its golden
 //! `expected.json`), linked to Devices and Patients created with the reference's identifiers;
 //! a second replay changes nothing.
 
@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use crate::fhir_server::FhirServer;
 use serde_json::{json, Value};
+use testkit::fhir::FhirServer;
 
 fn replay(set: &Path, base: &str, resolution: &str) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
@@ -339,21 +339,21 @@ async fn replay_with_bundles_leaves_what_single_requests_leave() {
     );
 }
 
-/// The state comparison the service tests rely on (`support/fhir_state.rs`) finds what it is
+/// The state comparison the service tests rely on (`testkit::fhir::state`) finds what it is
 /// there to find: two replays of the same events are the same state; a replay without one
 /// heart-rate reading and one blood pressure, with one value changed, and with a second
 /// Observation of one identifier, differs by exactly one lost sample, one wrong sample, one
 /// missing Observation and one duplicate, and says which resource and which slot.
 #[tokio::test]
 async fn the_state_comparison_finds_lost_and_wrong_samples_missing_observations_and_duplicates() {
-    use crate::fhir_state::{Comparison, FhirState};
-    use crate::vitals;
+    use testkit::fhir::{Comparison, FhirState};
+    use testkit::vitals;
     let server = FhirServer::acquire().await;
     let readings = vitals::readings("cmp", 3, 30);
-    vitals::replay(&server.base, &readings);
+    vitals::replay(env!("CARGO_BIN_EXE_iomt"), &server.base, &readings);
     let expected = FhirState::fetch(&server.base).await;
     server.reset().await;
-    vitals::replay(&server.base, &readings);
+    vitals::replay(env!("CARGO_BIN_EXE_iomt"), &server.base, &readings);
     let same = Comparison::of(&expected, &FhirState::fetch(&server.base).await);
     same.assert_same("two replays of the same events");
     assert_eq!(same.compared, expected.len());
@@ -369,7 +369,7 @@ async fn the_state_comparison_finds_lost_and_wrong_samples_missing_observations_
     let changed = other.iter().position(|r| r.device == "cmp-00").unwrap();
     other[changed].body["heartRate"] = json!(1);
     server.reset().await;
-    vitals::replay(&server.base, &other);
+    vitals::replay(env!("CARGO_BIN_EXE_iomt"), &server.base, &other);
     let mut copy = server
         .all("Observation")
         .await

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::fhir_server::FhirServer;
-use crate::mosquitto::free_port;
+use testkit::fhir::FhirServer;
+use testkit::free_port;
 
 fn get(port: u16, path: &str) -> Option<Value> {
     use std::io::{Read, Write};

@@ -3,17 +3,16 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fhir_server::FhirServer;
-use crate::fhir_state::{wait_for_state, Comparison, FhirState};
-use crate::hr::{hr_body, metric, wait_for_complete_observations, HOUR};
-use crate::mosquitto::{free_port, Mosquitto};
-use crate::process::ConnectorProcess;
-use crate::vitals;
+use testkit::connector::{metric, ConnectorProcess};
+use testkit::fhir::{wait_for_state, Comparison, FhirServer, FhirState, Forwarder};
+use testkit::free_port;
+use testkit::heart_rate::{hr_body, wait_for_complete_observations, HOUR};
+use testkit::mqtt::{mosquitto_pub, publish, Mosquitto, TestCa};
+use testkit::vitals;
 
 /// The connector under test; [`ConnectorProcess`] does the process handling.
 struct Connector {
@@ -152,45 +151,6 @@ level = "info"
     }
 }
 
-/// Publishes at QoS 1 and waits for every PUBACK.
-async fn publish(broker: u16, messages: Vec<(String, Vec<u8>)>, pace: Duration) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-    let mut opts = MqttOptions::new(format!("publisher-{}", free_port()), "127.0.0.1", broker);
-    opts.set_max_packet_size(32 * 1024 * 1024, 32 * 1024 * 1024);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(opts, 100);
-    let n = messages.len();
-    let sender = tokio::spawn(async move {
-        for (topic, body) in messages {
-            client
-                .publish(topic, QoS::AtLeastOnce, false, body)
-                .await
-                .unwrap();
-            if !pace.is_zero() {
-                tokio::time::sleep(pace).await;
-            }
-        }
-        client
-    });
-    let mut acked = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while acked < n {
-        assert!(
-            Instant::now() < deadline,
-            "publisher timed out ({acked}/{n} acked)"
-        );
-        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("publisher: {e}"),
-            Err(_) => panic!("publisher stalled ({acked}/{n} acked)"),
-        }
-    }
-    let client = sender.await.unwrap();
-    let _ = client.disconnect().await;
-}
-
 fn hr_messages(devices: &[&str], minutes: std::ops::Range<u32>) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for m in minutes {
@@ -257,7 +217,7 @@ fn vitals_messages(readings: &[vitals::Reading]) -> Vec<(String, Vec<u8>)> {
 /// The reference state: `readings` written by one `iomt replay` into the emptied server, read
 /// back; the server is emptied again for the run.
 async fn one_replay_of(server: &FhirServer, readings: &[vitals::Reading]) -> FhirState {
-    vitals::replay(&server.base, readings);
+    vitals::replay(env!("CARGO_BIN_EXE_iomt"), &server.base, readings);
     let expected = FhirState::fetch(&server.base).await;
     server.reset().await;
     assert!(expected.count("Observation") > 0 && expected.duplicates() == 0);
@@ -413,76 +373,6 @@ async fn kill_9_at_full_rate_ends_in_the_state_of_one_replay() {
     );
 }
 
-/// A TCP forwarder in front of the FHIR server that can be switched off: with it off,
-/// connections are refused, exactly as when the server is stopped. (The test FHIR server keeps
-/// its data in memory, so really stopping it would also erase what was written before.)
-struct Forwarder {
-    port: u16,
-    on: Arc<std::sync::atomic::AtomicBool>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Forwarder {
-    async fn start(target: String) -> Forwarder {
-        let port = free_port();
-        let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (on2, gen2) = (on.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                if !on2.load(std::sync::atomic::Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                    .await
-                    .expect("bind forwarder");
-                let my_gen = gen2.load(std::sync::atomic::Ordering::SeqCst);
-                loop {
-                    if !on2.load(std::sync::atomic::Ordering::SeqCst) {
-                        break; // drop the listener: connections are refused
-                    }
-                    let accepted =
-                        tokio::time::timeout(Duration::from_millis(20), listener.accept()).await;
-                    if let Ok(Ok((mut inbound, _))) = accepted {
-                        let target = target.clone();
-                        let gen3 = gen2.clone();
-                        tokio::spawn(async move {
-                            let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await
-                            else {
-                                return;
-                            };
-                            let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                            // Cut live connections too when the forwarder goes off.
-                            let watch = async {
-                                while gen3.load(std::sync::atomic::Ordering::SeqCst) == my_gen {
-                                    tokio::time::sleep(Duration::from_millis(20)).await;
-                                }
-                            };
-                            tokio::select! { _ = copy => {}, _ = watch => {} }
-                        });
-                    }
-                }
-            }
-        });
-        Forwarder {
-            port,
-            on,
-            generation,
-        }
-    }
-
-    fn off(&self) {
-        self.on.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn on(&self) {
-        self.on.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// The FHIR server unreachable for 60 s while devices keep publishing: every event is
 /// acknowledged (spooled), what the pipeline holds in memory stays at its limits (the backlog
 /// waits on disk, unread), back-pressure shows in the metrics, and once the server is back
@@ -492,17 +382,8 @@ async fn fhir_server_down_for_60_seconds_under_load_the_spool_grows_and_memory_d
     let server = FhirServer::acquire().await;
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let target = server
-        .base
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let fwd = Forwarder::start(target.clone()).await;
-    let fhir_url = server
-        .base
-        .replacen(&target, &format!("127.0.0.1:{}", fwd.port), 1);
+    let fwd = Forwarder::start(&server.base).await;
+    let fhir_url = fwd.base.clone();
     // Small in-memory limits, so that the outage outlasts them many times over.
     let max_pending = 1000.0;
     let c = Connector::start_full(
@@ -847,7 +728,7 @@ async fn mqtt_3_1_1_works_too() {
 async fn mqtt_over_tls_with_a_private_ca() {
     let server = FhirServer::acquire().await;
     let certs = tempfile::tempdir().unwrap();
-    let ca = crate::mosquitto::TestCa::create(certs.path());
+    let ca = TestCa::create(certs.path());
     let broker = Mosquitto::start_tls(&ca);
     let dir = tempfile::tempdir().unwrap();
     let c = Connector::start(
@@ -857,34 +738,15 @@ async fn mqtt_over_tls_with_a_private_ca() {
         &server.base,
         &format!("tls = true\nca_file = \"{}\"", ca.ca_pem.display()),
     );
-    // Publish over TLS too, with rumqttc's client TLS and the same CA.
-    publish_tls(broker.port, &ca.ca_pem, hr_messages(&["tls-a"], 0..60)).await;
+    // Publish over TLS too, with mosquitto_pub trusting the same CA.
+    let cafile = ca.ca_pem.to_str().unwrap();
+    mosquitto_pub(
+        broker.port,
+        &["--cafile", cafile],
+        hr_messages(&["tls-a"], 0..60),
+    );
     wait_for_complete_observations(&server, &["tls-a"], Duration::from_secs(60)).await;
     assert_eq!(c.metric("iomt_dead_letters_total"), 0.0);
-}
-
-async fn publish_tls(broker: u16, ca: &Path, messages: Vec<(String, Vec<u8>)>) {
-    // mosquitto_pub speaks TLS with --cafile; one process per message is fine for 60 messages.
-    for (topic, body) in messages {
-        let status = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &broker.to_string(),
-                "-q",
-                "1",
-                "-t",
-                &topic,
-                "--cafile",
-            ])
-            .arg(ca)
-            .arg("-m")
-            .arg(String::from_utf8(body).unwrap())
-            .status()
-            .expect("mosquitto_pub (apt-get install mosquitto-clients)");
-        assert!(status.success());
-    }
 }
 
 /// A FHIR mapping that lacks the measurement's type dead-letters the events
@@ -1075,58 +937,17 @@ async fn mqtt_username_and_password() {
     let extra = "username = \"iomt\"\npassword_env = \"IOMT_TEST_MQTT_PASSWORD\"";
     std::env::set_var("IOMT_TEST_MQTT_PASSWORD", "s3cret-pw");
     let c = Connector::start(dir.path(), "auth", broker.port, &server.base, extra);
-    publish_as(
+    mosquitto_pub(
         broker.port,
-        "iomt",
-        "s3cret-pw",
+        &["-u", "iomt", "-P", "s3cret-pw"],
         hr_messages(&["pw-a"], 0..60),
-    )
-    .await;
+    );
     wait_for_complete_observations(&server, &["pw-a"], Duration::from_secs(60)).await;
     assert_eq!(c.metric("iomt_dead_letters_total"), 0.0);
     assert!(
         !c.log_text().contains("s3cret-pw"),
         "the password must never be logged"
     );
-}
-
-async fn publish_as(broker: u16, user: &str, password: &str, messages: Vec<(String, Vec<u8>)>) {
-    for (topic, body) in messages {
-        let status = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &broker.to_string(),
-                "-q",
-                "1",
-                "-u",
-                user,
-                "-P",
-                password,
-                "-t",
-                &topic,
-                "-m",
-            ])
-            .arg(String::from_utf8(body).unwrap())
-            .status()
-            .expect("mosquitto_pub");
-        assert!(status.success());
-    }
-}
-
-/// The FHIR base URL as reached through `fwd`.
-fn forwarded(server: &FhirServer, fwd: &Forwarder) -> String {
-    let authority = server
-        .base
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    server
-        .base
-        .replacen(&authority, &format!("127.0.0.1:{}", fwd.port), 1)
 }
 
 /// The whole program: a persistent session, the connector stopped, 20,000 heart-rate
@@ -1150,17 +971,8 @@ async fn mqtt_backlog_published_while_the_connector_is_down_is_drained_completel
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let server = FhirServer::acquire().await;
-    let fwd = Forwarder::start(
-        server
-            .base
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string(),
-    )
-    .await;
-    let fhir_url = forwarded(&server, &fwd);
+    let fwd = Forwarder::start(&server.base).await;
+    let fhir_url = fwd.base.clone();
     let broker = Mosquitto::start_with_config("max_queued_messages 1000000");
     let dir = tempfile::tempdir().unwrap();
     // A short keep-alive, so that a connection left unpolled shows within seconds; a small
@@ -1293,17 +1105,8 @@ async fn a_full_spool_disk_stops_acknowledging_and_loses_nothing() {
         );
         return;
     };
-    let host = server
-        .base
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let fwd = Forwarder::start(host.clone()).await;
-    let fhir_url = server
-        .base
-        .replacen(&host, &format!("127.0.0.1:{}", fwd.port), 1);
+    let fwd = Forwarder::start(&server.base).await;
+    let fhir_url = fwd.base.clone();
     fwd.off();
     let c = Connector::start(dir.path(), "full", broker.port, &fhir_url, "");
     let devices: Vec<String> = (0..10).map(|i| format!("full-{i}")).collect();

@@ -1,17 +1,7 @@
 //! Whole-program tests: the `iomt` binary as scripts and users run it, against real peers.
 
-#[path = "support/fhir_server.rs"]
-mod fhir_server;
-#[path = "support/fhir_state.rs"]
-mod fhir_state;
-#[path = "support/hr.rs"]
-mod hr;
-#[path = "support/mosquitto.rs"]
-mod mosquitto;
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/vitals.rs"]
-mod vitals;
+//! Shared helpers (the test FHIR server, Mosquitto, the Event Hubs emulator, ...) are in the
+//! `testkit` crate.
 
 mod bench;
 mod browser;

@@ -3,15 +3,10 @@
 //! * `http`: the REST behaviours over real HTTP (versions, `If-Match`, search, paging, sort,
 //!   persistence across reopen, limits).
 //! * `writer`: the FHIR writer against the store gives what it gives against the real test FHIR
-//!   server (`tests/support/fhir_server.rs`, Node + `@medplum/fhir-router`), for every template
+//!   server (`testkit::fhir::FhirServer`, Node + `@medplum/fhir-router`), for every template
 //!   set; replays are idempotent; two concurrent writers merge into one hourly Observation.
-
-#[path = "../../tests/support/fhir_server.rs"]
-mod fhir_server;
 
 mod bundles;
 mod http;
 mod support;
 mod writer;
-#[path = "../../tests/support/writer_fixtures.rs"]
-mod writer_fixtures;

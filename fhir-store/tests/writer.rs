@@ -1,6 +1,6 @@
 //! The FHIR writer (`fhir_writer::FhirWriter` through `fhir_writer::FhirClient`) against the
 //! store, compared with the same writes on the real test FHIR server
-//! (`tests/support/fhir_server.rs`: Node + `@medplum/fhir-router`, a third-party FHIR
+//! (`testkit::fhir::FhirServer`: Node + `@medplum/fhir-router`, a third-party FHIR
 //! implementation), for every template set in `templates/`.
 
 use std::collections::BTreeMap;
@@ -19,9 +19,9 @@ use fhir_writer::{
 use normalizer::Measurement;
 use serde_json::{json, Value};
 
-use crate::fhir_server::FhirServer;
 use crate::support::Running;
-use crate::writer_fixtures::{
+use testkit::fhir::FhirServer;
+use testkit::writer::{
     device_normalizer, fhir_templates, normalize, number, one_hz_hour, read, write_batches,
     HR_1HZ_FHIR_MAPPING,
 };

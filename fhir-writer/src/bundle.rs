@@ -263,10 +263,36 @@ pub fn parse_batch_response(
                     .and_then(Value::as_str)
                     .map(str::to_string)
             });
-            let outcome = crate::client::outcome_text(&response.get("outcome").cloned());
+            let outcome = outcome_text(&response.get("outcome").cloned());
             EntryOutcome::classify(status, resource, version, outcome, retry_after)
         })
         .collect())
+}
+
+/// The text of an OperationOutcome (or the raw body).
+pub fn outcome_text(body: &Option<Value>) -> String {
+    match body {
+        Some(v) if v["resourceType"] == "OperationOutcome" => {
+            let issues: Vec<String> = v["issue"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|i| {
+                            i.pointer("/details/text")
+                                .or_else(|| i.get("diagnostics"))
+                                .and_then(Value::as_str)
+                                .or_else(|| i.get("code").and_then(Value::as_str))
+                                .unwrap_or("unknown issue")
+                                .to_string()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            issues.join("; ")
+        }
+        Some(v) => v.to_string().chars().take(500).collect(),
+        None => String::from("(no body)"),
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::auth::{Auth, AuthError, TokenSource};
-use crate::bundle::{batch_bundle, parse_batch_response, Entry, EntryOutcome};
+use crate::auth::{Auth, TokenSource};
+use crate::bundle::{batch_bundle, outcome_text, parse_batch_response, Entry, EntryOutcome};
+use crate::error::WriteError;
 use crate::retry::{Attempt, Decision, GiveUp, RetryPolicy};
 
 /// Client settings.
@@ -100,69 +101,6 @@ pub struct Versioned {
     pub version: Option<String>,
 }
 
-/// Why a FHIR request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// A final (non-retryable) answer, e.g. 400 or 422, with the OperationOutcome text.
-    #[error("{method} {url} was rejected with HTTP {status}: {outcome}")]
-    Rejected {
-        /// Method.
-        method: String,
-        /// URL.
-        url: String,
-        /// Status.
-        status: u16,
-        /// The OperationOutcome's text, or the body.
-        outcome: String,
-    },
-    /// 409 or 412: the resource changed under us.
-    #[error("{method} {url}: version conflict (HTTP {status})")]
-    Conflict {
-        /// Method.
-        method: String,
-        /// URL.
-        url: String,
-        /// Status (409 or 412).
-        status: u16,
-    },
-    /// Transient failures until the retry deadline.
-    #[error("{method} {url}: gave up after {attempts} attempts in {elapsed:?}; last: {last}")]
-    GaveUp {
-        /// Method.
-        method: String,
-        /// URL.
-        url: String,
-        /// Attempts made.
-        attempts: u32,
-        /// Time spent.
-        elapsed: Duration,
-        /// The last failure.
-        last: String,
-    },
-    /// No token could be had.
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    /// The server answered something that is not FHIR JSON.
-    #[error("{url}: invalid response: {detail}")]
-    InvalidResponse {
-        /// URL.
-        url: String,
-        /// What is wrong.
-        detail: String,
-    },
-}
-
-impl WriteError {
-    /// Whether the failure is final for this data (a rejection), rather than the server being
-    /// unavailable.
-    pub fn is_rejection(&self) -> bool {
-        matches!(
-            self,
-            WriteError::Rejected { .. } | WriteError::InvalidResponse { .. }
-        )
-    }
-}
-
 /// The FHIR client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct FhirClient {
@@ -210,32 +148,6 @@ fn as_bundle(url: &str, body: Option<Value>, what: &str) -> Result<Value, WriteE
         });
     }
     Ok(bundle)
-}
-
-/// The text of an OperationOutcome (or the raw body).
-pub fn outcome_text(body: &Option<Value>) -> String {
-    match body {
-        Some(v) if v["resourceType"] == "OperationOutcome" => {
-            let issues: Vec<String> = v["issue"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|i| {
-                            i.pointer("/details/text")
-                                .or_else(|| i.get("diagnostics"))
-                                .and_then(Value::as_str)
-                                .or_else(|| i.get("code").and_then(Value::as_str))
-                                .unwrap_or("unknown issue")
-                                .to_string()
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            issues.join("; ")
-        }
-        Some(v) => v.to_string().chars().take(500).collect(),
-        None => String::from("(no body)"),
-    }
 }
 
 fn jitter() -> f64 {

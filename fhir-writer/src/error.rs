@@ -1,7 +1,12 @@
-//! Errors: [`TemplateError`] (loading a FHIR mapping) and [`MappingError`] (building one
-//! Observation). Each names the reference's exception type through `type_name()`.
+//! Errors: [`TemplateError`] (loading a FHIR mapping), [`MappingError`] (building one
+//! Observation) and [`WriteError`] (one FHIR request). Each names the reference's exception type
+//! through `type_name()`; a [`WriteError`] also says whether trying again later may succeed.
+
+use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::auth::AuthError;
 
 /// Where in a template file something is: the one location type both template loaders use.
 pub use normalizer::location::Location;
@@ -249,6 +254,153 @@ impl MappingError {
             MappingError::InvalidQuantityValue { .. } => "InvalidQuantityFhirValueException",
             MappingError::NotSupported { .. } => "NotSupportedException",
             MappingError::TooManySamples { .. } => "FhirDataMappingException",
+        }
+    }
+}
+
+/// Why a FHIR request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A final (non-retryable) answer, e.g. 400 or 422, with the OperationOutcome text.
+    #[error("{method} {url} was rejected with HTTP {status}: {outcome}")]
+    Rejected {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Status.
+        status: u16,
+        /// The OperationOutcome's text, or the body.
+        outcome: String,
+    },
+    /// 409 or 412: the resource changed under us.
+    #[error("{method} {url}: version conflict (HTTP {status})")]
+    Conflict {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Status (409 or 412).
+        status: u16,
+    },
+    /// Transient failures until the retry deadline.
+    #[error("{method} {url}: gave up after {attempts} attempts in {elapsed:?}; last: {last}")]
+    GaveUp {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+        /// The last failure.
+        last: String,
+    },
+    /// No token could be had.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The server answered something that is not FHIR JSON.
+    #[error("{url}: invalid response: {detail}")]
+    InvalidResponse {
+        /// URL.
+        url: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl WriteError {
+    /// The reference's exception name (the `type` of the error record and the `error_type`
+    /// metric label).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            WriteError::Rejected { .. } | WriteError::InvalidResponse { .. } => {
+                "FhirServiceException"
+            }
+            WriteError::Conflict { .. } => "FhirResourceConflictException",
+            WriteError::GaveUp { .. } | WriteError::Auth(_) => "FhirServiceUnavailableException",
+        }
+    }
+
+    /// Whether the failure is final for this data (a rejection), rather than the server being
+    /// unavailable.
+    pub fn is_rejection(&self) -> bool {
+        match self {
+            WriteError::Rejected { .. } | WriteError::InvalidResponse { .. } => true,
+            WriteError::Conflict { .. } | WriteError::GaveUp { .. } | WriteError::Auth(_) => false,
+        }
+    }
+
+    /// Whether trying again later may succeed: the server was unavailable, no token could be
+    /// had, or other writers kept changing the resource. The opposite of a rejection, where
+    /// the data or the configuration is wrong.
+    pub fn is_retryable(&self) -> bool {
+        !self.is_rejection()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_write_error_has_its_type_name_and_retryability() {
+        let method = || "PUT".to_string();
+        let url = || "Observation/1".to_string();
+        let table: [(WriteError, &str, bool); 5] = [
+            (
+                WriteError::Rejected {
+                    method: method(),
+                    url: url(),
+                    status: 422,
+                    outcome: "invalid".into(),
+                },
+                "FhirServiceException",
+                false,
+            ),
+            (
+                WriteError::InvalidResponse {
+                    url: url(),
+                    detail: "not JSON".into(),
+                },
+                "FhirServiceException",
+                false,
+            ),
+            (
+                WriteError::Conflict {
+                    method: method(),
+                    url: url(),
+                    status: 412,
+                },
+                "FhirResourceConflictException",
+                true,
+            ),
+            (
+                WriteError::GaveUp {
+                    method: method(),
+                    url: url(),
+                    attempts: 3,
+                    elapsed: Duration::from_secs(5),
+                    last: "HTTP 503".into(),
+                },
+                "FhirServiceUnavailableException",
+                true,
+            ),
+            (
+                WriteError::Auth(AuthError::Refused {
+                    url: "https://login.example/token".into(),
+                    status: 401,
+                    body: "invalid_client".into(),
+                }),
+                "FhirServiceUnavailableException",
+                true,
+            ),
+        ];
+        for (error, type_name, retryable) in table {
+            assert_eq!(error.type_name(), type_name, "{error}");
+            assert_eq!(error.is_retryable(), retryable, "{error}");
+            assert_eq!(error.is_rejection(), !retryable, "{error}");
         }
     }
 }

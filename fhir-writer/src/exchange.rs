@@ -13,7 +13,8 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::bundle::{Entry, EntryOutcome};
-use crate::client::{FhirClient, WriteError};
+use crate::client::FhirClient;
+use crate::error::WriteError;
 
 /// How entries travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

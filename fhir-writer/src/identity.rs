@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 
 use crate::bundle::{Entry, EntryOutcome};
-use crate::client::{has_exact_identifier, searchset_matches, FhirClient, Versioned, WriteError};
+use crate::client::{has_exact_identifier, searchset_matches, FhirClient, Versioned};
+use crate::error::WriteError;
 use crate::exchange::Exchange;
 use crate::observation::logical_id;
 
@@ -113,8 +114,15 @@ impl IdentityError {
             IdentityError::Multiple { .. } => "MultipleResourceFoundException",
             IdentityError::NotDefined { .. } => "ResourceIdentityNotDefinedException",
             IdentityError::Mismatch { .. } => "PatientDeviceMismatchException",
-            IdentityError::Request(e) => crate::writer::request_error_type(e),
+            IdentityError::Request(e) => e.type_name(),
         }
+    }
+
+    /// Whether resolving again later may succeed: only when a request failed for a reason
+    /// other than a rejection (see [`WriteError::is_retryable`]); a missing or mismatched
+    /// resource stays so until someone changes the data.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, IdentityError::Request(e) if e.is_retryable())
     }
 }
 
@@ -500,8 +508,7 @@ impl IdentityResolver {
                     _ => Err(unavailable(String::new())),
                 },
             };
-            let transient =
-                |r: &Found| matches!(r, Err(IdentityError::Request(w)) if !w.is_rejection());
+            let transient = |r: &Found| matches!(r, Err(e) if e.is_retryable());
             let device = found_device.get(d.as_str());
             let plan = match device {
                 Some(r) if transient(r) => Plan::Alone,

@@ -71,8 +71,8 @@ mod writer;
 
 pub use batch::{map_batch, GroupRecord, MapReport, MappingErrorRecord};
 pub use cache::{CacheConfig, TtlCache};
-pub use client::{FhirClient, FhirClientConfig, Versioned, WriteError};
-pub use error::{Location, MappingError, TemplateError, TemplateErrorRecord};
+pub use client::{FhirClient, FhirClientConfig, Versioned};
+pub use error::{Location, MappingError, TemplateError, TemplateErrorRecord, WriteError};
 pub use identity::{IdentityError, ResolutionMode, ResolvedIdentity};
 pub use observation::{
     build_observation, identifier_value, logical_id, merge_observation, observation_groups,
@@ -83,6 +83,6 @@ pub use template::{
     FhirValueKind,
 };
 pub use writer::{
-    request_error_type, FhirWriter, WriteErrorRecord, WriteReport, WriterConfig, WriterStats,
+    FhirWriter, WriteErrorRecord, WriteReport, WriterConfig, WriterStats,
     DEFAULT_BUNDLE_CONCURRENCY, DEFAULT_BUNDLE_SIZE,
 };

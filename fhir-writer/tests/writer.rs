@@ -1,19 +1,16 @@
-//! The writer against the real test FHIR server (`tests/support/fhir_server.rs`): identity
+//! The writer against the real test FHIR server (`testkit::fhir::FhirServer`): identity
 //! resolution in Lookup, LookupWithEncounter and Create modes, and its errors.
-
-#[path = "../../tests/support/fhir_server.rs"]
-mod fhir_server;
 
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use fhir_server::FhirServer;
 use fhir_writer::{
     FhirClient, FhirClientConfig, FhirTemplates, FhirWriter, ResolutionMode, WriteReport,
     WriterConfig,
 };
 use normalizer::{Measurement, MeasurementProperty};
 use serde_json::{json, Value};
+use testkit::fhir::FhirServer;
 
 const MAPPING: &str = r#"{
   "templateType": "CollectionFhir",

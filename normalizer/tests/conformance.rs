@@ -1,10 +1,8 @@
 //! Every normalization case of the reference (`conformance/iomt-fhir/cases.json`,
 //! read from that path) through the library.
 
-mod support;
-
 use normalizer::{load_device_mapping, Normalizer};
-use support::cases::{self as cases, Outcome};
+use testkit::conformance::{self as cases, Outcome};
 
 fn run(case: &serde_json::Value) -> Outcome {
     let loaded = load_device_mapping(&cases::template_text(case));

@@ -1,13 +1,11 @@
 //! Every device mapping shipped in `conformance/` loads with the validity the
 //! conformance README states, and the wild corpus' events normalize.
 
-mod support;
-
 use std::path::Path;
 
 use normalizer::{load_content_template, load_device_mapping, Loaded, Normalizer};
 use serde_json::Value;
-use support::cases::conformance_dir;
+use testkit::conformance::conformance_dir;
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(conformance_dir().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))

@@ -3,16 +3,13 @@
 //! a broker backlog), and the broker's in-flight window is what bounds the messages the source
 //! holds.
 
-#[path = "../../tests/support/mosquitto.rs"]
-mod mosquitto;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use mosquitto::Mosquitto;
 use serde_json::json;
 use sources::mqtt::{self, MqttConfig};
 use sources::SourceEvent;
+use testkit::mqtt::Mosquitto;
 use tokio::sync::{mpsc, watch};
 
 const KEEP_ALIVE_SECS: u64 = 5;
@@ -82,33 +79,13 @@ async fn publish(broker: &Mosquitto, topic: &str, n: usize) {
     .await
 }
 
+/// Publishes `bodies` on `topic` at QoS 1 and waits for every PUBACK.
 async fn publish_bodies(broker: &Mosquitto, topic: &str, bodies: Vec<String>) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let mut opts = MqttOptions::new(format!("pub-{topic}"), "127.0.0.1", broker.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(opts, 100);
-    let n = bodies.len();
-    let topic = topic.to_string();
-    let sender = tokio::spawn(async move {
-        for b in bodies {
-            client
-                .publish(topic.clone(), QoS::AtLeastOnce, false, b)
-                .await
-                .unwrap();
-        }
-        client
-    });
-    let mut acked = 0;
-    while acked < n {
-        let Ok(e) = tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await else {
-            panic!("publisher stalled at {acked}/{n}");
-        };
-        if let Event::Incoming(Packet::PubAck(_)) = e.expect("publisher connection") {
-            acked += 1;
-        }
-    }
-    let client = sender.await.unwrap();
-    let _ = client.disconnect().await;
+    let messages = bodies
+        .into_iter()
+        .map(|b| (topic.to_string(), b.into_bytes()))
+        .collect();
+    testkit::mqtt::publish(broker.port, messages, Duration::ZERO).await
 }
 
 fn seq(ev: &SourceEvent) -> u64 {

@@ -15,8 +15,6 @@
 //! Every issued token is remembered ([`TokenEndpoint::issued`]) so a test can find it in the
 //! Event Hubs emulator's `put-token` records.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,13 +26,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+/// The scope a token for Event Hubs is asked for.
 pub const EVENT_HUBS_SCOPE: &str = "https://eventhubs.azure.net/.default";
 
 /// What the endpoint accepts.
 #[derive(Debug, Clone)]
 pub struct Expected {
+    /// The tenant (directory) id in the token URL.
     pub tenant: String,
+    /// The application's client id.
     pub client_id: String,
+    /// The application's client secret.
     pub client_secret: String,
     /// `X-IDENTITY-HEADER` of the managed-identity endpoint.
     pub identity_header: String,
@@ -70,6 +72,7 @@ fn unix_now() -> u64 {
 }
 
 impl TokenEndpoint {
+    /// Starts an endpoint that accepts `expected`, on a free loopback port.
     pub async fn start(expected: Expected) -> TokenEndpoint {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await

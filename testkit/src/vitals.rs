@@ -12,9 +12,7 @@
 //! time a run takes grows with the square of the Observations, not with the events.
 //!
 //! [`replay`] writes the same events with one `iomt replay`: the reference state the service
-//! tests compare against (`support/fhir_state.rs`).
-
-#![allow(dead_code)]
+//! tests compare against (`fhir::state`, with the `fhir` feature).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +22,9 @@ use serde_json::{json, Value};
 /// One event: the device it comes from and its body.
 #[derive(Debug, Clone)]
 pub struct Reading {
+    /// The device id.
     pub device: String,
+    /// The message body.
     pub body: Value,
 }
 
@@ -34,6 +34,7 @@ impl Reading {
         format!("devices/{}/telemetry", self.device)
     }
 
+    /// The body as the bytes a device sends.
     pub fn bytes(&self) -> Vec<u8> {
         self.body.to_string().into_bytes()
     }
@@ -41,7 +42,7 @@ impl Reading {
 
 /// The template set the readings are for.
 pub fn template_set() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/simulator")
+    crate::workspace_root().join("templates/simulator")
 }
 
 /// `devices` devices named `<prefix>-<nn>`, `per_device` heart-rate readings each, in time
@@ -112,13 +113,16 @@ fn time(second: u32) -> String {
 /// Writes `readings` into the FHIR server at `base` with one `iomt replay` of the
 /// [`template_set`] (identity resolution `Create`, as the service tests' connectors); panics
 /// unless every event was written without error. Returns the replay's report.
-pub fn replay(base: &str, readings: &[Reading]) -> Value {
+///
+/// `iomt` is the binary (`env!("CARGO_BIN_EXE_iomt")` in the `iomt` package's tests: Cargo
+/// sets that for the package's own integration tests only, not for a library like this one).
+pub fn replay(iomt: impl AsRef<Path>, base: &str, readings: &[Reading]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.json");
     let file: Vec<Value> = readings.iter().map(|r| json!({"body": r.body})).collect();
     std::fs::write(&events, serde_json::to_vec(&file).unwrap()).unwrap();
     let set = template_set();
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
+    let out = Command::new(iomt.as_ref())
         .arg("replay")
         .arg("--device-mapping")
         .arg(set.join("devicecontent.json"))

@@ -1,30 +1,24 @@
-//! Checks one case of `conformance/iomt-fhir/cases.json` against an outcome.
-//! Shared by the library test (normalizer/tests) and the CLI test (tests/).
-
-#![allow(dead_code)]
+//! The reference's normalization cases (`conformance/iomt-fhir/cases.json`): reading them, and
+//! checking one case against an outcome. Shared by the library test (`normalizer/tests`) and the
+//! CLI test (`tests/cli_normalize.rs`).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 /// The reference's conformance folder, `conformance/iomt-fhir` in the repository (or
-/// `$IOMT_CONFORMANCE_DIR`). Found from the crate that includes this file: the repository
-/// root (`tests/`) or a member crate (`normalizer/tests`).
+/// `$IOMT_CONFORMANCE_DIR`).
 pub fn conformance_dir() -> PathBuf {
     if let Ok(d) = std::env::var("IOMT_CONFORMANCE_DIR") {
         return PathBuf::from(d);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for up in [root.to_path_buf(), root.join("..")] {
-        let p = up.join("conformance/iomt-fhir");
-        if p.join("cases.json").is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "conformance/iomt-fhir not found in the repository beside {}",
-        root.display()
+    let dir = crate::workspace_root().join("conformance/iomt-fhir");
+    assert!(
+        dir.join("cases.json").is_file(),
+        "{}/cases.json not found",
+        dir.display()
     );
+    dir
 }
 
 /// All cases.

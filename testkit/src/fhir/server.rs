@@ -2,9 +2,9 @@
 //! in-memory repository — a real third-party FHIR implementation, not a fake of ours), started
 //! once per test process on a free loopback port and reset between tests.
 //!
-//! Needs Node.js; the harness runs `npm ci --prefix tests/fhir-server` on first use.
-
-#![allow(dead_code)]
+//! Needs Node.js; the harness runs `npm ci --prefix tests/fhir-server` on first use. The Node
+//! files stay in `tests/fhir-server` (found from the workspace root), whichever crate's tests
+//! start the server.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -19,16 +19,13 @@ struct Server {
 }
 
 fn server_dir() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for c in [
-        here.join("tests/fhir-server"),
-        here.join("../tests/fhir-server"),
-    ] {
-        if c.join("server.mjs").is_file() {
-            return c;
-        }
-    }
-    panic!("tests/fhir-server/server.mjs not found");
+    let dir = crate::workspace_root().join("tests/fhir-server");
+    assert!(
+        dir.join("server.mjs").is_file(),
+        "{}/server.mjs not found",
+        dir.display()
+    );
+    dir
 }
 
 fn start() -> Server {
@@ -74,6 +71,7 @@ static LOCK: Mutex<()> = Mutex::const_new(());
 
 /// Exclusive use of the shared FHIR server, emptied for this test.
 pub struct FhirServer {
+    /// The base URL, `http://127.0.0.1:<port>/fhir/R4`.
     pub base: String,
     _guard: MutexGuard<'static, ()>,
 }

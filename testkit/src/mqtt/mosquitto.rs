@@ -2,37 +2,33 @@
 //! free loopback port with its own config, killed when dropped. Its log (connections,
 //! subscriptions, keep-alive timeouts, dropped messages) goes to a file the test can read.
 
-#![allow(dead_code)]
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::free_port;
 
 /// A running broker.
 pub struct Mosquitto {
     child: Child,
+    /// The loopback port it listens on.
     pub port: u16,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
     _extra: Option<tempfile::TempDir>,
 }
 
-/// A free loopback port (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A CA and a server certificate for 127.0.0.1, made with `openssl` for a TLS test.
 pub struct TestCa {
+    /// The CA's certificate (what a client trusts).
     pub ca_pem: std::path::PathBuf,
+    /// The server's certificate, signed by the CA, for `127.0.0.1` and `localhost`.
     pub cert_pem: std::path::PathBuf,
+    /// The server's private key.
     pub key_pem: std::path::PathBuf,
 }
 
 impl TestCa {
+    /// Makes the CA and the server certificate in `dir` (readable by Mosquitto's own user).
     pub fn create(dir: &std::path::Path) -> TestCa {
         let run = |args: &[&str]| {
             let out = Command::new("openssl")

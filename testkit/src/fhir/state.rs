@@ -17,8 +17,6 @@
 //! slot, the value it should have, the `E` found instead). Two resources with the same key on
 //! one server are a duplicate, counted as such.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -64,6 +62,11 @@ impl FhirState {
     /// How many resources (duplicates included).
     pub fn len(&self) -> usize {
         self.resources.values().map(Vec::len).sum()
+    }
+
+    /// No resources at all.
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
     }
 
     /// How many resources of `ty`.
@@ -236,6 +239,7 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// Compares `actual` (the run) against `expected` (one replay).
     pub fn of(expected: &FhirState, actual: &FhirState) -> Comparison {
         let mut c = Comparison::default();
         let name = |key: &str| match expected.labels.get(key).or(actual.labels.get(key)) {

@@ -1,15 +1,13 @@
 //! Helpers shared by the service tests (MQTT and Event Hubs): one hour of heart-rate readings
-//! per device, the SampledData they must become, and the connector's metrics endpoint.
+//! per device for the `heart-rate` template set, and the SampledData they must become.
 
-#![allow(dead_code)]
-
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fhir_server::FhirServer;
+use crate::fhir::FhirServer;
 
+/// The hour the readings are in (UTC), as the prefix of their times.
 pub const HOUR: &str = "2024-05-01T10";
 
 /// The heart-rate body of the heart-rate template set (one reading per minute slot).
@@ -37,27 +35,6 @@ pub fn expected_data(device: &str) -> String {
         .map(|m| hr_value(device, m).to_string())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-/// The value of a metric line (`name{labels} value`), summed over matching lines; 0 if absent.
-pub fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            !l.starts_with('#')
-                && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Waits until the FHIR server holds, for every device, the hourly Observation with every

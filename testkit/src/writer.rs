@@ -2,8 +2,6 @@
 //! `fhir-store/tests/writer.rs`): loading mappings, normalizing `events.json`-style events into
 //! tagged measurements, and an hour of 1 Hz heart rate into hourly SampledData.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,16 +10,19 @@ use fhir_writer::{FhirTemplates, FhirWriter};
 use normalizer::{Measurement, Normalizer};
 use serde_json::{json, Value};
 
+/// The file's text; panics naming the file.
 pub fn read(path: PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Loads a FHIR mapping; panics unless it loads without errors.
 pub fn fhir_templates(text: &str) -> Arc<FhirTemplates> {
     let (templates, errors) = FhirTemplates::load(text);
     assert!(errors.is_empty(), "FHIR mapping: {errors:?}");
     Arc::new(templates)
 }
 
+/// A normalizer for a device mapping; panics unless it loads without errors.
 pub fn device_normalizer(text: &str) -> Normalizer {
     Normalizer::new(
         normalizer::load_device_mapping(text)
@@ -30,6 +31,7 @@ pub fn device_normalizer(text: &str) -> Normalizer {
     )
 }
 
+/// `2024-03-01T10:00:00Z`: whole seconds, `Z`.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -65,6 +67,7 @@ pub fn normalize(n: &Normalizer, events: &[Value], first_tag: usize) -> Vec<(usi
     out
 }
 
+/// A device mapping for [`one_hz_hour`]'s bodies: heart rate (`hr`) by device and patient.
 pub const HR_1HZ_DEVICE_MAPPING: &str = r#"{"templateType": "CollectionContent", "template": [{
   "templateType": "JsonPathContent",
   "template": {"typeName": "heartrate", "typeMatchExpression": "$..[?(@heartRate)]",
@@ -73,6 +76,7 @@ pub const HR_1HZ_DEVICE_MAPPING: &str = r#"{"templateType": "CollectionContent",
                "values": [{"valueName": "hr", "valueExpression": "$.heartRate", "required": true}]}
 }]}"#;
 
+/// A FHIR mapping of heart rate into hourly SampledData with 1 s slots.
 pub const HR_1HZ_FHIR_MAPPING: &str = r#"{"templateType": "CollectionFhir", "template": [{
   "templateType": "CodeValueFhir",
   "template": {"typeName": "heartrate", "periodInterval": 60,

@@ -1,15 +1,18 @@
 //! The connector as a child process (`iomt run`), as the service tests drive it: ready
 //! check, metrics, logs, SIGTERM and SIGKILL, peak memory. Killed when dropped.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::hr::{http_get, metric};
-
+/// A running `iomt run`, started by the test (which writes its config and picks its ports).
 pub struct ConnectorProcess {
+    /// The process.
     pub child: Child,
+    /// The port of its HTTP endpoint (`/readyz`, `/metrics`).
     pub metrics_port: u16,
+    /// The file its stderr (the log) goes to.
     pub log: PathBuf,
 }
 
@@ -33,10 +36,12 @@ impl ConnectorProcess {
         }
     }
 
+    /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A metric's value now ([`metric`] of [`Self::metrics_text`]).
     pub fn metric(&self, name: &str) -> f64 {
         metric(&self.metrics_text(), name)
     }
@@ -54,6 +59,7 @@ impl ConnectorProcess {
         String::new()
     }
 
+    /// SIGKILL, and waits for the exit.
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
@@ -106,4 +112,27 @@ impl Drop for ConnectorProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The body of `GET <path>` on a loopback port (HTTP/1.1); `None` when the
+/// connection or the read fails.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// The value of a metric line (`name{labels} value`), summed over matching lines; 0 if absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

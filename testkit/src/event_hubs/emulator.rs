@@ -30,8 +30,6 @@
 //! link credit (the SDK's prefetch) allows; consumer groups share the stored events and keep no
 //! state of their own (the connector's checkpoint store is what remembers progress).
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
