@@ -28,7 +28,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::fhir_server::FhirServer;
+use testkit::fhir::FhirServer;
 
 /// The reference's service system (identifier system and extra coding).
 const MEDTECH: &str = "https://azure.microsoft.com/en-us/services/iomt-fhir-connector/";
