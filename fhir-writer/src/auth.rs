@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::bundle::percent_encode;
+
 /// How to authenticate.
 #[derive(Clone, Default)]
 pub enum Auth {
@@ -157,7 +159,7 @@ impl TokenSource {
         }
         let body = form
             .iter()
-            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
             .collect::<Vec<_>>()
             .join("&");
         let resp = self
@@ -201,19 +203,6 @@ impl TokenSource {
     }
 }
 
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +225,6 @@ mod tests {
 
     #[test]
     fn form_encoding() {
-        assert_eq!(urlencode("a b/c=d&é"), "a%20b%2Fc%3Dd%26%C3%A9");
+        assert_eq!(percent_encode("a b/c=d&é"), "a%20b%2Fc%3Dd%26%C3%A9");
     }
 }

@@ -36,9 +36,9 @@ impl Entry {
             if i > 0 {
                 query.push('&');
             }
-            query.push_str(&encode(k));
+            query.push_str(&percent_encode(k));
             query.push('=');
-            query.push_str(&encode(v));
+            query.push_str(&percent_encode(v));
         }
         Entry::Get {
             url: format!("{resource_type}?{query}"),
@@ -88,8 +88,9 @@ impl Entry {
     }
 }
 
-/// Percent-encodes a query component (everything but unreserved characters).
-fn encode(s: &str) -> String {
+/// Percent-encodes a query or form component (everything but RFC 3986's unreserved
+/// characters): Bundle entry URLs and the token request's form body.
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
