@@ -619,9 +619,8 @@ async fn event_hubs_kill_9_at_full_rate_ends_in_the_state_of_one_replay() {
 }
 
 /// Two instances split a hub's partitions, each device on one partition (a partition key), so
-/// each device's Observations have one writer; every event is read once. Kept while the
-/// comparison tests below are ignored: it waits a fixed 5 s for the balancers and their
-/// receivers to settle, which avoids the known bug those tests find.
+/// each device's Observations have one writer; once the partitions are settled, every event is
+/// read once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_event_hubs_instances_split_the_partitions() {
     let server = FhirServer::acquire().await;
@@ -630,9 +629,13 @@ async fn two_event_hubs_instances_split_the_partitions() {
     let devices = ["es-a", "es-b", "es-c", "es-d"];
     let a = Connector::start(dir.path(), "split-a", "instance-a", &hub, &server.base);
     let b = Connector::start(dir.path(), "split-b", "instance-b", &hub, &server.base);
-    // Let the load balancers settle (1 s cycles) before the flood, so that no partition is
-    // read by both while ownership moves.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Publish once the partitions are settled, so that no partition is read by both while
+    // ownership moves.
+    let owners = ["instance-a".to_string(), "instance-b".to_string()];
+    wait_until_settled(dir.path(), &hub, &owners, || {
+        format!("{}\n---\n{}", a.log_text(), b.log_text())
+    })
+    .await;
     publish(&hub, hr_events(&devices, 0..1, 4), Duration::ZERO).await;
     let started = Instant::now();
     while server.all("Observation").await.len() < devices.len() {
@@ -696,6 +699,46 @@ fn ownerships(dir: &Path) -> std::collections::BTreeMap<String, String> {
     out
 }
 
+/// Waits (up to 60 s) until the ownership records split the hub's partitions evenly between
+/// `owners` and each partition is read by one receiver, its owner's (the source names its
+/// receivers `<owner id>/<partition>/<n>`). From then on the balancers leave the partitions be
+/// and no event is read by two instances.
+async fn wait_until_settled(
+    dir: &Path,
+    hub: &EventHubsEmulator,
+    owners: &[String],
+    logs: impl Fn() -> String,
+) {
+    let partitions = hub.partition_count();
+    let started = Instant::now();
+    loop {
+        let owned = ownerships(dir);
+        let shares: Vec<usize> = owners
+            .iter()
+            .map(|o| owned.values().filter(|v| *v == o).count())
+            .collect();
+        let even = owned.len() == partitions
+            && shares.iter().sum::<usize>() == partitions
+            && shares.iter().max().unwrap_or(&0) - shares.iter().min().unwrap_or(&0) <= 1;
+        let receivers: Vec<Vec<String>> = (0..partitions).map(|p| hub.receivers(p)).collect();
+        let read_by_owner = (0..partitions).all(|p| match receivers[p].as_slice() {
+            [one] => owned
+                .get(&p.to_string())
+                .is_some_and(|o| one.split('/').next() == Some(o.as_str())),
+            _ => false,
+        });
+        if even && read_by_owner {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "partitions not settled after 60 s: owners {owned:?}, receivers {receivers:?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Scale-out: `instances` connectors in one consumer group split a hub's
 /// 6 partitions (the SDK's load balancing over the shared checkpoint store) and end in the
 /// FHIR state one `iomt replay` of the same events gives, resource by resource. The events go
@@ -723,25 +766,9 @@ async fn event_hubs_instances_end_in_the_state_of_one_replay(instances: usize) {
             .collect::<Vec<_>>()
             .join("\n---\n")
     };
-    // Publish once the partitions are spread evenly in the ownership records (the balancers
-    // then leave them be), so that each instance reads a share.
-    let started = Instant::now();
-    loop {
-        let owned = ownerships(dir.path());
-        let even = owned.len() == PARTITIONS
-            && owners
-                .iter()
-                .all(|o| owned.values().filter(|v| *v == o).count() == PARTITIONS / instances);
-        if even {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "partitions not spread evenly after 60 s: {owned:?}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Publish once the partitions are settled (spread evenly, each read by its owner), so
+    // that each instance reads a share.
+    wait_until_settled(dir.path(), &hub, &owners, logs).await;
     let events: Vec<(usize, Vec<u8>)> = readings
         .iter()
         .enumerate()
@@ -803,17 +830,11 @@ async fn event_hubs_instances_end_in_the_state_of_one_replay(instances: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: after the SDK recovers a connection, an instance keeps receivers for \
-            partitions it no longer owns (displacing the owner's links) or cannot attach them \
-            again (\"Illegal session state\"); partitions then go unread while it runs"]
 async fn two_event_hubs_instances_end_in_the_state_of_one_replay() {
     event_hubs_instances_end_in_the_state_of_one_replay(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: after the SDK recovers a connection, an instance keeps receivers for \
-            partitions it no longer owns (displacing the owner's links) or cannot attach them \
-            again (\"Illegal session state\"); partitions then go unread while it runs"]
 async fn three_event_hubs_instances_end_in_the_state_of_one_replay() {
     event_hubs_instances_end_in_the_state_of_one_replay(3).await;
 }
