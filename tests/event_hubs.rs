@@ -220,6 +220,21 @@ impl Connector {
         sign_in: &SignIn,
         templates: &Path,
     ) -> Connector {
+        let c = Connector::spawn_full(dir, name, owner, hub, fhir_url, sign_in, templates);
+        c.wait_ready(Duration::ZERO);
+        c
+    }
+
+    /// [`Connector::start_full`] without waiting until it is ready.
+    fn spawn_full(
+        dir: &Path,
+        name: &str,
+        owner: &str,
+        hub: &EventHubsEmulator,
+        fhir_url: &str,
+        sign_in: &SignIn,
+        templates: &Path,
+    ) -> Connector {
         let metrics_port = free_port();
         let config = write_config(
             dir,
@@ -233,16 +248,14 @@ impl Connector {
         );
         let log = dir.join(format!("{name}.log"));
         let child = spawn_connector(&config, &sign_in.env, &log);
-        let c = Connector {
+        Connector {
             process: ConnectorProcess {
                 child,
                 metrics_port,
                 log,
             },
             config,
-        };
-        c.wait_ready(Duration::ZERO);
-        c
+        }
     }
 }
 
@@ -612,9 +625,8 @@ async fn event_hubs_kill_9_at_full_rate_ends_in_the_state_of_one_replay() {
 }
 
 /// Two instances split a hub's partitions, each device on one partition (a partition key), so
-/// each device's Observations have one writer; every event is read once. Kept while the
-/// comparison tests below are ignored: it waits a fixed 5 s for the balancers and their
-/// receivers to settle, which avoids the known bug those tests find.
+/// each device's Observations have one writer; once the partitions are settled, every event is
+/// read once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_event_hubs_instances_split_the_partitions() {
     let server = FhirServer::acquire().await;
@@ -623,9 +635,13 @@ async fn two_event_hubs_instances_split_the_partitions() {
     let devices = ["es-a", "es-b", "es-c", "es-d"];
     let a = Connector::start(dir.path(), "split-a", "instance-a", &hub, &server.base);
     let b = Connector::start(dir.path(), "split-b", "instance-b", &hub, &server.base);
-    // Let the load balancers settle (1 s cycles) before the flood, so that no partition is
-    // read by both while ownership moves.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Publish once the partitions are settled, so that no partition is read by both while
+    // ownership moves.
+    let owners = ["instance-a".to_string(), "instance-b".to_string()];
+    wait_until_settled(dir.path(), &hub, &owners, || {
+        format!("{}\n---\n{}", a.log_text(), b.log_text())
+    })
+    .await;
     publish(&hub, hr_events(&devices, 0..1, 4), Duration::ZERO).await;
     let started = Instant::now();
     while server.all("Observation").await.len() < devices.len() {
@@ -689,6 +705,46 @@ fn ownerships(dir: &Path) -> std::collections::BTreeMap<String, String> {
     out
 }
 
+/// Waits (up to 60 s) until the ownership records split the hub's partitions evenly between
+/// `owners` and each partition is read by one receiver, its owner's (the source names its
+/// receivers `<owner id>/<partition>/<n>`). From then on the balancers leave the partitions be
+/// and no event is read by two instances.
+async fn wait_until_settled(
+    dir: &Path,
+    hub: &EventHubsEmulator,
+    owners: &[String],
+    logs: impl Fn() -> String,
+) {
+    let partitions = hub.partition_count();
+    let started = Instant::now();
+    loop {
+        let owned = ownerships(dir);
+        let shares: Vec<usize> = owners
+            .iter()
+            .map(|o| owned.values().filter(|v| *v == o).count())
+            .collect();
+        let even = owned.len() == partitions
+            && shares.iter().sum::<usize>() == partitions
+            && shares.iter().max().unwrap_or(&0) - shares.iter().min().unwrap_or(&0) <= 1;
+        let receivers: Vec<Vec<String>> = (0..partitions).map(|p| hub.receivers(p)).collect();
+        let read_by_owner = (0..partitions).all(|p| match receivers[p].as_slice() {
+            [one] => owned
+                .get(&p.to_string())
+                .is_some_and(|o| one.split('/').next() == Some(o.as_str())),
+            _ => false,
+        });
+        if even && read_by_owner {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "partitions not settled after 60 s: owners {owned:?}, receivers {receivers:?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Scale-out: `instances` connectors in one consumer group split a hub's
 /// 6 partitions (the SDK's load balancing over the shared checkpoint store) and end in the
 /// FHIR state one `iomt replay` of the same events gives, resource by resource. The events go
@@ -716,25 +772,9 @@ async fn event_hubs_instances_end_in_the_state_of_one_replay(instances: usize) {
             .collect::<Vec<_>>()
             .join("\n---\n")
     };
-    // Publish once the partitions are spread evenly in the ownership records (the balancers
-    // then leave them be), so that each instance reads a share.
-    let started = Instant::now();
-    loop {
-        let owned = ownerships(dir.path());
-        let even = owned.len() == PARTITIONS
-            && owners
-                .iter()
-                .all(|o| owned.values().filter(|v| *v == o).count() == PARTITIONS / instances);
-        if even {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "partitions not spread evenly after 60 s: {owned:?}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Publish once the partitions are settled (spread evenly, each read by its owner), so
+    // that each instance reads a share.
+    wait_until_settled(dir.path(), &hub, &owners, logs).await;
     let events: Vec<(usize, Vec<u8>)> = readings
         .iter()
         .enumerate()
@@ -796,19 +836,131 @@ async fn event_hubs_instances_end_in_the_state_of_one_replay(instances: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: after the SDK recovers a connection, an instance keeps receivers for \
-            partitions it no longer owns (displacing the owner's links) or cannot attach them \
-            again (\"Illegal session state\"); partitions then go unread while it runs"]
 async fn two_event_hubs_instances_end_in_the_state_of_one_replay() {
     event_hubs_instances_end_in_the_state_of_one_replay(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: after the SDK recovers a connection, an instance keeps receivers for \
-            partitions it no longer owns (displacing the owner's links) or cannot attach them \
-            again (\"Illegal session state\"); partitions then go unread while it runs"]
 async fn three_event_hubs_instances_end_in_the_state_of_one_replay() {
     event_hubs_instances_end_in_the_state_of_one_replay(3).await;
+}
+
+/// Scale-out while events flow: a second instance joins one that is reading every partition,
+/// and takes its share of the partitions while events keep arriving on all of them (the first
+/// instance's readers of those partitions are displaced mid-stream); the two end in the FHIR
+/// state one `iomt replay` of the same events gives, resource by resource. The first
+/// instance's other partitions keep being read: a partition moving away no longer takes the
+/// instance's connection, and with it every other partition, down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_hubs_instance_joining_mid_stream_ends_in_the_state_of_one_replay() {
+    const PARTITIONS: usize = 6;
+    let test_started = Instant::now();
+    let server = FhirServer::acquire().await;
+    let readings = vitals::readings("ej", 10, 120);
+    let total = readings.len();
+    let expected = one_replay_of(&server, &readings).await;
+    let hub = EventHubsEmulator::start("telemetry", PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = Connector::start_vitals(dir.path(), "join-0", "instance-0", &hub, &server.base);
+    wait_until_settled(dir.path(), &hub, &["instance-0".to_string()], || {
+        first.log_text()
+    })
+    .await;
+    let events: Vec<(usize, Vec<u8>)> = readings
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i % PARTITIONS, r.bytes()))
+        .collect();
+    // The events arrive paced, on every partition in turn; a third of the way through, the
+    // second instance starts, claims its share and displaces the first one's readers.
+    let joined = async {
+        let started = Instant::now();
+        while hub.total() < total / 3 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "publishing stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let second = Connector::spawn_full(
+            dir.path(),
+            "join-1",
+            "instance-1",
+            &hub,
+            &server.base,
+            &SignIn::connection_string(&hub),
+            &vitals::template_set(),
+        );
+        let reading = |p: usize| {
+            hub.receivers(p)
+                .iter()
+                .any(|n| n.starts_with("instance-1/"))
+        };
+        while !(0..PARTITIONS).any(reading) {
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "the second instance read nothing:\n{}",
+                second.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (second, hub.total())
+    };
+    let ((), (second, stored_at_join)) =
+        tokio::join!(publish(&hub, events, Duration::from_millis(8)), joined);
+    assert!(
+        stored_at_join < total,
+        "the second instance joined after the last event: not mid-stream"
+    );
+    let connectors = [first, second];
+    let logs = || {
+        connectors
+            .iter()
+            .map(|c| c.log_text())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    assert_eq!(hub.total(), total);
+    wait_for_state(
+        &server.base,
+        &expected,
+        Duration::from_secs(120),
+        || connectors.iter().all(|c| idle(c)),
+        logs,
+    )
+    .await;
+    let total_of = |name: &str| connectors.iter().map(|c| c.metric(name)).sum::<f64>();
+    let started = Instant::now();
+    while total_of("iomt_events_acked_total") < total as f64 {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let per_instance: Vec<f64> = connectors
+        .iter()
+        .map(|c| c.metric("iomt_events_incoming_total"))
+        .collect();
+    assert!(
+        per_instance.iter().all(|&n| n > 0.0),
+        "every instance read a share: {per_instance:?}"
+    );
+    assert_eq!(total_of("iomt_dead_letters_total"), 0.0, "{}", logs());
+    assert_eq!(total_of("iomt_errors_total"), 0.0, "{}", logs());
+    let read = per_instance.iter().sum::<f64>();
+    let mut connectors = connectors;
+    for c in &mut connectors {
+        let status = c.terminate();
+        assert!(status.success(), "{status:?}:\n{}", c.log_text());
+    }
+    let cmp = Comparison::of(&expected, &FhirState::fetch(&server.base).await);
+    cmp.assert_same("after both instances stopped");
+    eprintln!(
+        "EVENTHUBS_JOIN partitions={PARTITIONS} events={total} \
+         stored_when_the_second_joined={stored_at_join} per_instance={per_instance:?} \
+         read_again={} {} in {:.1?}",
+        read - total as f64,
+        cmp.figures(),
+        test_started.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,12 +26,15 @@
 //! - `checkpoint`: the checkpoint store ([`FileCheckpointStore`]);
 //! - `tracker`: per-partition progress ([`PartitionTracker`]);
 //! - `properties`: AMQP → JSON ([`application_properties`], [`system_properties`]);
-//! - `run`: sign-in, sessions, partition readers and shutdown ([`run`]).
+//! - `run`: sign-in, the processor's sessions, reconnection and shutdown ([`run`]);
+//! - `reader`: one partition's reader, on a connection of its own, until the partition is
+//!   another instance's.
 
 mod checkpoint;
 mod config;
 pub mod credential;
 mod properties;
+mod reader;
 mod run;
 mod tracker;
 

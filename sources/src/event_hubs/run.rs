@@ -1,33 +1,26 @@
-//! Running the source: sign-in, one session per connection (the SDK's event processor and a
-//! reader per owned partition), reconnection with backoff, and the two-step shutdown.
+//! Running the source: sign-in, one session per processor connection (the SDK's event
+//! processor, and a [`Reader`] per partition it hands over), reconnection with backoff, and the
+//! two-step shutdown.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use azure_messaging_eventhubs::models::{Checkpoint, ReceivedEventData};
-use azure_messaging_eventhubs::processor::PartitionClient;
-use azure_messaging_eventhubs::{
-    CheckpointStore, ConsumerClient, EventProcessor, ProcessorStrategy, StartLocation,
-    StartPosition,
-};
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use azure_messaging_eventhubs::{ConsumerClient, EventProcessor, ProcessorStrategy};
 use tokio::sync::{mpsc, watch};
 
 use super::checkpoint::FileCheckpointStore;
-use super::config::{Auth, Connection, EventHubsConfig, LoadBalancing, StartFrom};
+use super::config::{Auth, Connection, EventHubsConfig, LoadBalancing};
 use super::credential::{EntraCredential, EVENT_HUBS_SCOPE};
-use super::properties::{application_properties, body_bytes, system_properties};
-use super::tracker::{PartitionTracker, Position};
-use crate::{Ack, SourceError, SourceEvent};
+use super::reader::{default_start, Newest, Reader, Writers};
+use crate::{SourceError, SourceEvent};
 
 /// Identifies the hub for checkpoints.
 #[derive(Debug, Clone)]
-struct HubKey {
-    namespace: String,
-    hub: String,
-    group: String,
+pub(super) struct HubKey {
+    pub namespace: String,
+    pub hub: String,
+    pub group: String,
 }
 
 /// Installs the process-wide TLS crypto provider the SDK's `amqps://` connections need (ring,
@@ -36,13 +29,13 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-async fn until_true(rx: &mut watch::Receiver<bool>) {
+pub(super) async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
 /// Where the sessions connect, and how they sign in: the connection string, or the Entra ID
 /// credential shared by every session (so its cached token outlives reconnections).
-struct Target {
+pub(super) struct Target {
     namespace: String,
     event_hub: String,
     sign_in: SignIn,
@@ -53,13 +46,19 @@ enum SignIn {
     Entra(Arc<EntraCredential>),
 }
 
-async fn open_consumer(
+/// A consumer client (one AMQP connection) for the hub; `receiver_name` names the receivers it
+/// opens (a random name without it).
+pub(super) async fn open_consumer(
     config: &EventHubsConfig,
     target: &Target,
+    receiver_name: Option<String>,
 ) -> Result<(ConsumerClient, HubKey), String> {
     let mut builder = ConsumerClient::builder()
         .with_consumer_group(config.consumer_group.clone())
         .with_application_id(config.owner_id.clone());
+    if let Some(name) = receiver_name {
+        builder = builder.with_instance_id(name);
+    }
     if let Some(e) = &config.custom_endpoint {
         builder = builder.with_custom_endpoint(e.clone());
     }
@@ -188,8 +187,14 @@ async fn run_local(
             ))
         })?,
     );
-    let target = sign_in(connection).await?;
-    let writers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let mut shared = Shared {
+        target: Arc::new(sign_in(connection).await?),
+        config: Arc::new(config),
+        store,
+        writers: Writers::default(),
+        newest: Newest::default(),
+        readers: 0,
+    };
     let mut out = Some(out);
     let mut key = None;
     let mut attempt = 0u32;
@@ -197,16 +202,7 @@ async fn run_local(
         if *shutdown.borrow() {
             break;
         }
-        let outcome = session(
-            &config,
-            &target,
-            &store,
-            &writers,
-            o.clone(),
-            shutdown.clone(),
-            &mut key,
-        )
-        .await;
+        let outcome = session(&mut shared, o.clone(), shutdown.clone(), &mut key).await;
         match outcome {
             Ok(()) => break, // shut down
             Err(e) => {
@@ -225,7 +221,8 @@ async fn run_local(
     drop(out);
     // The pipeline drains and acknowledges; then the last checkpoints are written.
     until_true(&mut done).await;
-    let handles: Vec<_> = std::mem::take(&mut *writers.lock().unwrap_or_else(|e| e.into_inner()));
+    let handles: Vec<_> =
+        std::mem::take(&mut *shared.writers.lock().unwrap_or_else(|e| e.into_inner()));
     let flush = futures::future::join_all(handles);
     if tokio::time::timeout(Duration::from_secs(10), flush)
         .await
@@ -236,33 +233,39 @@ async fn run_local(
         );
     }
     if let Some(k) = key {
-        store
-            .relinquish(&k.namespace, &k.hub, &k.group, &config.owner_id)
+        shared
+            .store
+            .relinquish(&k.namespace, &k.hub, &k.group, &shared.config.owner_id)
             .await;
     }
     Ok(())
 }
 
-/// One connection: the processor and a reader per owned partition, until shutdown (`Ok`) or
-/// the processor fails (`Err`).
+/// What the sessions of the source share.
+struct Shared {
+    config: Arc<EventHubsConfig>,
+    target: Arc<Target>,
+    store: Arc<FileCheckpointStore>,
+    writers: Writers,
+    newest: Newest,
+    /// Readers started so far; a reader's number is its generation.
+    readers: u64,
+}
+
+/// One processor connection: the processor, and a [`Reader`] per partition it hands over,
+/// until shutdown (`Ok`) or the processor fails (`Err`). Either way the readers are stopped
+/// (each closes its own connection) before it returns.
 async fn session(
-    config: &EventHubsConfig,
-    target: &Target,
-    store: &Arc<FileCheckpointStore>,
-    writers: &Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    shared: &mut Shared,
     out: mpsc::Sender<SourceEvent>,
     mut shutdown: watch::Receiver<bool>,
     key_slot: &mut Option<HubKey>,
 ) -> Result<(), String> {
-    let (consumer, key) = open_consumer(config, target).await?;
+    let config = shared.config.clone();
+    let (consumer, key) = open_consumer(&config, &shared.target, None).await?;
     *key_slot = Some(key.clone());
-    let default_start = StartPosition {
-        location: match config.start_position {
-            StartFrom::Earliest => StartLocation::Earliest,
-            StartFrom::Latest => StartLocation::Latest,
-        },
-        inclusive: false,
-    };
+    // The processor's consumer client only reads the hub's partitions and hands them over: the
+    // readers receive on connections of their own (see `reader`).
     let processor = EventProcessor::builder()
         .with_prefetch(config.prefetch)
         .with_load_balancing_strategy(match config.load_balancing {
@@ -277,9 +280,9 @@ async fn session(
         ))
         .with_start_positions(azure_messaging_eventhubs::models::StartPositions {
             per_partition: HashMap::new(),
-            default: default_start,
+            default: default_start(config.start_position),
         })
-        .build(consumer, store.clone())
+        .build(consumer, shared.store.clone())
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(event_hub = %key.hub, consumer_group = %key.group, owner_id = %config.owner_id, "Event Hubs processor started.");
@@ -287,20 +290,30 @@ async fn session(
         let p = processor.clone();
         async move { p.run().await }
     });
+    let (stop, stopped) = watch::channel(false);
     let mut readers = tokio::task::JoinSet::new();
     let result = loop {
         tokio::select! {
             pc = processor.next_partition_client() => match pc {
                 Ok(pc) => {
+                    shared.readers += 1;
+                    shared
+                        .newest
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(pc.get_partition_id().to_string(), shared.readers);
                     let reader = Reader {
                         client: pc,
-                        store: store.clone(),
+                        generation: shared.readers,
+                        newest: shared.newest.clone(),
+                        config: config.clone(),
+                        target: shared.target.clone(),
+                        store: shared.store.clone(),
                         key: key.clone(),
                         out: out.clone(),
-                        max_unacked: config.max_unacked_per_partition,
-                        writers: writers.clone(),
+                        writers: shared.writers.clone(),
                     };
-                    readers.spawn_local(reader.run(shutdown.clone()));
+                    readers.spawn_local(reader.run(stopped.clone()));
                 }
                 Err(e) => break Err(e.to_string()),
             },
@@ -315,16 +328,13 @@ async fn session(
     };
     let _ = processor.shutdown().await;
     runner.abort();
-    if result.is_ok() {
-        // Readers stop on shutdown by themselves; wait so their clients close cleanly.
-        let wait = async { while readers.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .is_err()
-        {
-            readers.abort_all();
-        }
-    } else {
+    // The readers stop (and close their connections); those that do not in time are dropped.
+    stop.send_replace(true);
+    let wait = async { while readers.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .is_err()
+    {
         readers.abort_all();
         while readers.join_next().await.is_some() {}
     }
@@ -337,160 +347,4 @@ async fn session(
         Err(_) => tracing::debug!("Event processor still referenced; dropped without close."),
     }
     result
-}
-
-struct Reader {
-    client: Arc<PartitionClient>,
-    store: Arc<FileCheckpointStore>,
-    key: HubKey,
-    out: mpsc::Sender<SourceEvent>,
-    max_unacked: usize,
-    writers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Reader {
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let partition_id = self.client.get_partition_id().to_string();
-        tracing::info!(partition_id = %partition_id, "Reading partition.");
-        let tracker = Arc::new(Mutex::new(PartitionTracker::default()));
-        // Checkpoints are written by one task per partition reading, coalescing acks.
-        let (pos_tx, mut pos_rx) = watch::channel::<Option<Position>>(None);
-        let acked = Arc::new(tokio::sync::Notify::new());
-        {
-            let store = self.store.clone();
-            let key = self.key.clone();
-            let pid = partition_id.clone();
-            let handle = tokio::spawn(async move {
-                let mut written: Option<i64> = None;
-                loop {
-                    let closed = pos_rx.changed().await.is_err();
-                    let pos = pos_rx.borrow_and_update().clone();
-                    if let Some(p) = pos {
-                        if written != Some(p.sequence_number) {
-                            let cp = Checkpoint {
-                                fully_qualified_namespace: key.namespace.clone(),
-                                event_hub_name: key.hub.clone(),
-                                consumer_group: key.group.clone(),
-                                partition_id: pid.clone(),
-                                offset: p.offset.clone(),
-                                sequence_number: Some(p.sequence_number),
-                            };
-                            match store.update_checkpoint(cp).await {
-                                Ok(()) => written = Some(p.sequence_number),
-                                Err(e) => {
-                                    tracing::error!(error = %e, partition_id = %pid, "Checkpoint not written; events will be delivered again.")
-                                }
-                            }
-                        }
-                    }
-                    if closed {
-                        break;
-                    }
-                }
-            });
-            self.writers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(handle);
-        }
-        let pos_tx = Arc::new(pos_tx);
-        {
-            let mut stream = self.client.stream_events();
-            loop {
-                // Back-pressure: at most `max_unacked` events outstanding.
-                while tracker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .outstanding()
-                    >= self.max_unacked
-                {
-                    tokio::select! {
-                        _ = acked.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        _ = until_true(&mut shutdown) => break,
-                    }
-                    if *shutdown.borrow() {
-                        break;
-                    }
-                }
-                let next = tokio::select! {
-                    n = stream.next() => n,
-                    _ = until_true(&mut shutdown) => break,
-                };
-                let event = match next {
-                    Some(Ok(e)) => e,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, partition_id = %partition_id, "Partition reading stopped.");
-                        break;
-                    }
-                    None => break,
-                };
-                let ev = self.convert(&event, &partition_id, &tracker, &pos_tx, &acked);
-                tokio::select! {
-                    r = self.out.send(ev) => if r.is_err() { break },
-                    _ = until_true(&mut shutdown) => break,
-                }
-            }
-        }
-        drop(self.out);
-        // Hand the partition back to the processor (it reopens it on its next cycle if it
-        // still owns it).
-        match Arc::try_unwrap(self.client) {
-            Ok(c) => {
-                if let Err(e) = c.close().await {
-                    tracing::debug!(error = %e, partition_id = %partition_id, "Closing the partition client failed.");
-                }
-            }
-            Err(_) => {
-                tracing::debug!(partition_id = %partition_id, "Partition client still referenced.")
-            }
-        }
-        tracing::info!(partition_id = %partition_id, "Stopped reading partition.");
-    }
-
-    fn convert(
-        &self,
-        event: &ReceivedEventData,
-        partition_id: &str,
-        tracker: &Arc<Mutex<PartitionTracker>>,
-        pos_tx: &Arc<watch::Sender<Option<Position>>>,
-        acked: &Arc<tokio::sync::Notify>,
-    ) -> SourceEvent {
-        let ingestion_time = event
-            .enqueued_time()
-            .map(DateTime::<Utc>::from)
-            .unwrap_or_else(Utc::now);
-        let ack = match event.sequence_number() {
-            Some(seq) => {
-                tracker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .delivered(seq, event.offset().clone());
-                let tracker = tracker.clone();
-                let pos_tx = pos_tx.clone();
-                let acked = acked.clone();
-                Ack::new(move || {
-                    Box::pin(async move {
-                        let advanced = tracker.lock().unwrap_or_else(|e| e.into_inner()).done(seq);
-                        if let Some(p) = advanced {
-                            pos_tx.send_replace(Some(p));
-                        }
-                        acked.notify_one();
-                    })
-                })
-            }
-            None => {
-                tracing::warn!(partition_id = %partition_id, "Event without a sequence number; it cannot be checkpointed.");
-                Ack::none()
-            }
-        };
-        SourceEvent {
-            body: body_bytes(event),
-            properties: application_properties(event),
-            system_properties: system_properties(event, partition_id),
-            ingestion_time,
-            origin: format!("{}/Partitions/{partition_id}", self.key.hub),
-            ack,
-        }
-    }
 }

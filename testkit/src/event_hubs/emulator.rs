@@ -23,7 +23,9 @@
 //! - a consumer link with an owner level (`com.microsoft:epoch`) displaces the older one on the
 //!   same partition and consumer group, which is detached with `amqp:link:stolen` — how a
 //!   processor instance learns at once that another took its partition;
-//! - link detaches and session ends are answered (the SDK's `close()` waits for them).
+//! - link detaches and session ends are answered (the SDK's `close()` waits for them);
+//! - which consumer links are attached to a partition, by link name
+//!   ([`EventHubsEmulator::receivers`]), so a test can wait for the receivers to settle.
 //!
 //! Events stay in memory for the emulator's lifetime, which is the test's: it outlives
 //! connector restarts, as a real hub would. Consumer links deliver pre-settled, as fast as the
@@ -31,7 +33,7 @@
 //! state of their own (the connector's checkpoint store is what remembers progress).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,6 +56,31 @@ struct Partition {
     /// Per consumer group, the generation of its newest epoch receiver: a newer one displaces
     /// the older (`amqp:link:stolen`), as Event Hubs does with owner levels.
     epochs: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// The consumer links attached now: link number → link name.
+    receivers: Mutex<HashMap<u64, String>>,
+}
+
+/// Numbers consumer links, for [`Partition::receivers`].
+static NEXT_LINK: AtomicU64 = AtomicU64::new(0);
+
+/// A consumer link's entry in [`Partition::receivers`], removed when the link ends.
+struct Attached<'a> {
+    partition: &'a Partition,
+    link: u64,
+}
+
+impl<'a> Attached<'a> {
+    fn new(partition: &'a Partition, name: String) -> Self {
+        let link = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
+        partition.receivers.lock().unwrap().insert(link, name);
+        Attached { partition, link }
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.partition.receivers.lock().unwrap().remove(&self.link);
+    }
 }
 
 /// One `$cbs` `put-token` request as the emulator received it.
@@ -111,6 +138,7 @@ impl EventHubsEmulator {
                     events: Mutex::new(Vec::new()),
                     len: watch::channel(0).0,
                     epochs: Mutex::new(HashMap::new()),
+                    receivers: Mutex::new(HashMap::new()),
                 })
                 .collect(),
             created_ms: now_ms(),
@@ -168,9 +196,28 @@ impl EventHubsEmulator {
         *self.hub.token_check.lock().unwrap() = Some(Arc::new(check));
     }
 
+    /// The hub's partition count.
+    pub fn partition_count(&self) -> usize {
+        self.hub.partitions.len()
+    }
+
     /// Events stored in partition `p`.
     pub fn len(&self, p: usize) -> usize {
         self.hub.partitions[p].events.lock().unwrap().len()
+    }
+
+    /// The names of the consumer links attached to partition `p` now (the SDK names a
+    /// receiver's link after its consumer client's instance id), sorted.
+    pub fn receivers(&self, p: usize) -> Vec<String> {
+        let mut names: Vec<String> = self.hub.partitions[p]
+            .receivers
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 
     /// Events stored in every partition.
@@ -299,6 +346,7 @@ async fn serve_session(mut session: fe2o3_amqp::acceptor::ListenerSessionHandle,
             .as_ref()
             .and_then(|s| s.filter.as_ref())
             .and_then(selector_expression);
+        let name = attach.name.clone();
         let epoch = attach
             .properties
             .as_ref()
@@ -330,7 +378,7 @@ async fn serve_session(mut session: fe2o3_amqp::acceptor::ListenerSessionHandle,
                     let rx = nodes.lock().unwrap().receiver(&path);
                     tokio::spawn(serve_responses(sender, rx));
                 } else {
-                    tokio::spawn(serve_consumer(sender, path, filter, epoch, hub));
+                    tokio::spawn(serve_consumer(sender, path, name, filter, epoch, hub));
                 }
             }
         }
@@ -413,6 +461,7 @@ async fn accept_unhurried(receiver: &Receiver, delivery: &fe2o3_amqp::Delivery<B
 async fn serve_consumer(
     mut sender: Sender,
     path: String,
+    name: String,
     filter: Option<String>,
     epoch: bool,
     hub: Arc<Hub>,
@@ -422,6 +471,7 @@ async fn serve_consumer(
         return;
     };
     let partition = &hub.partitions[p];
+    let _attached = Attached::new(partition, name);
     // `<hub>/ConsumerGroups/<cg>/Partitions/<n>`
     let group = path
         .split("/ConsumerGroups/")

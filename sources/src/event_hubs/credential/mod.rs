@@ -21,15 +21,24 @@
 //! Why not `azure_identity`: its 1.1.0-beta.1 builds against the pinned `azure_core`
 //! 1.2.0-beta.1, but it refuses an authority host that is not `https://`, so no test could point
 //! it at a local token endpoint; the two flows are small enough to own.
+//!
+//! Here: the credential, its requests and its cache. `settings`: the flows' settings and where a
+//! managed identity asks ([`ManagedIdentityEndpoint::select`]). `answer`: reading what a token
+//! endpoint answers, and [`CredentialError`].
+
+mod answer;
+mod settings;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration as StdDuration;
 
-use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::time::{Duration, OffsetDateTime};
-use serde::Deserialize;
-use serde_json::Value;
+
+pub use answer::CredentialError;
+use answer::{error_details, redact, seconds, TokenResponse};
+pub use settings::{CredentialSettings, ManagedIdentityEndpoint, SecretText};
 
 /// The scope Event Hubs asks tokens for.
 pub const EVENT_HUBS_SCOPE: &str = "https://eventhubs.azure.net/.default";
@@ -42,193 +51,6 @@ pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identit
 /// longer than the SDK's own refresh lead (it asks again 6 min ± 5 s before expiry, and stops
 /// refreshing a path for good when the answer does not expire later than the token it had).
 pub const REFRESH_MARGIN: Duration = Duration::minutes(10);
-
-/// How to get tokens: the settings of one flow, secrets included (`Debug` redacts them).
-#[derive(Debug, Clone)]
-pub enum CredentialSettings {
-    /// OAuth2 client credentials with a client secret.
-    ClientSecret {
-        /// Authority, e.g. `https://login.microsoftonline.com` (no trailing slash needed).
-        authority_host: String,
-        /// Directory (tenant) id or domain.
-        tenant_id: String,
-        /// Application (client) id.
-        client_id: String,
-        /// The client secret.
-        client_secret: Secret,
-    },
-    /// The managed identity of the host.
-    ManagedIdentity {
-        /// Client id of a user-assigned identity; `None` for the system-assigned one.
-        client_id: Option<String>,
-        /// Where to ask.
-        endpoint: ManagedIdentityEndpoint,
-    },
-}
-
-/// Where a managed identity's tokens come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ManagedIdentityEndpoint {
-    /// The instance metadata service protocol (`Metadata: true`).
-    Imds(String),
-    /// The App Service / Container Apps / Functions protocol (`X-IDENTITY-HEADER`).
-    AppService {
-        /// `IDENTITY_ENDPOINT`.
-        url: String,
-        /// `IDENTITY_HEADER`.
-        header: SecretText,
-    },
-}
-
-/// A secret string that compares by value and never prints (for [`ManagedIdentityEndpoint`]).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretText(pub String);
-
-impl fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl ManagedIdentityEndpoint {
-    /// Picks the endpoint: `configured` (IMDS protocol) if given; else `IDENTITY_ENDPOINT` with
-    /// `IDENTITY_HEADER` when the environment (`env`) has both; else [`DEFAULT_IMDS_ENDPOINT`].
-    /// Only one of the two variables set is an error (Azure Arc's challenge protocol, which
-    /// sets `IDENTITY_ENDPOINT` alone, is not supported).
-    pub fn select(
-        configured: Option<&str>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
-        if let Some(url) = configured {
-            return Ok(ManagedIdentityEndpoint::Imds(url.to_string()));
-        }
-        let endpoint = env("IDENTITY_ENDPOINT").filter(|v| !v.is_empty());
-        let header = env("IDENTITY_HEADER").filter(|v| !v.is_empty());
-        match (endpoint, header) {
-            (Some(url), Some(header)) => Ok(ManagedIdentityEndpoint::AppService {
-                url,
-                header: SecretText(header),
-            }),
-            (None, None) => Ok(ManagedIdentityEndpoint::Imds(
-                DEFAULT_IMDS_ENDPOINT.to_string(),
-            )),
-            (Some(_), None) => Err("IDENTITY_ENDPOINT is set but IDENTITY_HEADER is not (Azure Arc's managed identity is not supported); set source.credential.endpoint to use the instance metadata service".into()),
-            (None, Some(_)) => Err("IDENTITY_HEADER is set but IDENTITY_ENDPOINT is not".into()),
-        }
-    }
-}
-
-impl CredentialSettings {
-    /// Names the flow for logs and errors (no secrets).
-    pub fn describe(&self) -> String {
-        match self {
-            CredentialSettings::ClientSecret {
-                tenant_id,
-                client_id,
-                ..
-            } => format!("Azure AD client secret sign-in (tenant {tenant_id}, client {client_id})"),
-            CredentialSettings::ManagedIdentity {
-                client_id,
-                endpoint,
-            } => {
-                let who = match client_id {
-                    Some(c) => format!("user-assigned, client {c}"),
-                    None => "system-assigned".to_string(),
-                };
-                let how = match endpoint {
-                    ManagedIdentityEndpoint::Imds(_) => "instance metadata service",
-                    ManagedIdentityEndpoint::AppService { .. } => "IDENTITY_ENDPOINT",
-                };
-                format!("managed identity sign-in ({who}, via {how})")
-            }
-        }
-    }
-
-    /// The values that must never appear in an error or a log line.
-    fn secrets(&self) -> Vec<&str> {
-        match self {
-            CredentialSettings::ClientSecret { client_secret, .. } => vec![client_secret.secret()],
-            CredentialSettings::ManagedIdentity {
-                endpoint: ManagedIdentityEndpoint::AppService { header, .. },
-                ..
-            } => vec![header.0.as_str()],
-            CredentialSettings::ManagedIdentity { .. } => Vec::new(),
-        }
-    }
-}
-
-/// Why no token could be had. Never contains a secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CredentialError {
-    /// The request cannot be made (e.g. several scopes for a managed identity).
-    #[error("{flow}: {reason}")]
-    Request {
-        /// [`CredentialSettings::describe`].
-        flow: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The endpoint could not be reached or did not answer in time.
-    #[error("{flow}: no answer from {url}: {reason}")]
-    Unreachable {
-        /// [`CredentialSettings::describe`].
-        flow: String,
-        /// The endpoint.
-        url: String,
-        /// The transport error.
-        reason: String,
-    },
-    /// The endpoint refused: an HTTP error status, with Entra's error code and description
-    /// when it sent them.
-    #[error("{flow}: {url} answered HTTP {status}{}", details(.code, .description))]
-    Refused {
-        /// [`CredentialSettings::describe`].
-        flow: String,
-        /// The endpoint.
-        url: String,
-        /// HTTP status.
-        status: u16,
-        /// `error` (e.g. `invalid_client`).
-        code: Option<String>,
-        /// `error_description` (e.g. `AADSTS7000215: Invalid client secret provided. ...`).
-        description: Option<String>,
-    },
-    /// A success status without a usable token.
-    #[error("{flow}: {url} answered HTTP {status} without a usable token: {reason}")]
-    BadResponse {
-        /// [`CredentialSettings::describe`].
-        flow: String,
-        /// The endpoint.
-        url: String,
-        /// HTTP status.
-        status: u16,
-        /// What is missing.
-        reason: String,
-    },
-}
-
-fn details(code: &Option<String>, description: &Option<String>) -> String {
-    match (code, description) {
-        (Some(c), Some(d)) => format!(": {c}: {d}"),
-        (Some(c), None) => format!(": {c}"),
-        (None, Some(d)) => format!(": {d}"),
-        (None, None) => String::new(),
-    }
-}
-
-impl CredentialError {
-    /// True when asking again will not help until an operator acts: the endpoint refused the
-    /// request itself (400, 401, 403: wrong tenant, client id, secret or identity), or it
-    /// cannot be made. Unreachable endpoints, 404 (IMDS while it starts), 408, 429 and 5xx
-    /// are worth retrying.
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            CredentialError::Request { .. } => true,
-            CredentialError::Refused { status, .. } => matches!(status, 400 | 401 | 403),
-            CredentialError::Unreachable { .. } | CredentialError::BadResponse { .. } => false,
-        }
-    }
-}
 
 /// Tokens per scope set; a token is handed out while more than [`REFRESH_MARGIN`] of its life
 /// is left. Pure: the caller says what time it is.
@@ -278,61 +100,6 @@ impl fmt::Debug for EntraCredential {
         f.debug_struct("EntraCredential")
             .field("settings", &self.settings)
             .finish_non_exhaustive()
-    }
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    #[serde(default)]
-    access_token: Option<String>,
-    /// Seconds (a number from Entra ID, a string from IMDS).
-    #[serde(default)]
-    expires_in: Option<Value>,
-    /// Unix seconds (a string from managed-identity endpoints).
-    #[serde(default)]
-    expires_on: Option<Value>,
-}
-
-fn seconds(v: &Option<Value>) -> Option<i64> {
-    match v {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// Replaces every secret in `text`, and keeps at most 500 characters.
-fn redact(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(s, "<redacted>");
-    }
-    if out.chars().count() > 500 {
-        out = out.chars().take(500).collect::<String>() + "...";
-    }
-    out
-}
-
-/// `error` / `error_description` of an OAuth2 error answer, or the App Service shapes
-/// (`{"error": {"code", "message"}}`, `{"message"}`), or the start of a non-JSON body.
-fn error_details(body: &str) -> (Option<String>, Option<String>) {
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
-    match serde_json::from_str::<Value>(body) {
-        Ok(Value::Object(m)) => {
-            let (code, nested) = match m.get("error") {
-                Some(Value::Object(e)) => (text(e.get("code")), text(e.get("message"))),
-                other => (text(other), None),
-            };
-            let description = text(m.get("error_description"))
-                .or(nested)
-                .or_else(|| text(m.get("message")))
-                .or_else(|| text(m.get("Message")));
-            (code, description)
-        }
-        _ => {
-            let t = body.trim();
-            (None, (!t.is_empty()).then(|| t.to_string()))
-        }
     }
 }
 
@@ -503,6 +270,7 @@ impl TokenCredential for EntraCredential {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use azure_core::credentials::Secret;
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -665,72 +433,6 @@ mod tests {
         assert!(cache.fresh("scope", at(expires - 360)).is_none());
         assert!(cache.fresh("scope", at(expires + 1)).is_none());
         assert!(cache.fresh("other scope", at(0)).is_none());
-    }
-
-    #[test]
-    fn the_managed_identity_endpoint_is_config_then_environment_then_imds() {
-        let none = |_: &str| None;
-        let app_service = |k: &str| match k {
-            "IDENTITY_ENDPOINT" => Some("http://localhost:42356/msi/token".to_string()),
-            "IDENTITY_HEADER" => Some("h-value".to_string()),
-            _ => None,
-        };
-        assert_eq!(
-            ManagedIdentityEndpoint::select(None, none),
-            Ok(ManagedIdentityEndpoint::Imds(DEFAULT_IMDS_ENDPOINT.into()))
-        );
-        assert_eq!(
-            ManagedIdentityEndpoint::select(None, app_service),
-            Ok(ManagedIdentityEndpoint::AppService {
-                url: "http://localhost:42356/msi/token".into(),
-                header: SecretText("h-value".into()),
-            })
-        );
-        assert_eq!(
-            ManagedIdentityEndpoint::select(Some("http://10.0.0.1/token"), app_service),
-            Ok(ManagedIdentityEndpoint::Imds(
-                "http://10.0.0.1/token".into()
-            ))
-        );
-        let half = |k: &str| (k == "IDENTITY_ENDPOINT").then(|| "http://x".to_string());
-        let e = ManagedIdentityEndpoint::select(None, half).unwrap_err();
-        assert!(e.contains("IDENTITY_HEADER is not"), "{e}");
-        // The header never prints.
-        let debug = format!("{:?}", ManagedIdentityEndpoint::select(None, app_service));
-        assert!(!debug.contains("h-value"), "{debug}");
-    }
-
-    #[test]
-    fn token_answers_give_an_expiry_from_expires_in_or_expires_on() {
-        assert_eq!(seconds(&Some(serde_json::json!(3599))), Some(3599));
-        assert_eq!(seconds(&Some(serde_json::json!("86399"))), Some(86399));
-        assert_eq!(seconds(&Some(serde_json::json!("soon"))), None);
-        assert_eq!(seconds(&None), None);
-    }
-
-    #[test]
-    fn error_answers_give_code_and_description() {
-        assert_eq!(
-            error_details(
-                r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}"#
-            ),
-            (
-                Some("invalid_client".into()),
-                Some("AADSTS7000215: Invalid client secret provided.".into())
-            )
-        );
-        assert_eq!(
-            error_details(r#"{"error":{"code":"IdentityNotFound","message":"No identity."}}"#),
-            (Some("IdentityNotFound".into()), Some("No identity.".into()))
-        );
-        assert_eq!(
-            error_details(r#"{"statusCode":400,"message":"Bad resource."}"#),
-            (None, Some("Bad resource.".into()))
-        );
-        assert_eq!(
-            error_details("<html>gateway</html>"),
-            (None, Some("<html>gateway</html>".into()))
-        );
     }
 
     #[tokio::test]
