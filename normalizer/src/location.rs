@@ -24,7 +24,6 @@
 //! );
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -193,53 +192,73 @@ pub fn escape_token(s: &str) -> String {
 }
 
 /// Positions of the values (and object keys) of a JSON text, by JSON pointer.
-#[derive(Debug, Default, Clone)]
+///
+/// The text is scanned once into a [`Node`] tree and a pointer is resolved by walking it, so
+/// indexing costs one scan and nothing per value (no pointer string, no map entry): a loader
+/// looks positions up only for the errors it reports.
+#[derive(Debug, Clone, Default)]
 pub struct Positions {
-    values: HashMap<String, LineCol>,
-    keys: HashMap<String, LineCol>,
+    root: Option<Node>,
 }
 
 impl Positions {
     /// Indexes a JSON text with [`parse`]; invalid JSON has no positions. Where a member name
     /// repeats, the last one's positions win (as serde_json keeps the last value).
     pub fn index(text: &str) -> Positions {
-        let mut out = Positions::default();
-        if let Ok(root) = parse(text) {
-            out.add(&root, String::new());
+        Positions {
+            root: parse(text).ok(),
         }
-        out
     }
 
-    fn add(&mut self, node: &Node, pointer: String) {
-        self.values.insert(pointer.clone(), node.pos);
-        match &node.kind {
-            Kind::Object(members) => {
-                for m in members {
-                    let child = pointer_push(&pointer, &m.name);
-                    self.keys.insert(child.clone(), m.name_pos);
-                    self.add(&m.value, child);
-                }
-            }
-            Kind::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    self.add(item, format!("{pointer}/{i}"));
-                }
-            }
-            _ => {}
+    /// The node at `pointer` and, for an object member, where its name starts.
+    fn find(&self, pointer: &str) -> Option<(&Node, Option<LineCol>)> {
+        let mut node = self.root.as_ref()?;
+        let mut name_pos = None;
+        if pointer.is_empty() {
+            return Some((node, None));
         }
+        let rest = pointer.strip_prefix('/')?;
+        for raw in rest.split('/') {
+            let token = unescape_token(raw);
+            match &node.kind {
+                Kind::Object(members) => {
+                    let m = members.iter().rev().find(|m| m.name == token)?;
+                    name_pos = Some(m.name_pos);
+                    node = &m.value;
+                }
+                Kind::Array(items) => {
+                    // Only the canonical spelling of an index (no sign, no leading zero).
+                    let i: usize = token
+                        .parse()
+                        .ok()
+                        .filter(|i: &usize| i.to_string() == token)?;
+                    name_pos = None;
+                    node = items.get(i)?;
+                }
+                _ => return None,
+            }
+        }
+        Some((node, name_pos))
     }
 
     /// Where the value at `pointer` starts.
     pub fn value(&self, pointer: &str) -> Option<LineCol> {
-        self.values.get(pointer).copied()
+        self.find(pointer).map(|(node, _)| node.pos)
     }
 
     /// Where the key of the member at `pointer` starts (falls back to its value).
     pub fn key(&self, pointer: &str) -> Option<LineCol> {
-        self.keys
-            .get(pointer)
-            .copied()
-            .or_else(|| self.value(pointer))
+        self.find(pointer)
+            .map(|(node, name_pos)| name_pos.unwrap_or(node.pos))
+    }
+}
+
+/// Undoes [`escape_token`].
+fn unescape_token(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('~') {
+        s.replace("~1", "/").replace("~0", "~").into()
+    } else {
+        s.into()
     }
 }
 
@@ -538,6 +557,36 @@ mod tests {
             })
         );
         assert_eq!(p.key("/d"), Some(LineCol { line: 3, column: 3 }));
+    }
+
+    /// The last of repeated member names wins, as serde_json keeps the last value; an array
+    /// index is found only as written by a loader (no leading zero); keys of array items fall
+    /// back to the item.
+    #[test]
+    fn positions_follow_serde_json_for_repeated_names_and_canonical_indices() {
+        let text = "{\"a\": 1,\n \"a\": [true, {\"~x\": 2}]}";
+        let p = Positions::index(text);
+        assert_eq!(p.value("/a"), Some(LineCol { line: 2, column: 7 }));
+        assert_eq!(p.key("/a"), Some(LineCol { line: 2, column: 2 }));
+        assert_eq!(
+            p.key("/a/1"),
+            Some(LineCol {
+                line: 2,
+                column: 14
+            })
+        );
+        assert_eq!(
+            p.key("/a/1/~0x"),
+            Some(LineCol {
+                line: 2,
+                column: 15
+            })
+        );
+        assert_eq!(p.value("/a/01"), None);
+        assert_eq!(p.value("/a/2"), None);
+        assert_eq!(p.value("/a/0/b"), None);
+        assert_eq!(p.value("a"), None);
+        assert_eq!(Positions::index("{").value(""), None);
     }
 
     /// serde_json decodes an escaped surrogate pair in a key to one character; the pointer a
