@@ -167,7 +167,7 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut p = Parser {
-        chars: text.chars().collect(),
+        text,
         i: 0,
         line: 1,
         col: 1,
@@ -175,7 +175,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     p.ws();
     let node = p.value(0)?;
     p.ws();
-    if p.i < p.chars.len() {
+    if p.i < p.text.len() {
         return Err(p.err("unexpected content after the JSON value"));
     }
     Ok(node)
@@ -262,15 +262,17 @@ fn unescape_token(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The scanner behind [`parse`].
-struct Parser {
-    chars: Vec<char>,
+/// The scanner behind [`parse`]: a byte index into the text, line and column (in characters)
+/// kept as it goes.
+struct Parser<'a> {
+    text: &'a str,
+    /// Byte offset, always on a character boundary.
     i: usize,
     line: usize,
     col: usize,
 }
 
-impl Parser {
+impl Parser<'_> {
     fn pos(&self) -> LineCol {
         LineCol {
             line: self.line,
@@ -286,12 +288,15 @@ impl Parser {
     }
 
     fn peek(&self) -> Option<char> {
-        self.chars.get(self.i).copied()
+        match *self.text.as_bytes().get(self.i)? {
+            b if b.is_ascii() => Some(char::from(b)),
+            _ => self.text[self.i..].chars().next(),
+        }
     }
 
     fn bump(&mut self) -> Option<char> {
         let c = self.peek()?;
-        self.i += 1;
+        self.i += c.len_utf8();
         if c == '\n' {
             self.line += 1;
             self.col = 1;
@@ -386,7 +391,7 @@ impl Parser {
                 return Err(self.unexpected("a digit"));
             }
         }
-        Ok(self.chars[start..self.i].iter().collect())
+        Ok(self.text[start..self.i].to_owned())
     }
 
     fn hex4(&mut self) -> Result<u32, SyntaxError> {
@@ -429,7 +434,7 @@ impl Parser {
                             let hi = self.hex4()?;
                             let code = if (0xD800..0xDC00).contains(&hi)
                                 && self.peek() == Some('\\')
-                                && self.chars.get(self.i + 1) == Some(&'u')
+                                && self.text.as_bytes().get(self.i + 1) == Some(&b'u')
                             {
                                 self.bump();
                                 self.bump();
@@ -450,9 +455,19 @@ impl Parser {
                 Some(c) if (c as u32) < 0x20 => {
                     return Err(self.err("control character in string"));
                 }
-                Some(c) => {
-                    self.bump();
-                    out.push(c);
+                Some(_) => {
+                    // A run up to the next quote, backslash or control character (all ASCII,
+                    // so the run ends on a character boundary), copied at once; no line breaks
+                    // in it, and the column counts its characters.
+                    let rest = &self.text.as_bytes()[self.i..];
+                    let run = rest
+                        .iter()
+                        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                        .unwrap_or(rest.len());
+                    let chunk = &self.text[self.i..self.i + run];
+                    out.push_str(chunk);
+                    self.col += chunk.bytes().filter(|b| b & 0xC0 != 0x80).count();
+                    self.i += run;
                 }
             }
         }
@@ -557,6 +572,23 @@ mod tests {
             })
         );
         assert_eq!(p.key("/d"), Some(LineCol { line: 3, column: 3 }));
+    }
+
+    /// Columns count characters, not bytes, inside and after strings with multi-byte text.
+    #[test]
+    fn columns_count_characters_after_multi_byte_strings() {
+        let text = "{\"é€😀\": \"ü\", \"b\": 1,\n\"c\\u00e9\": \"x\\\"y\"}";
+        let root = parse(text).unwrap();
+        assert_eq!(
+            root.member("é€😀").unwrap().value.kind,
+            Kind::String("ü".into())
+        );
+        let b = root.member("b").unwrap();
+        assert_eq!((b.name_pos.column, b.value.pos.column), (14, 19));
+        let c = root.member("cé").unwrap();
+        assert_eq!(c.value.kind, Kind::String("x\"y".into()));
+        assert_eq!((c.name_pos.line, c.value.pos.column), (2, 12));
+        assert_eq!(parse("\"a\u{1}\"").unwrap_err().pos.column, 3);
     }
 
     /// The last of repeated member names wins, as serde_json keeps the last value; an array
