@@ -1,7 +1,7 @@
 //! Template text: whatever loads (the reference keeps the valid templates of a mapping
 //! with errors) then normalizes a fixed set of sample events.
 //!
-//! `cargo +nightly fuzz run load_template`
+//! `RUNS=1000000 bash fuzz/run load_template`
 #![no_main]
 
 use std::sync::OnceLock;

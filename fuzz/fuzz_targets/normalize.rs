@@ -1,7 +1,7 @@
 //! Event bodies against built-in device mappings: the first byte picks the mapping
 //! (and whether the event carries IoT Hub properties), the rest is the body.
 //!
-//! `cargo +nightly fuzz run normalize`
+//! `RUNS=1000000 bash fuzz/run normalize`
 #![no_main]
 
 use std::sync::OnceLock;

@@ -24,7 +24,6 @@
 //! );
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -168,7 +167,7 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut p = Parser {
-        chars: text.chars().collect(),
+        text,
         i: 0,
         line: 1,
         col: 1,
@@ -176,7 +175,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     p.ws();
     let node = p.value(0)?;
     p.ws();
-    if p.i < p.chars.len() {
+    if p.i < p.text.len() {
         return Err(p.err("unexpected content after the JSON value"));
     }
     Ok(node)
@@ -193,65 +192,87 @@ pub fn escape_token(s: &str) -> String {
 }
 
 /// Positions of the values (and object keys) of a JSON text, by JSON pointer.
-#[derive(Debug, Default, Clone)]
+///
+/// The text is scanned once into a [`Node`] tree and a pointer is resolved by walking it, so
+/// indexing costs one scan and nothing per value (no pointer string, no map entry): a loader
+/// looks positions up only for the errors it reports.
+#[derive(Debug, Clone, Default)]
 pub struct Positions {
-    values: HashMap<String, LineCol>,
-    keys: HashMap<String, LineCol>,
+    root: Option<Node>,
 }
 
 impl Positions {
     /// Indexes a JSON text with [`parse`]; invalid JSON has no positions. Where a member name
     /// repeats, the last one's positions win (as serde_json keeps the last value).
     pub fn index(text: &str) -> Positions {
-        let mut out = Positions::default();
-        if let Ok(root) = parse(text) {
-            out.add(&root, String::new());
+        Positions {
+            root: parse(text).ok(),
         }
-        out
     }
 
-    fn add(&mut self, node: &Node, pointer: String) {
-        self.values.insert(pointer.clone(), node.pos);
-        match &node.kind {
-            Kind::Object(members) => {
-                for m in members {
-                    let child = pointer_push(&pointer, &m.name);
-                    self.keys.insert(child.clone(), m.name_pos);
-                    self.add(&m.value, child);
-                }
-            }
-            Kind::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    self.add(item, format!("{pointer}/{i}"));
-                }
-            }
-            _ => {}
+    /// The node at `pointer` and, for an object member, where its name starts.
+    fn find(&self, pointer: &str) -> Option<(&Node, Option<LineCol>)> {
+        let mut node = self.root.as_ref()?;
+        let mut name_pos = None;
+        if pointer.is_empty() {
+            return Some((node, None));
         }
+        let rest = pointer.strip_prefix('/')?;
+        for raw in rest.split('/') {
+            let token = unescape_token(raw);
+            match &node.kind {
+                Kind::Object(members) => {
+                    let m = members.iter().rev().find(|m| m.name == token)?;
+                    name_pos = Some(m.name_pos);
+                    node = &m.value;
+                }
+                Kind::Array(items) => {
+                    // Only the canonical spelling of an index (no sign, no leading zero).
+                    let i: usize = token
+                        .parse()
+                        .ok()
+                        .filter(|i: &usize| i.to_string() == token)?;
+                    name_pos = None;
+                    node = items.get(i)?;
+                }
+                _ => return None,
+            }
+        }
+        Some((node, name_pos))
     }
 
     /// Where the value at `pointer` starts.
     pub fn value(&self, pointer: &str) -> Option<LineCol> {
-        self.values.get(pointer).copied()
+        self.find(pointer).map(|(node, _)| node.pos)
     }
 
     /// Where the key of the member at `pointer` starts (falls back to its value).
     pub fn key(&self, pointer: &str) -> Option<LineCol> {
-        self.keys
-            .get(pointer)
-            .copied()
-            .or_else(|| self.value(pointer))
+        self.find(pointer)
+            .map(|(node, name_pos)| name_pos.unwrap_or(node.pos))
     }
 }
 
-/// The scanner behind [`parse`].
-struct Parser {
-    chars: Vec<char>,
+/// Undoes [`escape_token`].
+fn unescape_token(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('~') {
+        s.replace("~1", "/").replace("~0", "~").into()
+    } else {
+        s.into()
+    }
+}
+
+/// The scanner behind [`parse`]: a byte index into the text, line and column (in characters)
+/// kept as it goes.
+struct Parser<'a> {
+    text: &'a str,
+    /// Byte offset, always on a character boundary.
     i: usize,
     line: usize,
     col: usize,
 }
 
-impl Parser {
+impl Parser<'_> {
     fn pos(&self) -> LineCol {
         LineCol {
             line: self.line,
@@ -267,12 +288,15 @@ impl Parser {
     }
 
     fn peek(&self) -> Option<char> {
-        self.chars.get(self.i).copied()
+        match *self.text.as_bytes().get(self.i)? {
+            b if b.is_ascii() => Some(char::from(b)),
+            _ => self.text[self.i..].chars().next(),
+        }
     }
 
     fn bump(&mut self) -> Option<char> {
         let c = self.peek()?;
-        self.i += 1;
+        self.i += c.len_utf8();
         if c == '\n' {
             self.line += 1;
             self.col = 1;
@@ -367,7 +391,7 @@ impl Parser {
                 return Err(self.unexpected("a digit"));
             }
         }
-        Ok(self.chars[start..self.i].iter().collect())
+        Ok(self.text[start..self.i].to_owned())
     }
 
     fn hex4(&mut self) -> Result<u32, SyntaxError> {
@@ -410,7 +434,7 @@ impl Parser {
                             let hi = self.hex4()?;
                             let code = if (0xD800..0xDC00).contains(&hi)
                                 && self.peek() == Some('\\')
-                                && self.chars.get(self.i + 1) == Some(&'u')
+                                && self.text.as_bytes().get(self.i + 1) == Some(&b'u')
                             {
                                 self.bump();
                                 self.bump();
@@ -431,9 +455,19 @@ impl Parser {
                 Some(c) if (c as u32) < 0x20 => {
                     return Err(self.err("control character in string"));
                 }
-                Some(c) => {
-                    self.bump();
-                    out.push(c);
+                Some(_) => {
+                    // A run up to the next quote, backslash or control character (all ASCII,
+                    // so the run ends on a character boundary), copied at once; no line breaks
+                    // in it, and the column counts its characters.
+                    let rest = &self.text.as_bytes()[self.i..];
+                    let run = rest
+                        .iter()
+                        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                        .unwrap_or(rest.len());
+                    let chunk = &self.text[self.i..self.i + run];
+                    out.push_str(chunk);
+                    self.col += chunk.bytes().filter(|b| b & 0xC0 != 0x80).count();
+                    self.i += run;
                 }
             }
         }
@@ -538,6 +572,53 @@ mod tests {
             })
         );
         assert_eq!(p.key("/d"), Some(LineCol { line: 3, column: 3 }));
+    }
+
+    /// Columns count characters, not bytes, inside and after strings with multi-byte text.
+    #[test]
+    fn columns_count_characters_after_multi_byte_strings() {
+        let text = "{\"é€😀\": \"ü\", \"b\": 1,\n\"c\\u00e9\": \"x\\\"y\"}";
+        let root = parse(text).unwrap();
+        assert_eq!(
+            root.member("é€😀").unwrap().value.kind,
+            Kind::String("ü".into())
+        );
+        let b = root.member("b").unwrap();
+        assert_eq!((b.name_pos.column, b.value.pos.column), (14, 19));
+        let c = root.member("cé").unwrap();
+        assert_eq!(c.value.kind, Kind::String("x\"y".into()));
+        assert_eq!((c.name_pos.line, c.value.pos.column), (2, 12));
+        assert_eq!(parse("\"a\u{1}\"").unwrap_err().pos.column, 3);
+    }
+
+    /// The last of repeated member names wins, as serde_json keeps the last value; an array
+    /// index is found only as written by a loader (no leading zero); keys of array items fall
+    /// back to the item.
+    #[test]
+    fn positions_follow_serde_json_for_repeated_names_and_canonical_indices() {
+        let text = "{\"a\": 1,\n \"a\": [true, {\"~x\": 2}]}";
+        let p = Positions::index(text);
+        assert_eq!(p.value("/a"), Some(LineCol { line: 2, column: 7 }));
+        assert_eq!(p.key("/a"), Some(LineCol { line: 2, column: 2 }));
+        assert_eq!(
+            p.key("/a/1"),
+            Some(LineCol {
+                line: 2,
+                column: 14
+            })
+        );
+        assert_eq!(
+            p.key("/a/1/~0x"),
+            Some(LineCol {
+                line: 2,
+                column: 15
+            })
+        );
+        assert_eq!(p.value("/a/01"), None);
+        assert_eq!(p.value("/a/2"), None);
+        assert_eq!(p.value("/a/0/b"), None);
+        assert_eq!(p.value("a"), None);
+        assert_eq!(Positions::index("{").value(""), None);
     }
 
     /// serde_json decodes an escaped surrogate pair in a key to one character; the pointer a

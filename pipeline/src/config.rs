@@ -353,9 +353,14 @@ impl Config {
     /// Reads and parses a config file; relative paths become relative to its folder.
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut c: Config =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses config text (what [`Config::load`] reads from a file); relative paths become
+    /// relative to `base`. The TOML error names line and column.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         for p in [
             &mut c.templates.device_mapping,
             &mut c.templates.fhir_mapping,
@@ -461,5 +466,45 @@ impl Config {
                 resource: resource.clone(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_resolves_relative_paths_against_the_base_and_keeps_absolute_ones() {
+        let text = r#"
+[templates]
+device_mapping = "dm.json"
+fhir_mapping = "/abs/fm.json"
+[fhir]
+url = "http://127.0.0.1:8080/fhir/R4"
+[source]
+kind = "mqtt"
+host = "127.0.0.1"
+port = 1883
+client_id = "c"
+topics = ["t"]
+"#;
+        let c = Config::parse(text, Path::new("/etc/iomt")).unwrap();
+        assert_eq!(c.templates.device_mapping, Path::new("/etc/iomt/dm.json"));
+        assert_eq!(c.templates.fhir_mapping, Path::new("/abs/fm.json"));
+        assert_eq!(c.dead_letters.dir, Path::new("/etc/iomt/dead-letters"));
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+    }
+
+    #[test]
+    fn parse_reports_the_toml_error_with_its_line() {
+        let e = Config::parse("[templates]\ndevice_mapping = 1\n", Path::new(".")).unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_parses_and_validates() {
+        let text = include_str!("../../config/example.toml");
+        let c = Config::parse(text, Path::new("config")).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
     }
 }

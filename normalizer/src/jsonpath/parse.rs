@@ -1,6 +1,8 @@
 //! The parser: expression text → [`JsonPath`].
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use serde_json::Value;
 
@@ -414,18 +416,18 @@ impl Parser {
                 }
             }
         }
-        let mut b = regex::RegexBuilder::new(&pattern);
+        let mut flags = Flags::default();
         while let Some(c) = self.peek().filter(char::is_ascii_alphabetic) {
             match c {
-                'i' => b.case_insensitive(true),
-                'm' => b.multi_line(true),
-                's' => b.dot_matches_new_line(true),
-                'x' => b.ignore_whitespace(true),
+                'i' => flags.case_insensitive = true,
+                'm' => flags.multi_line = true,
+                's' => flags.dot_matches_new_line = true,
+                'x' => flags.ignore_whitespace = true,
                 other => return Err(self.err(format!("unknown regular expression flag '{other}'"))),
             };
             self.pos += 1;
         }
-        let regex = b.size_limit(1 << 20).build().map_err(|e| JsonPathError {
+        let regex = compile_regex(&pattern, flags).map_err(|e| JsonPathError {
             position: start,
             message: format!("invalid regular expression: {e}"),
         })?;
@@ -490,6 +492,55 @@ fn is_delim(c: char, in_query: bool) -> bool {
     }
 }
 
+/// The .NET flags of a `/pattern/flags` literal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct Flags {
+    case_insensitive: bool,
+    multi_line: bool,
+    dot_matches_new_line: bool,
+    ignore_whitespace: bool,
+}
+
+/// Patterns longer than this are compiled every time rather than kept.
+const CACHED_PATTERN_MAX: usize = 1024;
+/// Most patterns kept; the cache starts over when it is full.
+const CACHED_PATTERNS_MAX: usize = 256;
+
+/// Compiles a filter's regular expression, once per process for each pattern and flags.
+///
+/// Compiling is most of the cost of loading a template with `=~` filters, and mappings repeat
+/// their patterns (the Google Fit mapping has 130 filters over 23 patterns); a `Regex` is
+/// shared cheaply (its clones share the compiled program) and matching is the same from any
+/// clone. The cache is bounded in entries and pattern length.
+fn compile_regex(pattern: &str, flags: Flags) -> Result<regex::Regex, regex::Error> {
+    type Cache = Mutex<HashMap<(String, Flags), regex::Regex>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cacheable = pattern.len() <= CACHED_PATTERN_MAX;
+    let cache = CACHE.get_or_init(Cache::default);
+    let key = (pattern.to_owned(), flags);
+    if cacheable {
+        if let Some(r) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(r);
+        }
+    }
+    let regex = regex::RegexBuilder::new(pattern)
+        .case_insensitive(flags.case_insensitive)
+        .multi_line(flags.multi_line)
+        .dot_matches_new_line(flags.dot_matches_new_line)
+        .ignore_whitespace(flags.ignore_whitespace)
+        .size_limit(1 << 20)
+        .build()?;
+    if cacheable {
+        if let Ok(mut c) = cache.lock() {
+            if c.len() >= CACHED_PATTERNS_MAX {
+                c.clear();
+            }
+            c.insert(key, regex.clone());
+        }
+    }
+    Ok(regex)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,5 +558,26 @@ mod tests {
         ] {
             assert!(JsonPath::compile(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Compiled patterns are shared by pattern and flags: the same text with other flags is
+    /// another regex, and a pattern compiled again behaves the same.
+    #[test]
+    fn regex_cache_keys_on_pattern_and_flags() {
+        let plain = compile_regex("^ab$", Flags::default()).unwrap();
+        let again = compile_regex("^ab$", Flags::default()).unwrap();
+        let ci = Flags {
+            case_insensitive: true,
+            ..Flags::default()
+        };
+        let insensitive = compile_regex("^ab$", ci).unwrap();
+        assert!(!plain.is_match("AB") && !again.is_match("AB"));
+        assert!(insensitive.is_match("AB"));
+        assert!(compile_regex("(", Flags::default()).is_err());
+        assert!(compile_regex("(", Flags::default()).is_err());
+        let long = "a".repeat(CACHED_PATTERN_MAX + 1);
+        assert!(compile_regex(&long, Flags::default())
+            .unwrap()
+            .is_match(&long));
     }
 }

@@ -1,6 +1,7 @@
 //! The loader: template file text → [`Loaded`], collecting every error with its JSON pointer
 //! and line:column.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -13,7 +14,10 @@ use super::{
 };
 
 struct Ctx<'a> {
-    pos: &'a Positions,
+    /// The template text, scanned for positions only when the first error is reported (a
+    /// valid template never pays for it).
+    text: &'a str,
+    pos: OnceCell<Positions>,
     errors: Vec<TemplateError>,
     index: Option<usize>,
     ttype: Option<String>,
@@ -21,10 +25,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err_at(&mut self, pointer: &str, key: bool, message: impl Into<String>) {
+        let pos = self.pos.get_or_init(|| Positions::index(self.text));
         let lc = if key {
-            self.pos.key(pointer)
+            pos.key(pointer)
         } else {
-            self.pos.value(pointer)
+            pos.value(pointer)
         }
         .unwrap_or(LineCol { line: 1, column: 1 });
         self.errors.push(TemplateError {
@@ -70,9 +75,9 @@ fn kind_of(v: &Value) -> &'static str {
 /// ```
 pub fn load_device_mapping(text: &str) -> Loaded {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let pos = Positions::index(text);
     let mut cx = Ctx {
-        pos: &pos,
+        text,
+        pos: OnceCell::new(),
         errors: Vec::new(),
         index: None,
         ttype: None,
@@ -106,9 +111,9 @@ pub fn load_device_mapping(text: &str) -> Loaded {
 /// one-template mapping. Device mappings themselves must be a `CollectionContent`.
 pub fn load_content_template(text: &str) -> Loaded {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let pos = Positions::index(text);
     let mut cx = Ctx {
-        pos: &pos,
+        text,
+        pos: OnceCell::new(),
         errors: Vec::new(),
         index: Some(0),
         ttype: None,
