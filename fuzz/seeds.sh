@@ -8,7 +8,7 @@
 #                  conformance/, split as above
 #   config         config/*.toml, variants of config/example.toml for each auth and source kind
 #                  (its commented blocks), and the configs the code writes (`iomt demo`,
-#                  `iomt bench`, the service tests) with their placeholders filled in
+#                  `iomt bench`, the tests and testkit/) with their placeholders filled in
 # Needs python3 for the inline templates and the config variants (skipped without it).
 set -euo pipefail
 target=$1 corpus=$2
@@ -124,8 +124,8 @@ if mqtt and m:
         out.append(example[:mqtt.start()] + "[source]\n" + b + "\n" + rest)
 
 # Configs the code writes: raw strings holding a [templates] table, placeholders filled.
-for path in sorted(glob.glob(f"{root}/src/**/*.rs", recursive=True)
-                   + glob.glob(f"{root}/tests/**/*.rs", recursive=True)):
+for path in sorted(p for d in ("src", "tests", "testkit")
+                   for p in glob.glob(f"{root}/{d}/**/*.rs", recursive=True)):
     for lit in re.findall(r'r#"(.*?)"#', open(path).read(), re.S):
         if "[templates]" not in lit:
             continue
