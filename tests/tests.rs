@@ -15,4 +15,5 @@ mod replay;
 mod review;
 mod service;
 mod simulate;
+mod vital_signs;
 mod watch;

@@ -67,6 +67,7 @@ mod observation;
 pub mod retry;
 pub mod sampled;
 mod template;
+pub mod vital_signs;
 mod writer;
 
 pub use batch::{map_batch, GroupRecord, MapReport, MappingErrorRecord};

@@ -69,6 +69,10 @@ pub struct FhirConfig {
     /// Bundles in flight at once.
     #[serde(default = "default_bundle_concurrency")]
     pub bundle_concurrency: usize,
+    /// Claim the R4 vital-signs profiles (`meta.profile`) on the vital-sign Observations
+    /// written (check the mapping with `iomt validate --profile vital-signs` first).
+    #[serde(default)]
+    pub stamp_profiles: bool,
     /// Give up one request after this long of retries, in seconds (the batch is retried later).
     #[serde(default = "default_retry_deadline")]
     pub retry_deadline_secs: u64,

@@ -165,6 +165,7 @@ impl Pipeline {
                 bundles: config.fhir.bundles,
                 bundle_size: config.fhir.bundle_size,
                 bundle_concurrency: config.fhir.bundle_concurrency,
+                stamp_profiles: config.fhir.stamp_profiles,
                 ..Default::default()
             },
         );

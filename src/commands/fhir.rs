@@ -30,6 +30,10 @@ pub struct FhirArgs {
     /// Most entries per Bundle.
     #[arg(long, value_name = "N", default_value_t = fhir_writer::DEFAULT_BUNDLE_SIZE as u64, value_parser = clap::value_parser!(u64).range(1..=1000))]
     bundle_size: u64,
+    /// Claim the R4 vital-signs profiles in `meta.profile` of the vital-sign Observations
+    /// written (check the mapping with `iomt validate --profile vital-signs` first).
+    #[arg(long)]
+    stamp_profiles: bool,
 }
 
 impl FhirArgs {
@@ -49,6 +53,7 @@ impl FhirArgs {
             bundles: !self.no_bundles,
             bundle_size: usize::try_from(self.bundle_size)
                 .unwrap_or(fhir_writer::DEFAULT_BUNDLE_SIZE),
+            stamp_profiles: self.stamp_profiles,
             ..Default::default()
         };
         Ok(fhir_writer::FhirWriter::new(client, templates, config))

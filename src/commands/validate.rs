@@ -1,6 +1,10 @@
 //! `iomt validate`: checks mapping templates (`--device-mapping`, `--fhir-mapping`) or a
 //! service config and the mappings it names (`--config`); exit 0 when valid, 1 with every
 //! error otherwise, as text or JSON.
+//!
+//! A FHIR mapping's vital-sign templates are also checked against the R4 vital-signs profile
+//! ([`fhir_writer::vital_signs`]): warnings that do not change the exit code, or errors with
+//! `--profile vital-signs`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,6 +31,17 @@ pub struct ValidateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
+    /// Hold the FHIR mapping to a profile: its findings become errors (without it they are
+    /// warnings).
+    #[arg(long, value_enum, value_name = "PROFILE")]
+    profile: Option<Profile>,
+}
+
+/// A profile `validate --profile` holds FHIR mappings to.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Profile {
+    /// The FHIR R4 vital-signs profile and its per-vital profiles.
+    VitalSigns,
 }
 
 /// How `validate` prints its findings.
@@ -40,7 +55,13 @@ enum Format {
 pub fn run(args: ValidateArgs) -> Result<ExitCode> {
     match (args.device_mapping, args.config) {
         (Some(device_mapping), _) => {
-            mappings(&device_mapping, args.fhir_mapping.as_deref(), args.format)
+            let strict = args.profile == Some(Profile::VitalSigns);
+            mappings(
+                &device_mapping,
+                args.fhir_mapping.as_deref(),
+                args.format,
+                strict,
+            )
         }
         (None, Some(config)) => service_config(&config, args.format),
         (None, None) => anyhow::bail!("give --device-mapping or --config"),
@@ -59,13 +80,21 @@ fn mappings(
     device_mapping: &Path,
     fhir_mapping: Option<&Path>,
     format: Format,
+    strict: bool,
 ) -> Result<ExitCode> {
     let loaded = normalizer::load_device_mapping(&read_text(device_mapping)?);
+    let mut findings = Vec::new();
     let fhir = match fhir_mapping {
-        Some(p) => Some((p, fhir_writer::FhirTemplates::load(&read_text(p)?))),
+        Some(p) => {
+            let text = read_text(p)?;
+            findings = fhir_writer::vital_signs::check(&text);
+            Some((p, fhir_writer::FhirTemplates::load(&text)))
+        }
         None => None,
     };
-    let fhir_errors = fhir.as_ref().map(|(_, (_, e))| e.len()).unwrap_or(0);
+    let severity = if strict { "error" } else { "warning" };
+    let profile_errors = if strict { findings.len() } else { 0 };
+    let fhir_errors = fhir.as_ref().map(|(_, (_, e))| e.len()).unwrap_or(0) + profile_errors;
     let valid = loaded.errors.is_empty() && fhir_errors == 0;
     let stdout = &mut std::io::stdout().lock();
     match format {
@@ -75,15 +104,25 @@ fn mappings(
                 .iter()
                 .map(|e| e.record(device_mapping))
                 .collect::<Result<_>>()?;
+            let mut warnings = Vec::new();
             if let Some((p, (_, errs))) = &fhir {
                 for e in errs {
                     errors.push(e.record(p)?);
+                }
+                for f in &findings {
+                    let record = profile_record(f, p, severity);
+                    if strict {
+                        errors.push(record);
+                    } else {
+                        warnings.push(record);
+                    }
                 }
             }
             let mut report = json!({
                 "valid": valid,
                 "deviceMapping": {"file": device_mapping.display().to_string(), "templates": loaded.mapping.templates.len()},
                 "errors": errors,
+                "warnings": warnings,
             });
             if let Some((p, (t, _))) = &fhir {
                 report["fhirMapping"] =
@@ -98,6 +137,9 @@ fn mappings(
             if let Some((p, (_, errs))) = &fhir {
                 for line in report(p, errs) {
                     writeln!(stdout, "{line}")?;
+                }
+                for f in &findings {
+                    writeln!(stdout, "{}", f.report_for(p, severity))?;
                 }
             }
             if valid {
@@ -121,6 +163,20 @@ fn mappings(
         }
     }
     Ok(exit_code(valid))
+}
+
+/// A vital-signs finding as `validate --format json` prints it.
+fn profile_record(f: &fhir_writer::vital_signs::Finding, file: &Path, severity: &str) -> Value {
+    json!({
+        "type": "VitalSignsProfile",
+        "severity": severity,
+        "templateTypeName": f.type_name,
+        "message": f.to_string(),
+        "pointer": f.at.pointer,
+        "line": f.at.line,
+        "column": f.at.column,
+        "file": file.display().to_string(),
+    })
 }
 
 fn service_config(path: &Path, format: Format) -> Result<ExitCode> {

@@ -73,6 +73,10 @@ pub struct WriterConfig {
     pub bundle_size: usize,
     /// Bundles in flight at once.
     pub bundle_concurrency: usize,
+    /// Claim the R4 vital-signs profiles in `meta.profile` of the Observations written whose
+    /// code is a vital sign ([`crate::vital_signs::stamp`]): on every create and update, never
+    /// as a write of its own.
+    pub stamp_profiles: bool,
 }
 
 /// Default entries per Bundle: inside the 100–500 that FHIR servers advise, and half of the
@@ -99,6 +103,7 @@ impl Default for WriterConfig {
             bundles: true,
             bundle_size: DEFAULT_BUNDLE_SIZE,
             bundle_concurrency: DEFAULT_BUNDLE_CONCURRENCY,
+            stamp_profiles: false,
         }
     }
 }

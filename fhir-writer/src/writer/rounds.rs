@@ -344,13 +344,19 @@ impl FhirWriter {
                     if obs.get("id").is_none() {
                         obs["id"] = Value::String(j.id());
                     }
+                    if self.config.stamp_profiles {
+                        crate::vital_signs::stamp(&mut obs);
+                    }
                     entries.push(Entry::Put {
                         resource: obs,
                         if_match: None,
                     });
                     writing.push(i);
                 }
-                Outcome::Update(obs) => {
+                Outcome::Update(mut obs) => {
+                    if self.config.stamp_profiles {
+                        crate::vital_signs::stamp(&mut obs);
+                    }
                     let v = existing.as_ref().and_then(|e| e.version.clone());
                     entries.push(Entry::Put {
                         resource: obs,

@@ -10,5 +10,5 @@ pub mod state;
 
 pub use fault_proxy::FaultProxy;
 pub use forwarder::Forwarder;
-pub use server::FhirServer;
+pub use server::{validate_vital_signs, FhirServer};
 pub use state::{wait_for_state, Comparison, FhirState};

@@ -132,3 +132,27 @@ impl FhirServer {
         assert!(r.status().is_success(), "setup PUT: {}", r.status());
     }
 }
+
+/// What the R4 vital-signs profiles say of `resources`, by Medplum's validator
+/// (`tests/fhir-server/validate-profiles.mjs`, which names the profiles that apply from the
+/// StructureDefinitions and what it checks beside Medplum): one `{id, profiles, issues}` per
+/// resource, in order.
+pub fn validate_vital_signs(resources: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let dir = server_dir();
+    let mut child = Command::new("node")
+        .arg("validate-profiles.mjs")
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start node (is Node.js installed?)");
+    let input = serde_json::to_vec(resources).expect("resources as JSON");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(&input).expect("write resources"));
+    let out = child.wait_with_output().expect("run validate-profiles.mjs");
+    writer.join().expect("writer thread");
+    assert!(out.status.success(), "validate-profiles.mjs failed");
+    serde_json::from_slice(&out.stdout).expect("validate-profiles.mjs prints JSON")
+}
