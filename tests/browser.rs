@@ -47,17 +47,15 @@ async fn review_page_renders_patients_flags_and_charts_in_chromium() {
     events.push(json!({"body": {"deviceId": "hr-monitor-01", "patientId": "patient-001", "endDate": "2024-03-02T09:00:00Z", "heartRate": 165}}));
     let events_path = dir.path().join("events.json");
     std::fs::write(&events_path, serde_json::to_string(&events).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
-        .arg("replay")
-        .arg("--device-mapping")
-        .arg(set.join("devicecontent.json"))
-        .arg("--fhir-mapping")
-        .arg(set.join("fhirmapping.json"))
-        .arg("--events")
-        .arg(&events_path)
-        .args(["--fhir-url", &server.base, "--resolution", "Create"])
-        .output()
-        .unwrap();
+    let out = testkit::set_command(
+        env!("CARGO_BIN_EXE_iomt"),
+        "replay",
+        &set,
+        Some(&events_path),
+    )
+    .args(["--fhir-url", &server.base, "--resolution", "Create"])
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -3,33 +3,19 @@
 //! Rust. After a deliberate change, regenerate with `UPDATE_GOLDENS=1 cargo test golden` and
 //! review the diff.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use serde_json::Value;
 
-fn template_sets() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
-    let mut sets: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("templates/")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("fhirmapping.json").is_file() && p.join("events.json").is_file())
-        .collect();
-    sets.sort();
-    sets
-}
-
 fn map(set: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
-        .arg("map")
-        .arg("--device-mapping")
-        .arg(set.join("devicecontent.json"))
-        .arg("--fhir-mapping")
-        .arg(set.join("fhirmapping.json"))
-        .arg("--events")
-        .arg(set.join("events.json"))
-        .output()
-        .expect("run iomt map");
+    let out = testkit::set_command(
+        env!("CARGO_BIN_EXE_iomt"),
+        "map",
+        set,
+        Some(&set.join("events.json")),
+    )
+    .output()
+    .expect("run iomt map");
     assert!(
         out.status.success(),
         "{}: {}",
@@ -41,7 +27,7 @@ fn map(set: &Path) -> Value {
 
 #[test]
 fn every_template_set_maps_to_its_golden_output() {
-    let sets = template_sets();
+    let sets = testkit::template_sets();
     assert!(
         sets.len() >= 5,
         "expected at least five template sets, found {sets:?}"

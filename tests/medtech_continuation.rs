@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -116,14 +115,7 @@ fn medtech_observation(
 
 fn replay(events: &Path, base: &str) -> Value {
     let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/simulator");
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
-        .arg("replay")
-        .arg("--device-mapping")
-        .arg(set.join("devicecontent.json"))
-        .arg("--fhir-mapping")
-        .arg(set.join("fhirmapping.json"))
-        .arg("--events")
-        .arg(events)
+    let out = testkit::set_command(env!("CARGO_BIN_EXE_iomt"), "replay", &set, Some(events))
         .args(["--fhir-url", base, "--resolution", "Create"])
         .output()
         .expect("run iomt replay");

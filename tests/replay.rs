@@ -11,17 +11,15 @@ use serde_json::{json, Value};
 use testkit::fhir::FhirServer;
 
 fn replay(set: &Path, base: &str, resolution: &str) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
-        .arg("replay")
-        .arg("--device-mapping")
-        .arg(set.join("devicecontent.json"))
-        .arg("--fhir-mapping")
-        .arg(set.join("fhirmapping.json"))
-        .arg("--events")
-        .arg(set.join("events.json"))
-        .args(["--fhir-url", base, "--resolution", resolution])
-        .output()
-        .expect("run iomt replay");
+    let out = testkit::set_command(
+        env!("CARGO_BIN_EXE_iomt"),
+        "replay",
+        set,
+        Some(&set.join("events.json")),
+    )
+    .args(["--fhir-url", base, "--resolution", resolution])
+    .output()
+    .expect("run iomt replay");
     assert!(
         out.status.success(),
         "{}: {}",
@@ -206,14 +204,7 @@ async fn every_template_set_replays_into_exactly_the_expected_resources() {
 
 fn replay_events(events: &Path, base: &str, extra: &[&str]) -> Value {
     let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/simulator");
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
-        .arg("replay")
-        .arg("--device-mapping")
-        .arg(set.join("devicecontent.json"))
-        .arg("--fhir-mapping")
-        .arg(set.join("fhirmapping.json"))
-        .arg("--events")
-        .arg(events)
+    let out = testkit::set_command(env!("CARGO_BIN_EXE_iomt"), "replay", &set, Some(events))
         .args(["--fhir-url", base, "--resolution", "Create"])
         .args(extra)
         .output()

@@ -35,22 +35,30 @@ impl Drop for Killed {
     }
 }
 
+/// The `heart-rate` template set's events, replayed into the test FHIR server; returns the set.
+fn replay_heart_rate(server: &FhirServer) -> std::path::PathBuf {
+    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/heart-rate");
+    let out = testkit::set_command(
+        env!("CARGO_BIN_EXE_iomt"),
+        "replay",
+        &set,
+        Some(&set.join("events.json")),
+    )
+    .args(["--fhir-url", &server.base, "--resolution", "Create"])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    set
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_api_lists_patients_and_expands_sampled_data() {
     let server = FhirServer::acquire().await;
-    let set = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/heart-rate");
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
-        .arg("replay")
-        .arg("--device-mapping")
-        .arg(set.join("devicecontent.json"))
-        .arg("--fhir-mapping")
-        .arg(set.join("fhirmapping.json"))
-        .arg("--events")
-        .arg(set.join("events.json"))
-        .args(["--fhir-url", &server.base, "--resolution", "Create"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let set = replay_heart_rate(&server);
     // A dead letter as the connector stores it, for the health panel's list and link.
     let dl_dir = tempfile::tempdir().unwrap();
     let dl = serde_json::json!({"id": "20240301T100000.000000Z-000000-1", "time": "2024-03-01T10:00:00Z", "stage": "normalize",
@@ -151,22 +159,7 @@ async fn review_api_lists_patients_and_expands_sampled_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_freshness_thresholds_are_configurable() {
     let server = FhirServer::acquire().await;
-    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/heart-rate");
-    let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
-        .args(["replay", "--device-mapping"])
-        .arg(set.join("devicecontent.json"))
-        .arg("--fhir-mapping")
-        .arg(set.join("fhirmapping.json"))
-        .arg("--events")
-        .arg(set.join("events.json"))
-        .args(["--fhir-url", &server.base, "--resolution", "Create"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_heart_rate(&server);
     // The sample readings are about 1.4 million minutes old (2024) at the time of writing.
     for (fresh, stale, want) in [
         ("100000000", "100000001", "fresh"),

@@ -26,25 +26,14 @@ fn issues(report: &Value) -> &Vec<Value> {
 
 #[tokio::test]
 async fn every_template_sets_observations_conform_to_the_vital_signs_profiles() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
-    let mut sets: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("events.json").is_file())
-        .collect();
-    sets.sort();
+    let sets = testkit::template_sets();
     let mut profiles_seen = BTreeSet::new();
     let mut validated = 0;
     let mut problems = Vec::new();
     for set in &sets {
         let name = set.file_name().unwrap().to_string_lossy().to_string();
         // The template check passes it too.
-        let checked = iomt()
-            .arg("validate")
-            .arg("--device-mapping")
-            .arg(set.join("devicecontent.json"))
-            .arg("--fhir-mapping")
-            .arg(set.join("fhirmapping.json"))
+        let checked = testkit::set_command(env!("CARGO_BIN_EXE_iomt"), "validate", set, None)
             .args(["--profile", "vital-signs"])
             .output()
             .expect("run iomt validate");
@@ -54,18 +43,16 @@ async fn every_template_sets_observations_conform_to_the_vital_signs_profiles() 
             String::from_utf8_lossy(&checked.stdout)
         );
         let server = FhirServer::acquire().await;
-        let out = iomt()
-            .arg("replay")
-            .arg("--device-mapping")
-            .arg(set.join("devicecontent.json"))
-            .arg("--fhir-mapping")
-            .arg(set.join("fhirmapping.json"))
-            .arg("--events")
-            .arg(set.join("events.json"))
-            .args(["--fhir-url", &server.base, "--resolution", "Create"])
-            .arg("--stamp-profiles")
-            .output()
-            .expect("run iomt replay");
+        let out = testkit::set_command(
+            env!("CARGO_BIN_EXE_iomt"),
+            "replay",
+            set,
+            Some(&set.join("events.json")),
+        )
+        .args(["--fhir-url", &server.base, "--resolution", "Create"])
+        .arg("--stamp-profiles")
+        .output()
+        .expect("run iomt replay");
         assert!(
             out.status.success(),
             "{name}: {}",

@@ -75,3 +75,35 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `iomt <command>` on a template set's mappings (`<set>/devicecontent.json` and
+/// `<set>/fhirmapping.json`) and, if given, an events file: how the tests run `map`, `replay`
+/// and `validate` over a set. `iomt` is the binary (`env!("CARGO_BIN_EXE_iomt")`).
+pub fn set_command(
+    iomt: impl AsRef<std::ffi::OsStr>,
+    command: &str,
+    set: &Path,
+    events: Option<&Path>,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(iomt);
+    c.arg(command)
+        .arg("--device-mapping")
+        .arg(set.join("devicecontent.json"))
+        .arg("--fhir-mapping")
+        .arg(set.join("fhirmapping.json"));
+    if let Some(events) = events {
+        c.arg("--events").arg(events);
+    }
+    c
+}
+
+/// The template sets of `templates/` that come with events (`events.json`), sorted.
+pub fn template_sets() -> Vec<PathBuf> {
+    let mut sets: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("templates"))
+        .expect("templates/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("events.json").is_file())
+        .collect();
+    sets.sort();
+    sets
+}

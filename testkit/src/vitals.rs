@@ -15,7 +15,6 @@
 //! tests compare against (`fhir::state`, with the `fhir` feature).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
 
@@ -122,14 +121,7 @@ pub fn replay(iomt: impl AsRef<Path>, base: &str, readings: &[Reading]) -> Value
     let file: Vec<Value> = readings.iter().map(|r| json!({"body": r.body})).collect();
     std::fs::write(&events, serde_json::to_vec(&file).unwrap()).unwrap();
     let set = template_set();
-    let out = Command::new(iomt.as_ref())
-        .arg("replay")
-        .arg("--device-mapping")
-        .arg(set.join("devicecontent.json"))
-        .arg("--fhir-mapping")
-        .arg(set.join("fhirmapping.json"))
-        .arg("--events")
-        .arg(&events)
+    let out = crate::set_command(iomt.as_ref(), "replay", &set, Some(&events))
         .args(["--fhir-url", base, "--resolution", "Create"])
         .output()
         .expect("run iomt replay");
