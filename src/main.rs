@@ -15,7 +15,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    bench, dead_letters, demo, fhir_store, import, map, normalize, replay, run, simulate, validate,
+    bench, dead_letters, demo, fhir_store, import, jwks, map, normalize, replay, run, simulate,
+    validate,
 };
 
 #[derive(Parser)]
@@ -56,6 +57,8 @@ enum Command {
     DeadLetters(dead_letters::DeadLettersArgs),
     /// Import an Azure MedTech service (ARM template or REST JSON) as mappings and a config.
     Import(import::ImportArgs),
+    /// Print the public JWKS of a SMART Backend Services key, to register with the authorization server.
+    Jwks(jwks::JwksArgs),
 }
 
 /// Exit codes: 0 done; 1 a problem the command reports itself (invalid templates or config,
@@ -84,5 +87,6 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::DeadLetters(args) => dead_letters::run(args),
         Command::Import(args) => import::run(args),
+        Command::Jwks(args) => jwks::run(args),
     }
 }

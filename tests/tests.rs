@@ -15,5 +15,6 @@ mod replay;
 mod review;
 mod service;
 mod simulate;
+mod smart_backend;
 mod vital_signs;
 mod watch;

@@ -163,7 +163,7 @@ impl FhirClient {
             .build()?;
         Ok(FhirClient {
             base: config.base_url.trim_end_matches('/').to_string(),
-            tokens: TokenSource::new(config.auth, http.clone()),
+            tokens: TokenSource::new(config.auth, http.clone(), &config.base_url),
             http,
             retry: config.retry,
             max_search_pages: config.max_search_pages,
@@ -185,6 +185,11 @@ impl FhirClient {
     /// What the client has done so far.
     pub fn stats(&self) -> &ClientStats {
         &self.stats
+    }
+
+    /// Tokens issued, reused and refused (all zero without OAuth2).
+    pub fn token_stats(&self) -> &crate::auth::TokenStats {
+        self.tokens.stats()
     }
 
     async fn send(
@@ -225,7 +230,8 @@ impl FhirClient {
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
-            if let Some(auth) = self.tokens.header().await? {
+            let sent_auth = self.tokens.header().await?;
+            if let Some(auth) = &sent_auth {
                 req = req.header("authorization", auth);
             }
             if let Some(v) = if_match {
@@ -278,7 +284,7 @@ impl FhirClient {
                         last = "response body interrupted".into();
                     } else if status == StatusCode::UNAUTHORIZED && !reauthenticated {
                         reauthenticated = true;
-                        self.tokens.invalidate().await;
+                        self.tokens.invalidate(sent_auth.as_deref()).await;
                         continue;
                     } else if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
                         return Ok(Answer {

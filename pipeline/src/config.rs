@@ -130,6 +130,61 @@ pub enum AuthConfig {
         #[serde(default)]
         resource: Option<String>,
     },
+    /// SMART Backend Services: client credentials with a signed JWT assertion
+    /// (`private_key_jwt`, RS384 or ES384).
+    SmartBackend {
+        /// The client id registered with the authorization server.
+        client_id: String,
+        /// Token endpoint; omitted: discovered from `<fhir.url>/.well-known/smart-configuration`.
+        #[serde(default)]
+        token_url: Option<String>,
+        /// PEM file of the private key (PKCS#8, or PKCS#1 for RSA); relative to the config.
+        #[serde(default)]
+        private_key_file: Option<PathBuf>,
+        /// Or: environment variable holding the PEM.
+        #[serde(default)]
+        private_key_env: Option<String>,
+        /// `RS384` or `ES384`.
+        alg: String,
+        /// The key id of the public key in the JWKS registered for the client.
+        kid: String,
+        /// Scopes, e.g. `["system/Observation.write", "system/Device.write", "system/Patient.read"]`.
+        scopes: Vec<String>,
+    },
+}
+
+impl AuthConfig {
+    /// The SMART signing key, read from its file or variable and checked.
+    fn smart_key(&self) -> Option<Result<fhir_writer::auth::smart::SigningKey, String>> {
+        let AuthConfig::SmartBackend {
+            private_key_file,
+            private_key_env,
+            alg,
+            kid,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let pem = match (private_key_file, private_key_env) {
+            (Some(f), None) => std::fs::read(f).map_err(|e| {
+                format!("fhir.auth.private_key_file: {}: {e}", f.display())
+            }),
+            (None, Some(v)) => std::env::var(v).map(String::into_bytes).map_err(|_| {
+                format!("fhir.auth.private_key_env: environment variable {v} is not set")
+            }),
+            _ => Err("fhir.auth: smart_backend needs exactly one of private_key_file and private_key_env".into()),
+        };
+        Some(pem.and_then(|pem| {
+            let from = match (private_key_file, private_key_env) {
+                (Some(f), _) => format!("private_key_file {}", f.display()),
+                (_, Some(v)) => format!("private_key_env {v}"),
+                _ => String::new(),
+            };
+            fhir_writer::auth::smart::SigningKey::from_pem(&pem, alg, kid)
+                .map_err(|e| format!("fhir.auth ({from}): {e}"))
+        }))
+    }
 }
 
 /// `[source]`.
@@ -375,6 +430,15 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        if let AuthConfig::SmartBackend {
+            private_key_file: Some(p),
+            ..
+        } = &mut c.fhir.auth
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let SourceConfig::EventHubs(e) = &mut c.source {
             let p = &mut e.checkpoint_dir;
             if p.is_relative() {
@@ -439,6 +503,21 @@ impl Config {
                     errors.push("fhir.auth: client_credentials needs scope or resource".into());
                 }
             }
+            AuthConfig::SmartBackend {
+                scopes, token_url, ..
+            } => {
+                if let Some(Err(e)) = self.fhir.auth.smart_key() {
+                    errors.push(e);
+                }
+                if scopes.is_empty() {
+                    errors.push("fhir.auth.scopes: smart_backend needs at least one scope (e.g. \"system/Observation.write\")".into());
+                }
+                if let Some(u) = token_url {
+                    if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        errors.push(format!("fhir.auth.token_url: {u:?} is not an http(s) URL"));
+                    }
+                }
+            }
             _ => {}
         }
         match &self.source {
@@ -448,14 +527,30 @@ impl Config {
         errors
     }
 
-    /// The auth settings with secrets read from the environment.
-    pub fn auth(&self) -> fhir_writer::auth::Auth {
-        use fhir_writer::auth::{Auth, ClientCredentials};
-        match &self.fhir.auth {
+    /// The auth settings with secrets read from the environment (and the SMART key from its
+    /// file). An error names the setting, never the secret.
+    pub fn auth(&self) -> Result<fhir_writer::auth::Auth, String> {
+        use fhir_writer::auth::{smart::SmartBackend, Auth, ClientCredentials};
+        Ok(match &self.fhir.auth {
             AuthConfig::None => Auth::None,
             AuthConfig::Bearer { token_env } => {
                 Auth::Bearer(std::env::var(token_env).unwrap_or_default())
             }
+            AuthConfig::SmartBackend {
+                client_id,
+                token_url,
+                scopes,
+                ..
+            } => Auth::SmartBackend(SmartBackend {
+                client_id: client_id.clone(),
+                token_url: token_url.clone(),
+                key: self
+                    .fhir
+                    .auth
+                    .smart_key()
+                    .unwrap_or_else(|| Err("fhir.auth: not smart_backend".into()))?,
+                scope: scopes.join(" "),
+            }),
             AuthConfig::ClientCredentials {
                 token_url,
                 client_id,
@@ -469,7 +564,7 @@ impl Config {
                 scope: scope.clone(),
                 resource: resource.clone(),
             }),
-        }
+        })
     }
 }
 
@@ -510,5 +605,70 @@ topics = ["t"]
         let text = include_str!("../../config/example.toml");
         let c = Config::parse(text, Path::new("config")).unwrap();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
+    }
+
+    fn smart_config(auth: &str, dir: &Path) -> Config {
+        let text = format!(
+            r#"
+[templates]
+device_mapping = "dm.json"
+fhir_mapping = "fm.json"
+[fhir]
+url = "https://ehr.example/fhir/R4"
+[fhir.auth]
+kind = "smart_backend"
+client_id = "iomt"
+{auth}
+[source]
+kind = "mqtt"
+host = "127.0.0.1"
+port = 1883
+client_id = "c"
+topics = ["t"]
+"#
+        );
+        Config::parse(&text, dir).unwrap()
+    }
+
+    #[test]
+    fn smart_backend_keys_are_read_relative_to_the_config_and_checked() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir-writer/src/auth/testdata");
+        let good = smart_config(
+            "private_key_file = \"es384.pem\"\nalg = \"ES384\"\nkid = \"k1\"\nscopes = [\"system/Observation.write\"]",
+            &dir,
+        );
+        assert!(good.validate().is_empty(), "{:?}", good.validate());
+        match good.auth().unwrap() {
+            fhir_writer::auth::Auth::SmartBackend(s) => {
+                assert_eq!(s.scope, "system/Observation.write");
+                assert_eq!(s.token_url, None, "discovered");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A P-256 key for ES384, no scopes: both named, the key's path too, its bytes never.
+        let bad = smart_config(
+            "private_key_file = \"es256.pem\"\nalg = \"ES384\"\nkid = \"k1\"\nscopes = []",
+            &dir,
+        );
+        let errors = bad.validate().join("\n");
+        assert!(
+            errors.contains("es256.pem") && errors.contains("cannot sign ES384"),
+            "{errors}"
+        );
+        assert!(errors.contains("fhir.auth.scopes"), "{errors}");
+        assert!(!errors.contains("MII"), "{errors}");
+        let missing = smart_config(
+            "private_key_env = \"IOMT_TEST_NO_SUCH_VARIABLE\"\nalg = \"RS384\"\nkid = \"k1\"\nscopes = [\"system/Observation.write\"]",
+            &dir,
+        );
+        assert!(
+            missing
+                .validate()
+                .join("\n")
+                .contains("IOMT_TEST_NO_SUCH_VARIABLE is not set"),
+            "{:?}",
+            missing.validate()
+        );
+        assert!(missing.auth().is_err());
     }
 }

@@ -151,6 +151,9 @@ pub struct Metrics {
     pub fhir_requests: AtomicU64,
     /// FHIR requests retried.
     pub fhir_retries: AtomicU64,
+    /// OAuth2 tokens: issued, reused from the cache, dropped after a 401, refused (copied from
+    /// the client).
+    pub fhir_tokens: [AtomicU64; 4],
     /// Creates that replaced another writer's concurrent create, repaired (copied from the
     /// writer).
     pub fhir_create_races: AtomicU64,
@@ -380,6 +383,17 @@ impl Metrics {
             "HTTP requests sent to the FHIR server.",
             self.fhir_requests.load(Ordering::Relaxed),
         );
+        let _ = writeln!(out, "# HELP iomt_fhir_token_uses_total OAuth2 access tokens for the FHIR server: issued by the token endpoint, reused from the cache, dropped after a 401, refused.\n# TYPE iomt_fhir_token_uses_total counter");
+        for (outcome, n) in ["issued", "reused", "refreshed_after_401", "refused"]
+            .iter()
+            .zip(&self.fhir_tokens)
+        {
+            let _ = writeln!(
+                out,
+                "iomt_fhir_token_uses_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         counter(
             &mut out,
             "iomt_fhir_request_retries_total",

@@ -149,7 +149,7 @@ impl Pipeline {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, PipelineError> {
         let (normalizer, templates) = load_mappings(config).map_err(PipelineError::Config)?;
         let mut cc = fhir_writer::FhirClientConfig::new(config.fhir.url.clone());
-        cc.auth = config.auth();
+        cc.auth = config.auth().map_err(|e| PipelineError::Config(vec![e]))?;
         cc.retry.deadline = Duration::from_secs(config.fhir.retry_deadline_secs);
         cc.request_timeout = Duration::from_secs(config.fhir.request_timeout_secs);
         let client =

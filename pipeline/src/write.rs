@@ -149,6 +149,14 @@ fn copy_stats(writer: &FhirWriter, shared: &Shared, report: &WriteReport<u64>) {
         .store(stats.requests.load(Ordering::Relaxed), Ordering::Relaxed);
     m.fhir_retries
         .store(stats.retries.load(Ordering::Relaxed), Ordering::Relaxed);
+    let t = writer.client().token_stats();
+    for (to, from) in
+        m.fhir_tokens
+            .iter()
+            .zip([&t.issued, &t.reused, &t.refreshed_after_401, &t.refused])
+    {
+        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
     m.fhir_bundles
         .store(stats.bundles.load(Ordering::Relaxed), Ordering::Relaxed);
     if let Ok(mut h) = m.fhir_bundle_entries.lock() {

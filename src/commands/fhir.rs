@@ -60,13 +60,50 @@ impl FhirArgs {
     }
 }
 
-/// Auth from the environment: IOMT_FHIR_BEARER_TOKEN, or IOMT_FHIR_TOKEN_URL +
-/// IOMT_FHIR_CLIENT_ID + IOMT_FHIR_CLIENT_SECRET (+ IOMT_FHIR_SCOPE or IOMT_FHIR_RESOURCE).
+/// Auth from the environment: IOMT_FHIR_BEARER_TOKEN; or IOMT_FHIR_TOKEN_URL +
+/// IOMT_FHIR_CLIENT_ID + IOMT_FHIR_CLIENT_SECRET (+ IOMT_FHIR_SCOPE or IOMT_FHIR_RESOURCE); or
+/// SMART Backend Services: IOMT_FHIR_CLIENT_ID + IOMT_FHIR_SMART_KEY_FILE (or IOMT_FHIR_SMART_KEY,
+/// the PEM itself) + IOMT_FHIR_SMART_ALG (RS384, ES384) + IOMT_FHIR_SMART_KID + IOMT_FHIR_SCOPE
+/// (+ IOMT_FHIR_TOKEN_URL; without it the token endpoint is discovered from the FHIR server).
 pub fn auth() -> Result<fhir_writer::auth::Auth> {
+    use fhir_writer::auth::smart::{SigningKey, SmartBackend};
     use fhir_writer::auth::{Auth, ClientCredentials};
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if let Some(t) = var("IOMT_FHIR_BEARER_TOKEN") {
         return Ok(Auth::Bearer(t));
+    }
+    let key_file = var("IOMT_FHIR_SMART_KEY_FILE");
+    let key_pem = var("IOMT_FHIR_SMART_KEY");
+    if key_file.is_some() || key_pem.is_some() {
+        let pem = match (&key_file, key_pem) {
+            (Some(f), None) => std::fs::read(f).with_context(|| format!("IOMT_FHIR_SMART_KEY_FILE: reading {f}"))?,
+            (None, Some(p)) => p.into_bytes(),
+            _ => anyhow::bail!("SMART Backend Services: set IOMT_FHIR_SMART_KEY_FILE or IOMT_FHIR_SMART_KEY, not both"),
+        };
+        let need = |k: &str| {
+            var(k).with_context(|| format!("SMART Backend Services needs {k} (with IOMT_FHIR_CLIENT_ID, IOMT_FHIR_SMART_ALG, IOMT_FHIR_SMART_KID and IOMT_FHIR_SCOPE)"))
+        };
+        let key = SigningKey::from_pem(
+            &pem,
+            &need("IOMT_FHIR_SMART_ALG")?,
+            &need("IOMT_FHIR_SMART_KID")?,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "SMART Backend Services key ({}): {e}",
+                key_file
+                    .as_deref()
+                    .map_or("IOMT_FHIR_SMART_KEY".to_string(), |f| format!(
+                        "IOMT_FHIR_SMART_KEY_FILE {f}"
+                    ))
+            )
+        })?;
+        return Ok(Auth::SmartBackend(SmartBackend {
+            client_id: need("IOMT_FHIR_CLIENT_ID")?,
+            token_url: var("IOMT_FHIR_TOKEN_URL"),
+            key,
+            scope: need("IOMT_FHIR_SCOPE")?,
+        }));
     }
     match (var("IOMT_FHIR_TOKEN_URL"), var("IOMT_FHIR_CLIENT_ID"), var("IOMT_FHIR_CLIENT_SECRET")) {
         (Some(token_url), Some(client_id), Some(client_secret)) => Ok(Auth::ClientCredentials(ClientCredentials {

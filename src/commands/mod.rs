@@ -4,7 +4,8 @@
 //! * the stage graph (the `pipeline` crate): [`run`] (the service), [`replay`] (an events
 //!   file into a FHIR server), [`dead_letters`] (list, show, reprocess);
 //! * migration: [`import`] (Azure MedTech definitions into mappings and a config);
-//! * servers and tools: [`demo`], [`review`], [`fhir_store`], [`simulate`], [`bench`](mod@bench).
+//! * servers and tools: [`demo`], [`review`], [`fhir_store`], [`simulate`], [`bench`](mod@bench),
+//!   [`jwks`] (a SMART Backend Services key's public JWKS).
 //!
 //! What they share is written once: here the tokio runtime ([`runtime`]), the logging set-up
 //! ([`init_logging`]) and the shutdown signal ([`shutdown_signal`]); in [`templates`] loading
@@ -16,6 +17,7 @@ pub mod demo;
 pub mod fhir;
 pub mod fhir_store;
 pub mod import;
+pub mod jwks;
 pub mod map;
 pub mod normalize;
 pub mod replay;

@@ -94,6 +94,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         summary.report.unwrap_or_default(),
         incoming,
         writer.client().stats(),
+        writer.client().token_stats(),
         started,
     )?;
     writeln!(
@@ -110,6 +111,7 @@ fn report(
     mut report: pipeline::Report,
     incoming: usize,
     stats: &fhir_writer::client::ClientStats,
+    tokens: &fhir_writer::auth::TokenStats,
     started: Instant,
 ) -> Result<Value> {
     // Workers finish chunks in any order; the report is in event order.
@@ -168,6 +170,12 @@ fn report(
         "fhirRequests": stats.requests.load(Ordering::Relaxed),
         "fhirRetries": stats.retries.load(Ordering::Relaxed),
         "fhirBundles": stats.bundles.load(Ordering::Relaxed),
+        "fhirTokens": {
+            "issued": tokens.issued.load(Ordering::Relaxed),
+            "reused": tokens.reused.load(Ordering::Relaxed),
+            "refreshedAfter401": tokens.refreshed_after_401.load(Ordering::Relaxed),
+            "refused": tokens.refused.load(Ordering::Relaxed),
+        },
         "elapsedMs": started.elapsed().as_millis() as u64,
     }))
 }

@@ -2,8 +2,9 @@
 //! peer can run here or a fault must come on cue, and fixtures. A dev-dependency only
 //! (`publish = false`).
 //!
-//! Real peers by default: a Debian Mosquitto ([`mqtt::Mosquitto`]) and a third-party FHIR
-//! server ([`fhir::FhirServer`], Medplum's FHIR router), each on a free loopback port. The
+//! Real peers by default: a Debian Mosquitto ([`mqtt::Mosquitto`]), a third-party FHIR
+//! server ([`fhir::FhirServer`], Medplum's FHIR router) and an OAuth 2.0 authorization server
+//! ([`oidc::OidcProvider`], oidc-provider), each on a free loopback port. The
 //! fakes, each saying in its doc comment why it is one:
 //! - [`fhir::FaultProxy`]: HTTP in front of the real FHIR server, answering 429/503/412 or
 //!   dropping connections on cue (fault injection);
@@ -22,6 +23,7 @@
 //! | [`writer`] | `writer` | the FHIR writer's fixtures: mappings, normalized events, 1 Hz heart rate |
 //! | [`mqtt`] | `mqtt` | Mosquitto, a test CA, publishers |
 //! | [`event_hubs`] | `event-hubs` | the Event Hubs emulator and the Entra ID token endpoint |
+//! | [`oidc`] | `oidc` | a real OAuth 2.0 authorization server (oidc-provider), test keys |
 //!
 //! A crate's tests enable only the features they use, so that `cargo test -p normalizer` does
 //! not build an AMQP stack. A crate may dev-depend on testkit although testkit depends on it
@@ -55,6 +57,8 @@ pub mod fhir;
 pub mod heart_rate;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "oidc")]
+pub mod oidc;
 pub mod vitals;
 #[cfg(feature = "writer")]
 pub mod writer;

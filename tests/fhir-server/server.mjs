@@ -38,11 +38,43 @@ let repo = new MemoryRepositoryWithStableHistory();
 
 // Optional access control for auth tests, set with `POST /$auth` and cleared by `/$reset`:
 // {"required": true, "tokens": ["static-token"], "clients": {"id": "secret"}, "expiresIn": 3600}.
-// `POST /oauth2/token` then grants client-credentials tokens (a stand-in for an identity
-// provider, which cannot run here); `GET /$auth` reports how many were issued.
-let auth = { required: false, tokens: new Set(), clients: {}, expiresIn: 3600, issued: 0 };
+// `POST /oauth2/token` then grants client-credentials tokens with a client secret (the older
+// tests' token endpoint); `GET /$auth` reports how many were issued.
+// With "introspect": {"url", "clientId", "clientSecret", "scope"} the server is a resource server
+// of a real authorization server instead (tests/oidc, oidc-provider): a bearer token is accepted
+// when the authorization server's token introspection (RFC 7662) says it is active and holds
+// `scope`, and remembered until it expires. "smart": {...} is served as
+// `/.well-known/smart-configuration`. {"revokeSeen": true} rejects every introspected token so far
+// (a revocation, so a client's next request gets a 401). `GET /$auth` also reports
+// `introspected` (introspection calls), `tokensSeen` (distinct tokens accepted) and `rejected`.
+function freshAuth() {
+  return { required: false, tokens: new Set(), clients: {}, expiresIn: 3600, issued: 0, introspect: null, smart: null, accepted: new Map(), seen: new Set(), denied: new Set(), introspected: 0, rejected: 0 };
+}
+let auth = freshAuth();
 function resetAuth() {
-  auth = { required: false, tokens: new Set(), clients: {}, expiresIn: 3600, issued: 0 };
+  auth = freshAuth();
+}
+
+// Whether the bearer token `token` is good, by introspection at the authorization server.
+async function introspected(token) {
+  const known = auth.accepted.get(token);
+  if (known && known > Date.now() / 1000) return true;
+  const { url, clientId, clientSecret, scope } = auth.introspect;
+  auth.introspected += 1;
+  const r = await fetch(url, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/x-www-form-urlencoded',
+      authorization: 'Basic ' + Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`).toString('base64'),
+    },
+    body: new URLSearchParams({ token }).toString(),
+  });
+  const v = await r.json();
+  const scopes = new Set(String(v.scope || '').split(' '));
+  if (!v.active || (scope && !scopes.has(scope))) return false;
+  auth.accepted.set(token, v.exp || Date.now() / 1000 + 60);
+  auth.seen.add(token);
+  return true;
 }
 
 const args = process.argv.slice(2);
@@ -82,12 +114,23 @@ const server = http.createServer((req, res) => {
       if (url.pathname.endsWith('/$auth')) {
         if (req.method === 'POST') {
           const cfg = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
-          auth.required = !!cfg.required;
-          for (const t of cfg.tokens || []) auth.tokens.add(t);
-          auth.clients = cfg.clients || {};
-          auth.expiresIn = cfg.expiresIn ?? 3600;
+          if (cfg.revokeSeen) {
+            for (const t of auth.accepted.keys()) auth.denied.add(t);
+            auth.accepted.clear();
+          } else {
+            auth.required = !!cfg.required;
+            for (const t of cfg.tokens || []) auth.tokens.add(t);
+            auth.clients = cfg.clients || {};
+            auth.expiresIn = cfg.expiresIn ?? 3600;
+            auth.introspect = cfg.introspect || null;
+            auth.smart = cfg.smart || null;
+          }
         }
-        return send(res, 200, { required: auth.required, issued: auth.issued });
+        return send(res, 200, { required: auth.required, issued: auth.issued, introspected: auth.introspected, tokensSeen: auth.seen.size, rejected: auth.rejected });
+      }
+      if (req.method === 'GET' && url.pathname.endsWith('/.well-known/smart-configuration') && auth.smart) {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        return res.end(JSON.stringify(auth.smart));
       }
       if (req.method === 'POST' && url.pathname.endsWith('/oauth2/token')) {
         const form = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
@@ -109,7 +152,9 @@ const server = http.createServer((req, res) => {
       if (auth.required) {
         const h = req.headers['authorization'] || '';
         const m = /^Bearer (.+)$/.exec(h);
-        if (!m || !auth.tokens.has(m[1])) {
+        const good = m && !auth.denied.has(m[1]) && (auth.tokens.has(m[1]) || (auth.introspect && (await introspected(m[1]))));
+        if (!good) {
+          auth.rejected += 1;
           return send(res, 401, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', details: { text: 'Unauthorized' } }] });
         }
       }
