@@ -288,6 +288,7 @@ fn validate_profile_vital_signs_points_at_each_problem() {
         .filter(|l| l.contains("vital-signs profile"))
         .collect();
     assert_eq!(lines.len(), expected.len(), "{stdout}");
+    let expected_count = expected.len();
     for (line, (at, template, message)) in lines.iter().zip(expected) {
         assert!(
             line.starts_with(&format!("{file}:{at}:"))
@@ -307,4 +308,30 @@ fn validate_profile_vital_signs_points_at_each_problem() {
         expected.len(),
         "{stdout}"
     );
+
+    // `validate --config` checks the FHIR mapping the service config names the same way.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[templates]\ndevice_mapping = {:?}\nfhir_mapping = \"fhirmapping.json\"\n[fhir]\nurl = \"http://127.0.0.1:8080/fhir/R4\"\n[source]\nkind = \"mqtt\"\nhost = \"127.0.0.1\"\nport = 1883\nclient_id = \"c\"\ntopics = [\"t\"]\n",
+            device.display().to_string()
+        ),
+    )
+    .unwrap();
+    for (profile, code, kind) in [(false, 0, ": warning: at"), (true, 1, ": error: at")] {
+        let mut c = iomt();
+        c.arg("validate").arg("--config").arg(&config);
+        if profile {
+            c.args(["--profile", "vital-signs"]);
+        }
+        let out = c.output().expect("run iomt validate --config");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(code), "{stdout}");
+        let found = stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{file}:")) && l.contains(kind))
+            .count();
+        assert_eq!(found, expected_count, "{stdout}");
+    }
 }

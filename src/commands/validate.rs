@@ -63,7 +63,11 @@ pub fn run(args: ValidateArgs) -> Result<ExitCode> {
                 strict,
             )
         }
-        (None, Some(config)) => service_config(&config, args.format),
+        (None, Some(config)) => service_config(
+            &config,
+            args.format,
+            args.profile == Some(Profile::VitalSigns),
+        ),
         (None, None) => anyhow::bail!("give --device-mapping or --config"),
     }
 }
@@ -179,19 +183,48 @@ fn profile_record(f: &fhir_writer::vital_signs::Finding, file: &Path, severity: 
     })
 }
 
-fn service_config(path: &Path, format: Format) -> Result<ExitCode> {
+/// A service config and its mappings, plus the vital-signs findings of the FHIR mapping it
+/// names (warnings, or errors when `strict`).
+fn service_config(path: &Path, format: Format, strict: bool) -> Result<ExitCode> {
     let result = pipeline::validate(path);
     let stdout = &mut std::io::stdout().lock();
-    let errors = result.as_ref().err().cloned().unwrap_or_default();
+    let mut errors: Vec<String> = result.as_ref().err().cloned().unwrap_or_default();
+    let severity = if strict { "error" } else { "warning" };
+    let mut profile = Vec::new();
+    if let Ok(config) = pipeline::config::Config::load(path) {
+        let fm = &config.templates.fhir_mapping;
+        if let Ok(text) = std::fs::read_to_string(fm) {
+            for f in fhir_writer::vital_signs::check(&text) {
+                profile.push((f.report_for(fm, severity), profile_record(&f, fm, severity)));
+            }
+        }
+    }
+    if strict {
+        errors.extend(profile.iter().map(|(line, _)| line.clone()));
+    }
     match format {
-        Format::Json => writeln!(
-            stdout,
-            "{}",
-            serde_json::to_string_pretty(&json!({"valid": errors.is_empty(), "errors": errors}))?
-        )?,
+        Format::Json => {
+            let warnings: Vec<&Value> = if strict {
+                Vec::new()
+            } else {
+                profile.iter().map(|(_, r)| r).collect()
+            };
+            writeln!(
+                stdout,
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"valid": errors.is_empty(), "errors": errors, "warnings": warnings})
+                )?
+            )?
+        }
         Format::Text => {
             for e in &errors {
                 writeln!(stdout, "{e}")?;
+            }
+            if !strict {
+                for (line, _) in &profile {
+                    writeln!(stdout, "{line}")?;
+                }
             }
             if errors.is_empty() {
                 writeln!(stdout, "{}: valid", path.display())?;
