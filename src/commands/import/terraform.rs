@@ -416,8 +416,10 @@ impl<'a> Module<'a> {
                             None => return Err(format!("local.{n} is not defined")),
                         },
                         ("path", Some("module" | "root"), _) => {
+                            // Absolute, so that `file("${path.module}/x")` is not joined twice.
                             let dir = self.file(fi).path.parent().unwrap_or(Path::new("."));
                             let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+                            let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
                             (Value::String(dir.display().to_string()), 1)
                         }
                         ("data", Some(t), Some(n)) => {
