@@ -87,13 +87,12 @@ impl Lexer<'_> {
                 self.at += c.len_utf8();
             } else if rest.starts_with("//") {
                 self.at += rest.find('\n').unwrap_or(rest.len());
-            } else if rest.starts_with("/*") {
-                let end = rest[2..]
+            } else if let Some(comment) = rest.strip_prefix("/*") {
+                let end = comment
                     .find("*/")
                     .ok_or_else(|| self.err(start, "unterminated comment"))?;
                 self.at += end + 4;
-            } else if rest.starts_with("'''") {
-                let body = &rest[3..];
+            } else if let Some(body) = rest.strip_prefix("'''") {
                 let end = body
                     .find("'''")
                     .ok_or_else(|| self.err(start, "unterminated '''string'''"))?;
@@ -1104,7 +1103,7 @@ impl Ev<'_> {
                 let v = ev(t)?;
                 match v.get(name.as_str()) {
                     Some(v) => Ok(v.clone()),
-                    None if *safe || v.is_null() && *safe => Ok(Value::Null),
+                    None if *safe => Ok(Value::Null),
                     None => Err(format!("no property `{name}`")),
                 }
             }
