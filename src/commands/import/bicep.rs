@@ -570,6 +570,7 @@ impl Parser<'_> {
         let at = self.at();
         let cond = self.binary(0)?;
         if self.continues("?") {
+            self.i += 1;
             self.skip_nl();
             self.expr()?;
             if !self.continues(":") {
