@@ -10,7 +10,17 @@
 //!   iotconnector_Create.json` and `iotconnector_fhirdestination_Create.json` (MIT), the
 //!   `200` response bodies: the REST / `az … show` resources, mappings as inline objects;
 //! - `json-string-content/` and `nested-deployment/`: derived from the REST examples (the
-//!   same mappings as JSON-encoded strings; inside a nested `Microsoft.Resources/deployments`).
+//!   same mappings as JSON-encoded strings; inside a nested `Microsoft.Resources/deployments`);
+//! - `bicep-quickstart/main.bicep`: Azure/azure-quickstart-templates,
+//!   `quickstarts/microsoft.healthcareapis/workspaces/iotconnectors/main.bicep` (MIT), the
+//!   Bicep source of the ARM template above;
+//! - `terraform-docs/`: hashicorp/terraform-provider-azurerm, the examples of
+//!   `website/docs/r/healthcare_medtech_service.html.markdown` and
+//!   `…/healthcare_medtech_service_fhir_destination.html.markdown` (MPL-2.0);
+//! - `terraform-acctest/main.tf`: ms-henglu/terraform-provider-azurerm,
+//!   `export/azurerm_healthcare_medtech_service_fhir_destination/
+//!   TestAccHealthCareMedTechServiceFhirDestination_updateFhir/step_2.tf` (MPL-2.0);
+//! - `terraform-variables/`: derived from the provider docs' examples.
 //!
 //! No peer is involved: the command reads files and writes files.
 
@@ -227,22 +237,254 @@ fn nested_deployment_with_two_connectors() {
     }
 }
 
+/// The argument of `attr = jsonencode(…)` in an HCL file, read as JSON: what the file
+/// defines, taken from its text independently of the import's HCL parser.
+fn jsonencode_argument(file: &Path, attr: &str) -> Value {
+    let text = std::fs::read_to_string(file).unwrap();
+    let from = text.find(&format!("{attr} = jsonencode(")).unwrap() + attr.len() + 14;
+    let mut depth = 0;
+    let end = text[from..]
+        .char_indices()
+        .find(|&(_, c)| {
+            depth += match c {
+                '(' => 1,
+                ')' => -1,
+                _ => 0,
+            };
+            depth < 0
+        })
+        .unwrap()
+        .0;
+    serde_json::from_str(&text[from..from + end]).unwrap()
+}
+
+/// The text between `attr = <<JSON` and the closing `JSON` line, read as JSON.
+fn heredoc(file: &Path, attr: &str) -> Value {
+    let text = std::fs::read_to_string(file).unwrap();
+    let from = text.find(&format!("{attr} = <<JSON\n")).unwrap() + attr.len() + 9;
+    let end = text[from..].find("\nJSON").unwrap();
+    serde_json::from_str(&text[from..from + end]).unwrap()
+}
+
+/// Bicep: Azure/azure-quickstart-templates,
+/// `quickstarts/microsoft.healthcareapis/workspaces/iotconnectors/main.bicep` (the source of
+/// the `azuredeploy.json` above) with the same parameters file gives exactly the ARM
+/// template's folder: mappings, Event Hub, resolution, FHIR URL (from `fhirService.id`).
 #[test]
-fn bicep_and_terraform_are_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    for name in ["main.bicep", "main.tf"] {
-        let f = dir.path().join(name);
-        std::fs::write(&f, "").unwrap();
-        let (code, _, stderr, _out) = import(std::slice::from_ref(&f), &[]);
-        assert_eq!(code, 2, "{stderr}");
-        assert!(
-            stderr.contains(&format!(
-                "{}: Bicep/Terraform not supported yet",
-                f.display()
-            )),
-            "{stderr}"
+fn bicep_quickstart_gives_what_its_arm_template_gives() {
+    let params = data("quickstart-iotconnectors/azuredeploy.parameters.json");
+    let p = ["--parameters", params.to_str().unwrap()];
+    let bicep = data("bicep-quickstart/main.bicep");
+    let (code, stdout, stderr, out) = import(std::slice::from_ref(&bicep), &p);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let (code, _, stderr, arm) = import(&[data("quickstart-iotconnectors/azuredeploy.json")], &p);
+    assert_eq!(code, 0, "{stderr}");
+    let c = out.path().join("hi-GEN-UNIQUE-16");
+    let a = arm.path().join("hi-GEN-UNIQUE-16");
+    for f in ["devicecontent.json", "fhirmapping.json"] {
+        assert_eq!(
+            std::fs::read_to_string(c.join(f)).unwrap(),
+            std::fs::read_to_string(a.join(f)).unwrap(),
+            "{f}"
         );
     }
+    // config.toml: the same but for the first line, which names the file read.
+    let body = |d: &Path| {
+        let t = std::fs::read_to_string(d.join("config.toml")).unwrap();
+        t.split_once('\n').unwrap().1.to_string()
+    };
+    assert_eq!(body(&c), body(&a));
+    let pv = json(&params);
+    assert_eq!(
+        json(&c.join("devicecontent.json")),
+        pv["parameters"]["deviceMapping"]["value"]
+    );
+    assert_eq!(
+        json(&c.join("fhirmapping.json")),
+        pv["parameters"]["destinationMapping"]["value"]
+    );
+    let cfg = config(&c);
+    assert_source(
+        &cfg,
+        "en-GEN-UNIQUE-16.servicebus.windows.net",
+        "devicedata",
+        "$Default",
+    );
+    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some("Create"));
+    assert_eq!(
+        cfg["fhir"]["url"].as_str(),
+        Some("https://hwGENUNIQUE16-fs-GEN-UNIQUE-16.fhir.azurehealthcareapis.com")
+    );
+}
+
+/// Bicep: the quickstart's `main.bicep` (Azure/azure-quickstart-templates, as above)
+/// without parameters: `param basename string` has no default, and each value built from it
+/// is named with its place.
+#[test]
+fn bicep_param_without_default_is_reported_with_its_line() {
+    let file = data("bicep-quickstart/main.bicep");
+    let (code, stdout, stderr, _out) = import(std::slice::from_ref(&file), &[]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let expected = format!(
+        "{}:116:40: fullyQualifiedEventHubNamespace: param 'basename' has no value: no default (declared at {}:4:1)",
+        file.display(),
+        file.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text
+        .lines()
+        .nth(115)
+        .unwrap()
+        .contains("fullyQualifiedEventHubNamespace: 'en-${basename}"));
+    assert!(text
+        .lines()
+        .nth(3)
+        .unwrap()
+        .starts_with("param basename string"));
+    for what in [":106:9: name: ", ":130:28: fhirServiceResourceId: "] {
+        assert!(stderr.contains(what), "{what} missing: {stderr}");
+    }
+}
+
+/// Terraform: hashicorp/terraform-provider-azurerm,
+/// `website/docs/r/healthcare_medtech_service_fhir_destination.html.markdown`, its example:
+/// mappings as `jsonencode({…})`, the Event Hub and FHIR service by reference to other
+/// resources, the destination linked by `azurerm_healthcare_medtech_service.example.id`.
+#[test]
+fn terraform_provider_docs_example_with_jsonencode() {
+    let file = data("terraform-docs/healthcare_medtech_service_fhir_destination.tf");
+    let (code, stdout, stderr, out) = import(std::slice::from_ref(&file), &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let c = out.path().join("examplemt");
+    assert_eq!(
+        json(&c.join("devicecontent.json")),
+        jsonencode_argument(&file, "device_mapping_json")
+    );
+    assert_eq!(
+        json(&c.join("fhirmapping.json")),
+        jsonencode_argument(&file, "destination_fhir_mapping_json")
+    );
+    let cfg = config(&c);
+    assert_source(
+        &cfg,
+        "example-ehn.servicebus.windows.net",
+        "example-eh",
+        "$default",
+    );
+    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some("Create"));
+    assert_eq!(
+        cfg["fhir"]["url"].as_str(),
+        Some("https://exampleworkspace-examplefhir.fhir.azurehealthcareapis.com")
+    );
+}
+
+/// Terraform: hashicorp/terraform-provider-azurerm,
+/// `website/docs/r/healthcare_medtech_service.html.markdown`, its example: a service
+/// without a destination; the device mapping comes out, the missing destination is said.
+#[test]
+fn terraform_service_without_destination_is_said() {
+    let file = data("terraform-docs/healthcare_medtech_service.tf");
+    let (code, stdout, stderr, out) = import(std::slice::from_ref(&file), &[]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let c = out.path().join("examplemed");
+    assert_eq!(
+        json(&c.join("devicecontent.json")),
+        jsonencode_argument(&file, "device_mapping_json")
+    );
+    assert_source(
+        &config(&c),
+        "example-eventhub-namespace.servicebus.windows.net",
+        "example-eventhub",
+        "$Default",
+    );
+    assert!(
+        stderr.contains("has no FHIR destination in the files given"),
+        "{stderr}"
+    );
+}
+
+/// Terraform: ms-henglu/terraform-provider-azurerm (the provider's rendered acceptance-test
+/// configurations), `export/azurerm_healthcare_medtech_service_fhir_destination/
+/// TestAccHealthCareMedTechServiceFhirDestination_updateFhir/step_2.tf`: heredoc mappings,
+/// two Event Hubs, consumer groups and FHIR services, of which the ones referenced count.
+#[test]
+fn terraform_acceptance_test_with_heredocs() {
+    let file = data("terraform-acctest/main.tf");
+    let (code, stdout, stderr, out) = import(std::slice::from_ref(&file), &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let c = out.path().join("mt230421022238480739");
+    assert_eq!(
+        json(&c.join("devicecontent.json")),
+        heredoc(&file, "device_mapping_json")
+    );
+    assert_eq!(
+        json(&c.join("fhirmapping.json")),
+        heredoc(&file, "destination_fhir_mapping_json")
+    );
+    let cfg = config(&c);
+    assert_source(
+        &cfg,
+        "acctest-ehn-230421022238480739.servicebus.windows.net",
+        "acctest-eh-230421022238480739",
+        "acctestCG-230421022238480739",
+    );
+    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some("Create"));
+    assert_eq!(
+        cfg["fhir"]["url"].as_str(),
+        Some("https://wks230421022238480739-fhir1230421022238480739.fhir.azurehealthcareapis.com")
+    );
+}
+
+/// Terraform: `terraform-variables/` (derived from the provider docs' examples above): a
+/// variable without a default is named with its file:line (and its declaration's); with the
+/// `.tfvars` file, variables, locals, `file("${path.module}/…")` and a `<<-JSON` heredoc
+/// resolve.
+#[test]
+fn terraform_variables_locals_file_and_tfvars() {
+    let file = data("terraform-variables/main.tf");
+    let (code, stdout, stderr, _out) = import(std::slice::from_ref(&file), &[]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let expected = format!(
+        "{}:39:34: eventhub_name: var.eventhub_name has no value: `variable \"eventhub_name\"` at {}:5:1 has no default",
+        file.display(),
+        file.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text
+        .lines()
+        .nth(38)
+        .unwrap()
+        .contains("= var.eventhub_name"));
+
+    let tfvars = data("terraform-variables/example.tfvars");
+    let (code, stdout, stderr, out) = import(&[file.clone(), tfvars], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let c = out.path().join("examplemed");
+    assert_eq!(
+        json(&c.join("devicecontent.json")),
+        json(&data("terraform-variables/devicecontent.json"))
+    );
+    assert_eq!(
+        json(&c.join("fhirmapping.json")),
+        jsonencode_argument(
+            &data("terraform-docs/healthcare_medtech_service_fhir_destination.tf"),
+            "destination_fhir_mapping_json"
+        )
+    );
+    let cfg = config(&c);
+    assert_source(
+        &cfg,
+        "example-eventhub-namespace.servicebus.windows.net",
+        "example-eventhub",
+        "$Default",
+    );
+    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some("Lookup"));
+    assert_eq!(
+        cfg["fhir"]["url"].as_str(),
+        Some("https://examplewkspace-examplefhir.fhir.azurehealthcareapis.com")
+    );
 }
 
 #[test]

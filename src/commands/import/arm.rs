@@ -239,7 +239,7 @@ impl Scope {
 }
 
 /// A value as ARM turns it into text (strings unquoted, the rest as JSON).
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -254,7 +254,7 @@ fn one_string(name: &str, values: &[Value]) -> Result<String, String> {
 }
 
 /// `format('{0}-{1}', a, b)`: `{n}` (and `{n:spec}`, the spec ignored) replaced by argument n.
-fn format_arm(fmt: &str, args: &[Value]) -> Result<String, String> {
+pub(super) fn format_arm(fmt: &str, args: &[Value]) -> Result<String, String> {
     let mut out = String::new();
     let mut chars = fmt.chars().peekable();
     while let Some(c) = chars.next() {
@@ -293,7 +293,7 @@ fn format_arm(fmt: &str, args: &[Value]) -> Result<String, String> {
 
 /// `resourceId([subscriptionId], [resourceGroup], type, name…)`: the id, with
 /// `<subscription>` and `<resource group>` standing for what only a deployment knows.
-fn resource_id(args: &[Value]) -> Result<String, String> {
+pub(super) fn resource_id(args: &[Value]) -> Result<String, String> {
     let args: Vec<String> = args.iter().map(text).collect();
     let t = args
         .iter()

@@ -3,14 +3,28 @@
 //! `fhirmapping.json` and `config.toml` (Event Hubs source, FHIR URL and resolution), checked
 //! with the mapping loaders and the config's own validation.
 //!
-//! Reads ARM templates (resources `Microsoft.HealthcareApis/workspaces/iotconnectors` and
-//! `…/iotconnectors/fhirdestinations`, any apiVersion, also inside nested
-//! `Microsoft.Resources/deployments`; expressions through [`arm`]) and the REST / `az
-//! healthcareapis workspace iot-connector show` JSON (one resource, a list, or
-//! `{"value": [...]}`). What cannot be resolved is reported with `file:line:column`, never
-//! dropped; exit 1 when a required value is missing or a mapping is invalid.
+//! Four front-ends fill one description of what was found ([`Found`]: [`Connector`]s and
+//! their [`Destination`]s, each value a [`Field`], resolved or [`Unresolved`] with its place),
+//! and one back-end ([`write_connector`]) writes every connector's folder the same way:
+//!
+//! - ARM templates (resources `Microsoft.HealthcareApis/workspaces/iotconnectors` and
+//!   `…/iotconnectors/fhirdestinations`, any apiVersion, also inside nested
+//!   `Microsoft.Resources/deployments`; expressions through [`arm`]) and the REST / `az
+//!   healthcareapis workspace iot-connector show` JSON (one resource, a list, or
+//!   `{"value": [...]}`);
+//! - Bicep (`.bicep`, [`bicep`]: the same two resource types, parameters from their defaults
+//!   or the `--parameters` file);
+//! - Terraform (`.tf`, [`terraform`]: `azurerm_healthcare_medtech_service`,
+//!   `azurerm_healthcare_medtech_service_fhir_destination`, the older
+//!   `azurerm_healthcare_iot_connector`; variables from their defaults and the `.tfvars`
+//!   files given).
+//!
+//! What cannot be resolved is reported with `file:line:column`, never dropped; exit 1 when a
+//! required value is missing or a mapping is invalid.
 
 mod arm;
+mod bicep;
+mod terraform;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,22 +48,24 @@ pub struct ImportArgs {
 
 #[derive(clap::Subcommand)]
 enum ImportFrom {
-    /// Azure MedTech service (IoT connector) definitions: ARM templates, or the REST / `az
-    /// healthcareapis workspace iot-connector show` JSON of connectors and FHIR destinations.
+    /// Azure MedTech service (IoT connector) definitions: ARM templates, Bicep, Terraform, or
+    /// the REST / `az healthcareapis workspace iot-connector show` JSON of connectors and FHIR
+    /// destinations.
     Medtech(MedtechArgs),
 }
 
 /// `iomt import medtech` options.
 #[derive(clap::Args)]
 struct MedtechArgs {
-    /// ARM template(s) or resource JSON; a connector and its FHIR destination may be in
-    /// different files.
+    /// ARM template(s), resource JSON, Bicep (`.bicep`) or Terraform (`.tf`, with `.tfvars`)
+    /// files; a connector and its FHIR destination may be in different files.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Output folder: one sub-folder per MedTech service, named after it.
     #[arg(long, value_name = "DIR", default_value = "medtech-import")]
     out: PathBuf,
-    /// ARM deployment parameters file (`{"parameters": {"name": {"value": …}}}`).
+    /// ARM deployment parameters file (`{"parameters": {"name": {"value": …}}}`), for an ARM
+    /// template or a Bicep file. Terraform variables come from `.tfvars` files given as FILEs.
     #[arg(long, value_name = "FILE")]
     parameters: Option<PathBuf>,
 }
@@ -85,7 +101,48 @@ impl std::fmt::Display for Unresolved {
     }
 }
 
+impl Unresolved {
+    /// A problem at byte `offset` of `text` (the contents of `file`).
+    fn at(file: &Path, text: &str, offset: usize, what: &str, reason: impl Into<String>) -> Self {
+        let (line, column) = line_column(text, offset);
+        Unresolved {
+            file: file.to_path_buf(),
+            line,
+            column,
+            what: what.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
+/// A value as the connector is described; or why it is not known, and where.
 type Field = Result<Value, Unresolved>;
+
+/// A mapping's content as MedTech takes it: an object, or a JSON-encoded string of one.
+fn mapping_content(v: Value) -> Result<Value, String> {
+    match v {
+        Value::String(s) => serde_json::from_str::<Value>(&s)
+            .map_err(|e| format!("the content is a string but not JSON: {e}"))
+            .and_then(|v| match v {
+                Value::Object(_) => Ok(v),
+                other => Err(format!("expected a JSON object, found {other}")),
+            }),
+        Value::Object(_) => Ok(v),
+        other => Err(format!("expected an object, found {other}")),
+    }
+}
 
 /// One input file: its path, its positions, and (for an ARM template) how to evaluate.
 struct Source {
@@ -155,27 +212,15 @@ impl Source {
         scope: Option<&Scope>,
     ) -> Field {
         let v = self.required(res, base, rel, what, scope)?;
-        match v {
-            Value::String(s) => serde_json::from_str(&s).map_err(|e| {
-                self.unresolved(
-                    &format!("{base}{rel}"),
-                    what,
-                    format!("the content is a string but not JSON: {e}"),
-                )
-            }),
-            Value::Object(_) => Ok(v),
-            other => Err(self.unresolved(
-                &format!("{base}{rel}"),
-                what,
-                format!("expected an object, found {other}"),
-            )),
-        }
+        mapping_content(v).map_err(|e| self.unresolved(&format!("{base}{rel}"), what, e))
     }
 }
 
 /// A MedTech service found in the files.
 struct Connector {
     name: String,
+    /// Other names a destination may use for it: a Bicep symbolic name, a Terraform address.
+    aliases: Vec<String>,
     file: PathBuf,
     event_hub: Field,
     consumer_group: Field,
@@ -186,7 +231,7 @@ struct Connector {
 
 /// A FHIR destination found in the files.
 struct Destination {
-    /// The connector it belongs to (from its name or id), when known.
+    /// The connector it belongs to (its name, or one of its aliases), when known.
     connector: Option<String>,
     name: String,
     resolution: Field,
@@ -269,6 +314,7 @@ impl Found {
             let ing = "/properties/ingestionEndpointConfiguration";
             self.connectors.push(Connector {
                 name,
+                aliases: Vec::new(),
                 file: src.path.clone(),
                 event_hub: src.required(
                     res,
@@ -486,19 +532,28 @@ fn medtech(args: MedtechArgs) -> Result<ExitCode> {
         None => None,
     };
     let mut found = Found::default();
+    let (mut tf, mut tfvars) = (Vec::new(), Vec::new());
     for path in &args.files {
         let name = path.to_string_lossy().to_lowercase();
-        if [".bicep", ".bicepparam", ".tf", ".tfvars", ".hcl"]
-            .iter()
-            .any(|e| name.ends_with(e))
-        {
+        if name.ends_with(".tf") {
+            tf.push(path.clone());
+            continue;
+        }
+        if name.ends_with(".tfvars") {
+            tfvars.push(path.clone());
+            continue;
+        }
+        if name.ends_with(".bicepparam") {
             bail!(
-                "{}: Bicep/Terraform not supported yet; give the ARM template (`az bicep build --file {}`) or the resources' JSON (`az healthcareapis workspace iot-connector show` and `… fhir-destination show`)",
-                path.display(),
+                "{}: .bicepparam files are not read; give the parameters as a JSON parameters file (--parameters)",
                 path.display()
             );
         }
         let text = read_text(path)?;
+        if name.ends_with(".bicep") {
+            bicep::read(path, &text, given.as_ref(), &mut found)?;
+            continue;
+        }
         let doc: Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
         let src = Source {
@@ -512,13 +567,19 @@ fn medtech(args: MedtechArgs) -> Result<ExitCode> {
             found.rest(&src, &doc, "");
         }
     }
+    if !tf.is_empty() {
+        // The .tf files given are one module (as in a folder), the .tfvars its variables.
+        terraform::read(&tf, &tfvars, &mut found)?;
+    } else if !tfvars.is_empty() {
+        bail!("a .tfvars file was given without any .tf file");
+    }
     // Each destination to its connector.
     let mut connectors = std::mem::take(&mut found.connectors);
     for d in std::mem::take(&mut found.destinations) {
         let target = match &d.connector {
             Some(c) => connectors
                 .iter()
-                .position(|x| x.name.eq_ignore_ascii_case(c)),
+                .position(|x| x.name.eq_ignore_ascii_case(c) || x.aliases.iter().any(|a| a == c)),
             None if connectors.len() == 1 => Some(0),
             None => None,
         };

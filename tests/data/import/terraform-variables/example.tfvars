@@ -1,0 +1,1 @@
+eventhub_name = "example-eventhub"
