@@ -134,6 +134,39 @@ fn unresolvable_parameter_is_reported_with_its_line() {
     }
 }
 
+/// A copy loop over a connector (the quickstart's template with `"copy"` added to it, written
+/// by the test) is named with its line, not imported as if it were one connector.
+#[test]
+fn a_copy_loop_is_named_not_imported_as_one() {
+    let src = data("quickstart-iotconnectors/azuredeploy.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&src).unwrap()).unwrap();
+    let resources = t["resources"].as_array_mut().unwrap();
+    let connector = resources
+        .iter_mut()
+        .find(|r| r["type"] == "Microsoft.HealthcareApis/workspaces/iotconnectors")
+        .expect("the quickstart's connector");
+    connector["copy"] = serde_json::json!({"name": "connectors", "count": 3});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("copy-loop.json");
+    let text = serde_json::to_string_pretty(&t).unwrap();
+    std::fs::write(&file, &text).unwrap();
+    let params = data("quickstart-iotconnectors/azuredeploy.parameters.json");
+    let (code, stdout, stderr, _out) = import(
+        std::slice::from_ref(&file),
+        &["--parameters", &params.display().to_string()],
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let line = text.lines().position(|l| l.contains("\"copy\"")).unwrap() + 1;
+    let expected = format!("{}:{line}:", file.display());
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&expected) && l.contains("copy loop is not expanded")),
+        "{expected} copy loop: {stderr}"
+    );
+}
+
 #[test]
 fn rest_resources_with_inline_mappings() {
     let connector = data("rest-api-examples/iotconnector.json");
