@@ -389,27 +389,37 @@ fn terraform_provider_docs_example_with_jsonencode() {
     let file = data("terraform-docs/healthcare_medtech_service_fhir_destination.tf");
     let (code, stdout, stderr, out) = import(std::slice::from_ref(&file), &[]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    let c = out.path().join("examplemt");
-    assert_eq!(
-        json(&c.join("devicecontent.json")),
-        jsonencode_argument(&file, "device_mapping_json")
+    assert_imported(
+        &out.path().join("examplemt"),
+        (
+            jsonencode_argument(&file, "device_mapping_json"),
+            jsonencode_argument(&file, "destination_fhir_mapping_json"),
+        ),
+        (
+            "example-ehn.servicebus.windows.net",
+            "example-eh",
+            "$default",
+        ),
+        "Create",
+        "https://exampleworkspace-examplefhir.fhir.azurehealthcareapis.com",
     );
-    assert_eq!(
-        json(&c.join("fhirmapping.json")),
-        jsonencode_argument(&file, "destination_fhir_mapping_json")
-    );
-    let cfg = config(&c);
-    assert_source(
-        &cfg,
-        "example-ehn.servicebus.windows.net",
-        "example-eh",
-        "$default",
-    );
-    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some("Create"));
-    assert_eq!(
-        cfg["fhir"]["url"].as_str(),
-        Some("https://exampleworkspace-examplefhir.fhir.azurehealthcareapis.com")
-    );
+}
+
+/// An imported connector's folder against what its source defines: both mappings as JSON
+/// values, the Event Hub (namespace, hub, consumer group), the resolution type and FHIR URL.
+fn assert_imported(
+    c: &Path,
+    (device, fhir): (Value, Value),
+    hub: (&str, &str, &str),
+    resolution: &str,
+    url: &str,
+) {
+    assert_eq!(json(&c.join("devicecontent.json")), device);
+    assert_eq!(json(&c.join("fhirmapping.json")), fhir);
+    let cfg = config(c);
+    assert_source(&cfg, hub.0, hub.1, hub.2);
+    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some(resolution));
+    assert_eq!(cfg["fhir"]["url"].as_str(), Some(url));
 }
 
 /// Terraform: hashicorp/terraform-provider-azurerm,
@@ -446,26 +456,19 @@ fn terraform_acceptance_test_with_heredocs() {
     let file = data("terraform-acctest/main.tf");
     let (code, stdout, stderr, out) = import(std::slice::from_ref(&file), &[]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    let c = out.path().join("mt230421022238480739");
-    assert_eq!(
-        json(&c.join("devicecontent.json")),
-        heredoc(&file, "device_mapping_json")
-    );
-    assert_eq!(
-        json(&c.join("fhirmapping.json")),
-        heredoc(&file, "destination_fhir_mapping_json")
-    );
-    let cfg = config(&c);
-    assert_source(
-        &cfg,
-        "acctest-ehn-230421022238480739.servicebus.windows.net",
-        "acctest-eh-230421022238480739",
-        "acctestCG-230421022238480739",
-    );
-    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some("Create"));
-    assert_eq!(
-        cfg["fhir"]["url"].as_str(),
-        Some("https://wks230421022238480739-fhir1230421022238480739.fhir.azurehealthcareapis.com")
+    assert_imported(
+        &out.path().join("mt230421022238480739"),
+        (
+            heredoc(&file, "device_mapping_json"),
+            heredoc(&file, "destination_fhir_mapping_json"),
+        ),
+        (
+            "acctest-ehn-230421022238480739.servicebus.windows.net",
+            "acctest-eh-230421022238480739",
+            "acctestCG-230421022238480739",
+        ),
+        "Create",
+        "https://wks230421022238480739-fhir1230421022238480739.fhir.azurehealthcareapis.com",
     );
 }
 
@@ -494,29 +497,22 @@ fn terraform_variables_locals_file_and_tfvars() {
     let tfvars = data("terraform-variables/example.tfvars");
     let (code, stdout, stderr, out) = import(&[file.clone(), tfvars], &[]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    let c = out.path().join("examplemed");
-    assert_eq!(
-        json(&c.join("devicecontent.json")),
-        json(&data("terraform-variables/devicecontent.json"))
-    );
-    assert_eq!(
-        json(&c.join("fhirmapping.json")),
-        jsonencode_argument(
-            &data("terraform-docs/healthcare_medtech_service_fhir_destination.tf"),
-            "destination_fhir_mapping_json"
-        )
-    );
-    let cfg = config(&c);
-    assert_source(
-        &cfg,
-        "example-eventhub-namespace.servicebus.windows.net",
-        "example-eventhub",
-        "$Default",
-    );
-    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some("Lookup"));
-    assert_eq!(
-        cfg["fhir"]["url"].as_str(),
-        Some("https://examplewkspace-examplefhir.fhir.azurehealthcareapis.com")
+    assert_imported(
+        &out.path().join("examplemed"),
+        (
+            json(&data("terraform-variables/devicecontent.json")),
+            jsonencode_argument(
+                &data("terraform-docs/healthcare_medtech_service_fhir_destination.tf"),
+                "destination_fhir_mapping_json",
+            ),
+        ),
+        (
+            "example-eventhub-namespace.servicebus.windows.net",
+            "example-eventhub",
+            "$Default",
+        ),
+        "Lookup",
+        "https://examplewkspace-examplefhir.fhir.azurehealthcareapis.com",
     );
 }
 

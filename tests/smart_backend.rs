@@ -88,6 +88,29 @@ fn report(out: &Output) -> Value {
     })
 }
 
+/// The report of a replay that signed in: it succeeded, nothing failed past normalization, and
+/// one token carried every request.
+fn signed_in(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(out);
+    assert_eq!(write_errors(&r), Vec::<Value>::new(), "{r:#}");
+    let requests = r["fhirRequests"].as_u64().unwrap();
+    assert_eq!(
+        r["fhirTokens"]["issued"], 1,
+        "one token for {requests} requests: {r:#}"
+    );
+    assert_eq!(
+        r["fhirTokens"]["reused"].as_u64().unwrap(),
+        requests - 1,
+        "{r:#}"
+    );
+    r
+}
+
 #[tokio::test]
 async fn replays_sign_in_with_rs384_and_es384_keys_and_a_wrong_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,22 +126,12 @@ async fn replays_sign_in_with_rs384_and_es384_keys_and_a_wrong_key_is_refused() 
         3600,
     );
     let server = FhirServer::acquire().await;
-    let configure = || async {
-        reqwest::Client::new()
-            .post(format!("{}/$auth", server.base))
-            .body(
-                json!({
-                    "required": true,
-                    "introspect": provider.introspection("system/Observation.write"),
-                    "smart": {"token_endpoint": provider.token_url(), "token_endpoint_auth_methods_supported": ["private_key_jwt"]},
-                })
-                .to_string(),
-            )
-            .send()
-            .await
-            .unwrap();
-    };
-    configure().await;
+    let access = json!({
+        "required": true,
+        "introspect": provider.introspection("system/Observation.write"),
+        "smart": {"token_endpoint": provider.token_url(), "token_endpoint_auth_methods_supported": ["private_key_jwt"]},
+    });
+    server.auth(access.clone()).await;
     let env = |client: &str, key: &Path, alg: &str, kid: &str| {
         vec![
             ("IOMT_FHIR_CLIENT_ID", client.to_string()),
@@ -130,42 +143,17 @@ async fn replays_sign_in_with_rs384_and_es384_keys_and_a_wrong_key_is_refused() 
     };
 
     // RS384, the token endpoint discovered from the FHIR server's smart-configuration.
-    let out = replay(&server.base, &env("iomt-rs", &rs, "RS384", "rs-1"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = report(&out);
-    assert_eq!(write_errors(&r), Vec::<Value>::new(), "{r:#}");
+    let r = signed_in(&replay(&server.base, &env("iomt-rs", &rs, "RS384", "rs-1")));
     assert!(r["observationsCreated"].as_u64().unwrap() > 0, "{r:#}");
-    let requests = r["fhirRequests"].as_u64().unwrap();
-    assert_eq!(
-        r["fhirTokens"]["issued"], 1,
-        "one token for {requests} requests: {r:#}"
-    );
-    assert_eq!(
-        r["fhirTokens"]["reused"].as_u64().unwrap(),
-        requests - 1,
-        "{r:#}"
-    );
     let written = r["observationsCreated"].as_u64().unwrap();
 
-    // ES384, the token URL given. The same events again: nothing new, all through the token.
+    // ES384, the token URL given, into the emptied server: the same Observations.
     server.reset().await;
-    configure().await;
+    server.auth(access.clone()).await;
     let mut es_env = env("iomt-es", &es, "ES384", "es-1");
     es_env.push(("IOMT_FHIR_TOKEN_URL", provider.token_url()));
-    let out = replay(&server.base, &es_env);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = report(&out);
-    assert_eq!(write_errors(&r), Vec::<Value>::new(), "{r:#}");
+    let r = signed_in(&replay(&server.base, &es_env));
     assert_eq!(r["observationsCreated"].as_u64().unwrap(), written, "{r:#}");
-    assert_eq!(r["fhirTokens"]["issued"], 1, "{r:#}");
     assert_eq!(provider.stats().await["issued"], 2);
 
     // A key the authorization server does not know, under a registered kid.

@@ -66,16 +66,6 @@ fn writer(base: &str, auth: Auth) -> FhirWriter {
     )
 }
 
-async fn fhir_auth(server: &FhirServer, cfg: Value) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("{}/$auth", server.base))
-        .body(cfg.to_string())
-        .send()
-        .await
-        .unwrap();
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
-}
-
 /// A static token the test itself reads the server with.
 const READER: &str = "test-reader-token";
 
@@ -90,14 +80,6 @@ async fn observations(server: &FhirServer) -> usize {
     assert_eq!(r.status(), 200, "reading the Observations");
     let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     v["entry"].as_array().map_or(0, Vec::len)
-}
-
-/// The FHIR server's token counts (`GET /$auth`).
-async fn auth_counts(server: &FhirServer) -> Value {
-    let r = reqwest::get(format!("{}/$auth", server.base))
-        .await
-        .unwrap();
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
 fn key(dir: &std::path::Path, name: &str, alg: &str, kid: &str) -> SigningKey {
@@ -119,8 +101,7 @@ async fn tokens_are_reused_refreshed_before_expiry_and_after_a_401() {
         4,
     );
     let server = FhirServer::acquire().await;
-    fhir_auth(
-        &server,
+    server.auth(
         json!({
             "required": true,
             "tokens": [READER],
@@ -162,7 +143,7 @@ async fn tokens_are_reused_refreshed_before_expiry_and_after_a_401() {
     );
     assert_eq!(reused + issued, requests, "every request carried the token");
     assert_eq!(provider.stats().await["issued"], 1);
-    assert_eq!(auth_counts(&server).await["tokensSeen"], 1);
+    assert_eq!(server.auth_counts().await["tokensSeen"], 1);
 
     // Past half of its 4 s life the token is replaced before the server would refuse it.
     tokio::time::sleep(Duration::from_millis(2_300)).await;
@@ -172,13 +153,13 @@ async fn tokens_are_reused_refreshed_before_expiry_and_after_a_401() {
     assert_eq!(tokens().2, 0, "without a 401");
 
     // Revoked at the FHIR server: one 401, one new token, the write succeeds.
-    fhir_auth(&server, json!({"revokeSeen": true})).await;
+    server.auth(json!({"revokeSeen": true})).await;
     let r = w.write_batch(vec![(0, reading("dev-a", 11))], None).await;
     assert!(r.errors.is_empty(), "{:#?}", r.errors);
     assert_eq!(tokens().0, 3);
     assert_eq!(tokens().2, 1, "one refresh after the 401");
     assert_eq!(provider.stats().await["issued"], 3);
-    let seen = auth_counts(&server).await;
+    let seen = server.auth_counts().await;
     assert_eq!(seen["tokensSeen"], 3, "{seen}");
     assert!(seen["rejected"].as_u64().unwrap() >= 1, "{seen}");
     assert_eq!(observations(&server).await, 6);
@@ -198,8 +179,7 @@ async fn a_wrong_key_is_refused_with_the_servers_error_and_es384_signs_in() {
         3600,
     );
     let server = FhirServer::acquire().await;
-    fhir_auth(
-        &server,
+    server.auth(
         json!({"required": true, "tokens": [READER], "introspect": provider.introspection("system/Observation.write")}),
     )
     .await;

@@ -235,25 +235,9 @@ async fn create_links_devices_and_reports_mismatch_and_missing_patient() {
     assert_eq!(d1["patient"]["reference"], "Patient/p1");
 }
 
-async fn configure_auth(server: &FhirServer, cfg: Value) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("{}/$auth", server.base))
-        .body(cfg.to_string())
-        .send()
-        .await
-        .unwrap();
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
-}
-
 /// How many tokens the token endpoint has issued.
 async fn tokens_issued(server: &FhirServer) -> u64 {
-    let r = reqwest::Client::new()
-        .get(format!("{}/$auth", server.base))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    v["issued"].as_u64().unwrap()
+    server.auth_counts().await["issued"].as_u64().unwrap()
 }
 
 fn writer_with(base: &str, auth: fhir_writer::auth::Auth) -> FhirWriter {
@@ -270,13 +254,14 @@ fn writer_with(base: &str, auth: fhir_writer::auth::Auth) -> FhirWriter {
     )
 }
 
-/// The test server's access control and token endpoint stand in for an identity provider,
-/// which cannot run here (see tests/fhir-server/server.mjs).
+/// Against the test server's own access control and client-secret token endpoint
+/// (tests/fhir-server/server.mjs); SMART Backend Services against a real authorization server
+/// (oidc-provider) is in tests/smart.rs.
 #[tokio::test]
 async fn bearer_token_and_oauth2_client_credentials() {
     use fhir_writer::auth::{Auth, ClientCredentials};
     let server = FhirServer::acquire().await;
-    configure_auth(&server, json!({"required": true, "tokens": ["static-token"], "clients": {"iomt": "s3cret"}, "expiresIn": 3600})).await;
+    server.auth(json!({"required": true, "tokens": ["static-token"], "clients": {"iomt": "s3cret"}, "expiresIn": 3600})).await;
 
     // No credentials: the server says 401 and the events are reported, not lost silently.
     let r = writer_with(&server.base, Auth::None)
@@ -336,11 +321,9 @@ async fn bearer_token_and_oauth2_client_credentials() {
     );
 
     // Short-lived tokens are refreshed before they expire (here: lifetime 1 s, refreshed at half-life).
-    configure_auth(
-        &server,
-        json!({"required": true, "clients": {"iomt": "s3cret"}, "expiresIn": 1}),
-    )
-    .await;
+    server
+        .auth(json!({"required": true, "clients": {"iomt": "s3cret"}, "expiresIn": 1}))
+        .await;
     let w = writer_with(&server.base, cc("s3cret"));
     let r = w
         .write_batch(vec![(0, m("dev-d", Some("pd"), None, 8, "94"))], None)

@@ -80,6 +80,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Installs a test peer's pinned npm packages (`npm ci` in `dir`, from its package-lock.json)
+/// when `dir/node_modules/<probe>` is missing: the first run on a fresh checkout.
+pub fn npm_ci_once(dir: &Path, probe: &str) {
+    if dir.join("node_modules").join(probe).is_dir() {
+        return;
+    }
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .status()
+        .expect("run npm (Node.js 20 and npm are needed for the tests' Node peers)");
+    assert!(status.success(), "`npm ci` in {} failed", dir.display());
+}
+
 /// `iomt <command>` on a template set's mappings (`<set>/devicecontent.json` and
 /// `<set>/fhirmapping.json`) and, if given, an events file: how the tests run `map`, `replay`
 /// and `validate` over a set. `iomt` is the binary (`env!("CARGO_BIN_EXE_iomt")`).

@@ -35,14 +35,7 @@ impl Drop for OidcProvider {
 
 fn provider_dir() -> PathBuf {
     let dir = crate::workspace_root().join("tests/oidc");
-    if !dir.join("node_modules/oidc-provider").is_dir() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .expect("run npm (Node.js 20 and npm are needed for the test authorization server)");
-        assert!(status.success(), "`npm ci` in {} failed", dir.display());
-    }
+    crate::npm_ci_once(&dir, "oidc-provider");
     dir
 }
 

@@ -172,65 +172,7 @@ impl Scope {
                     None => Err(format!("variable '{key}' is not defined")),
                 }
             }
-            "concat" => {
-                let vs = values()?;
-                if vs.iter().all(Value::is_array) {
-                    Ok(Value::Array(
-                        vs.into_iter()
-                            .flat_map(|v| match v {
-                                Value::Array(a) => a,
-                                _ => Vec::new(),
-                            })
-                            .collect(),
-                    ))
-                } else {
-                    Ok(Value::String(vs.iter().map(text).collect()))
-                }
-            }
-            "format" => {
-                let vs = values()?;
-                let (fmt, rest) = vs.split_first().ok_or("format() needs a format string")?;
-                let fmt = fmt.as_str().ok_or("format(): the format is not a string")?;
-                format_arm(fmt, rest).map(Value::String)
-            }
-            "replace" => match values()?.as_slice() {
-                [Value::String(s), Value::String(a), Value::String(b)] => {
-                    Ok(Value::String(s.replace(a.as_str(), b)))
-                }
-                _ => Err("replace() takes three strings".into()),
-            },
-            "tolower" => Ok(Value::String(one_string(name, &values()?)?.to_lowercase())),
-            "toupper" => Ok(Value::String(one_string(name, &values()?)?.to_uppercase())),
-            "trim" => Ok(Value::String(
-                one_string(name, &values()?)?.trim().to_string(),
-            )),
-            "string" => match values()?.as_slice() {
-                [v] => Ok(Value::String(text(v))),
-                _ => Err("string() takes one argument".into()),
-            },
-            "json" => {
-                let s = one_string(name, &values()?)?;
-                serde_json::from_str(&s).map_err(|e| format!("json(): {e}"))
-            }
-            "split" => match values()?.as_slice() {
-                [Value::String(s), sep] => {
-                    let seps: Vec<String> = match sep {
-                        Value::String(x) => vec![x.clone()],
-                        Value::Array(a) => a.iter().map(text).collect(),
-                        _ => return Err("split(): the separator is not a string".into()),
-                    };
-                    let mut parts = vec![s.clone()];
-                    for sep in seps.iter().filter(|s| !s.is_empty()) {
-                        parts = parts
-                            .iter()
-                            .flat_map(|p| p.split(sep.as_str()).map(str::to_string))
-                            .collect();
-                    }
-                    Ok(Value::Array(parts.into_iter().map(Value::String).collect()))
-                }
-                _ => Err("split() takes a string and a separator".into()),
-            },
-            "resourceid" => resource_id(&values()?).map(Value::String),
+            _ if is_common_function(&lname) => common_function(name, values()?),
             _ => Err(format!(
                 "`{name}()` cannot be evaluated without a deployment"
             )),
@@ -243,6 +185,87 @@ pub(super) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// The functions ARM templates and Bicep share (names case-insensitive), evaluated offline.
+const COMMON_FUNCTIONS: [&str; 10] = [
+    "concat",
+    "format",
+    "replace",
+    "tolower",
+    "toupper",
+    "trim",
+    "string",
+    "json",
+    "split",
+    "resourceid",
+];
+
+/// Whether `lname` (lower case) is one of [`COMMON_FUNCTIONS`].
+pub(super) fn is_common_function(lname: &str) -> bool {
+    COMMON_FUNCTIONS.contains(&lname)
+}
+
+/// One of [`COMMON_FUNCTIONS`] on its evaluated arguments; `name` as written, for messages.
+pub(super) fn common_function(name: &str, vs: Vec<Value>) -> Result<Value, String> {
+    match name.to_lowercase().as_str() {
+        "concat" => {
+            if vs.iter().all(Value::is_array) {
+                Ok(Value::Array(
+                    vs.into_iter()
+                        .flat_map(|v| match v {
+                            Value::Array(a) => a,
+                            _ => Vec::new(),
+                        })
+                        .collect(),
+                ))
+            } else {
+                Ok(Value::String(vs.iter().map(text).collect()))
+            }
+        }
+        "format" => {
+            let (fmt, rest) = vs.split_first().ok_or("format() needs a format string")?;
+            let fmt = fmt.as_str().ok_or("format(): the format is not a string")?;
+            format_arm(fmt, rest).map(Value::String)
+        }
+        "replace" => match vs.as_slice() {
+            [Value::String(s), Value::String(a), Value::String(b)] => {
+                Ok(Value::String(s.replace(a.as_str(), b)))
+            }
+            _ => Err("replace() takes three strings".into()),
+        },
+        "tolower" => Ok(Value::String(one_string(name, &vs)?.to_lowercase())),
+        "toupper" => Ok(Value::String(one_string(name, &vs)?.to_uppercase())),
+        "trim" => Ok(Value::String(one_string(name, &vs)?.trim().to_string())),
+        "string" => match vs.as_slice() {
+            [v] => Ok(Value::String(text(v))),
+            _ => Err("string() takes one argument".into()),
+        },
+        "json" => {
+            let s = one_string(name, &vs)?;
+            serde_json::from_str(&s).map_err(|e| format!("json(): {e}"))
+        }
+        "split" => match vs.as_slice() {
+            [Value::String(s), sep] => {
+                let seps: Vec<String> = match sep {
+                    Value::String(x) => vec![x.clone()],
+                    Value::Array(a) => a.iter().map(text).collect(),
+                    _ => return Err("split(): the separator is not a string".into()),
+                };
+                let mut parts = vec![s.clone()];
+                for sep in seps.iter().filter(|s| !s.is_empty()) {
+                    parts = parts
+                        .iter()
+                        .flat_map(|p| p.split(sep.as_str()).map(str::to_string))
+                        .collect();
+                }
+                Ok(Value::Array(parts.into_iter().map(Value::String).collect()))
+            }
+            _ => Err("split() takes a string and a separator".into()),
+        },
+        "resourceid" => resource_id(&vs).map(Value::String),
+        _ => Err(format!("`{name}()` is not a shared function")),
     }
 }
 

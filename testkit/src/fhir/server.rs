@@ -30,15 +30,7 @@ fn server_dir() -> PathBuf {
 
 fn start() -> Server {
     let dir = server_dir();
-    if !dir.join("node_modules/@medplum/fhir-router").is_dir() {
-        // First run on a fresh checkout: install the pinned packages (package-lock.json).
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .expect("run npm (Node.js 20 and npm are needed for the test FHIR server)");
-        assert!(status.success(), "`npm ci` in {} failed", dir.display());
-    }
+    crate::npm_ci_once(&dir, "@medplum/fhir-router");
     let mut child = Command::new("node")
         .arg("server.mjs")
         .args([
@@ -130,6 +122,28 @@ impl FhirServer {
             .await
             .expect("put");
         assert!(r.status().is_success(), "setup PUT: {}", r.status());
+    }
+
+    /// Sets the server's access control (`POST /$auth`, see `tests/fhir-server/server.mjs`:
+    /// static tokens, its client-secret token endpoint, or introspection at a real
+    /// authorization server) and returns its counts.
+    pub async fn auth(&self, config: serde_json::Value) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(format!("{}/$auth", self.base))
+            .body(config.to_string())
+            .send()
+            .await
+            .expect("configure auth");
+        serde_json::from_slice(&r.bytes().await.expect("auth body")).expect("auth JSON")
+    }
+
+    /// The access control's counts (`GET /$auth`): `issued` (its own token endpoint),
+    /// `introspected`, `tokensSeen` (distinct introspected tokens accepted), `rejected`.
+    pub async fn auth_counts(&self) -> serde_json::Value {
+        let r = reqwest::get(format!("{}/$auth", self.base))
+            .await
+            .expect("auth counts");
+        serde_json::from_slice(&r.bytes().await.expect("auth body")).expect("auth JSON")
     }
 }
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
-use super::arm::{format_arm, resource_id, text};
+use super::arm::{common_function, is_common_function, resource_id, text};
 use super::{last_segment, mapping_content, Connector, Destination, Field, Found, Unresolved};
 
 const MAX_DEPTH: usize = 32;
@@ -289,10 +289,6 @@ impl Ev<'_> {
                 .map(|a| self.eval(a, depth))
                 .collect::<Result<Vec<_>, _>>()
         };
-        let one_string = |vs: &[Value]| match vs {
-            [Value::String(s)] => Ok(s.clone()),
-            _ => Err(format!("{name}() takes one string")),
-        };
         match name {
             "loadTextContent" | "loadJsonContent" => {
                 let vs = values()?;
@@ -313,47 +309,7 @@ impl Ev<'_> {
                 serde_json::from_str(&content)
                     .map_err(|e| format!("loadJsonContent('{}'): not JSON: {e}", path.display()))
             }
-            "json" => {
-                serde_json::from_str(&one_string(&values()?)?).map_err(|e| format!("json(): {e}"))
-            }
-            "string" => match values()?.as_slice() {
-                [v] => Ok(Value::String(text(v))),
-                _ => Err("string() takes one argument".into()),
-            },
-            "concat" => {
-                let vs = values()?;
-                if vs.iter().all(Value::is_array) {
-                    Ok(Value::Array(
-                        vs.into_iter()
-                            .flat_map(|v| match v {
-                                Value::Array(a) => a,
-                                _ => Vec::new(),
-                            })
-                            .collect(),
-                    ))
-                } else {
-                    Ok(Value::String(vs.iter().map(text).collect()))
-                }
-            }
-            "format" => {
-                let vs = values()?;
-                let (f, rest) = vs.split_first().ok_or("format() needs a format string")?;
-                format_arm(
-                    f.as_str().ok_or("format(): the format is not a string")?,
-                    rest,
-                )
-                .map(Value::String)
-            }
-            "replace" => match values()?.as_slice() {
-                [Value::String(s), Value::String(a), Value::String(b)] => {
-                    Ok(Value::String(s.replace(a.as_str(), b)))
-                }
-                _ => Err("replace() takes three strings".into()),
-            },
-            "toLower" => Ok(Value::String(one_string(&values()?)?.to_lowercase())),
-            "toUpper" => Ok(Value::String(one_string(&values()?)?.to_uppercase())),
-            "trim" => Ok(Value::String(one_string(&values()?)?.trim().to_string())),
-            "resourceId" => resource_id(&values()?).map(Value::String),
+            _ if is_common_function(&name.to_lowercase()) => common_function(name, values()?),
             _ => Err(format!(
                 "`{name}()` is not evaluated offline (it needs a deployment, or is not supported)"
             )),
