@@ -63,6 +63,20 @@ impl Store {
         base: &str,
         now: DateTime<Utc>,
     ) -> Result<Value, StoreError> {
+        self.bundle_with(bundle, base, now, Return::Representation)
+    }
+
+    /// [`Store::bundle`] answering writes as `ret` asks: with `Prefer: return=minimal` a write
+    /// entry's response holds its status, `location`, `etag` and `lastModified` but not the
+    /// resource (a writer that keeps what it sent saves the server the encoding and itself the
+    /// decoding of every resource it wrote). Reads and searches always carry their resources.
+    pub fn bundle_with(
+        &self,
+        bundle: &Value,
+        base: &str,
+        now: DateTime<Utc>,
+        ret: Return,
+    ) -> Result<Value, StoreError> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(StoreError::Invalid(
                 "POST to the base URL takes a Bundle of type batch or transaction".into(),
@@ -116,7 +130,10 @@ impl Store {
             Kind::Batch => "batch-response",
             Kind::Transaction => "transaction-response",
         };
-        let entries: Vec<Value> = answers.into_iter().map(|a| answer_json(a, base)).collect();
+        let entries: Vec<Value> = answers
+            .into_iter()
+            .map(|a| answer_json(a, base, ret))
+            .collect();
         Ok(json!({"resourceType": "Bundle", "type": response_type, "entry": entries}))
     }
 }
@@ -133,7 +150,19 @@ fn failed(e: &StoreError) -> Answered {
     }
 }
 
-fn answer_json(a: Answered, base: &str) -> Value {
+/// What a write entry's response carries (the `Prefer: return=` header of the Bundle's POST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Return {
+    /// The written resource (the default).
+    #[default]
+    Representation,
+    /// Status, location, etag and lastModified only.
+    Minimal,
+}
+
+fn answer_json(a: Answered, base: &str, ret: Return) -> Value {
+    // A write is answered with a location; reads and searches are not.
+    let drop_resource = ret == Return::Minimal && a.location.is_some();
     let mut response =
         json!({"status": format!("{} {}", a.status, reason(a.status)).trim_end().to_string()});
     if let Some(l) = &a.location {
@@ -159,7 +188,9 @@ fn answer_json(a: Answered, base: &str) -> Value {
                 entry["fullUrl"] = json!(format!("{base}/{t}/{id}"));
             }
         }
-        entry["resource"] = r;
+        if !drop_resource {
+            entry["resource"] = r;
+        }
     }
     entry["response"] = response;
     entry

@@ -370,11 +370,20 @@ async fn route(req: Request<Incoming>, state: &Arc<State>) -> Reply {
         }
         (["metadata"], &Method::GET) => Reply::json(StatusCode::OK, capability_statement()),
         ([], &Method::POST) => {
+            let ret = match req
+                .headers()
+                .get("prefer")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(';').any(|p| p.trim() == "return=minimal"))
+            {
+                true => crate::bundle::Return::Minimal,
+                false => crate::bundle::Return::Representation,
+            };
             let body = match read_body(req, state.config.max_body_bytes).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            match blocking(state, move |s| s.bundle(&body, &base, Utc::now())).await {
+            match blocking(state, move |s| s.bundle_with(&body, &base, Utc::now(), ret)).await {
                 Ok(response) => Reply::json(StatusCode::OK, response),
                 Err(r) => r,
             }

@@ -64,6 +64,7 @@ mod index;
 pub mod search;
 mod store;
 
+pub use bundle::Return;
 pub use error::StoreError;
 pub use http::{serve, serve_with, ServeConfig};
 pub use store::{parse_if_match, SearchPage, Store, Written};

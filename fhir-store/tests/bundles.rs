@@ -188,3 +188,56 @@ async fn malformed_bundles_are_refused_and_batches_are_announced() {
         .collect();
     assert_eq!(codes, ["batch", "transaction"]);
 }
+
+/// `Prefer: return=minimal`: write entries are answered with status, location and etag only;
+/// a read in the same Bundle still carries its resource.
+#[tokio::test]
+async fn return_minimal_answers_writes_without_their_resources() {
+    let s = Running::start().await;
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": patient("p1", "1"), "request": {"method": "PUT", "url": "Patient/p1"}},
+        {"resource": patient("p2", "2"), "request": {"method": "PUT", "url": "Patient/p2"}},
+    ]});
+    let r = Client::new()
+        .post(&s.base)
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=minimal")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(statuses(&body), ["201 Created", "201 Created"]);
+    for e in body["entry"].as_array().unwrap() {
+        assert!(e.get("resource").is_none(), "{e}");
+        assert_eq!(e["response"]["etag"], "W/\"1\"", "{e}");
+        assert!(
+            e["response"]["location"]
+                .as_str()
+                .unwrap()
+                .ends_with("/_history/1"),
+            "{e}"
+        );
+    }
+    let mixed = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": patient("p1", "1b"), "request": {"method": "PUT", "url": "Patient/p1"}},
+        {"request": {"method": "GET", "url": "Patient/p2"}},
+    ]});
+    let r = Client::new()
+        .post(&s.base)
+        .header("prefer", "return=minimal")
+        .body(mixed.to_string())
+        .send()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!(body["entry"][0].get("resource").is_none());
+    assert_eq!(body["entry"][0]["response"]["etag"], "W/\"2\"");
+    assert_eq!(
+        body["entry"][1]["resource"]["id"], "p2",
+        "a read keeps its resource"
+    );
+    // Without the header, as before.
+    let (_, body) = post(&s.base, &bundle).await;
+    assert_eq!(body["entry"][0]["resource"]["id"], "p1");
+}

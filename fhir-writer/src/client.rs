@@ -150,6 +150,24 @@ fn as_bundle(url: &str, body: Option<Value>, what: &str) -> Result<Value, WriteE
     Ok(bundle)
 }
 
+/// The `Prefer` header for a request body: a Bundle of writes only asks for minimal answers (its
+/// entries' status, location and etag; the writer keeps what it sent), anything else for the
+/// resource as the server has it.
+fn prefer_for(body: Option<&Value>) -> &'static str {
+    let writes_only = body.is_some_and(|b| {
+        b["resourceType"] == "Bundle"
+            && b["entry"].as_array().is_some_and(|es| {
+                es.iter()
+                    .all(|e| e.pointer("/request/method").and_then(Value::as_str) != Some("GET"))
+            })
+    });
+    if writes_only {
+        "return=minimal"
+    } else {
+        "return=representation"
+    }
+}
+
 fn jitter() -> f64 {
     rand::random::<f64>()
 }
@@ -218,6 +236,7 @@ impl FhirClient {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         let mut reauthenticated = false;
+        let prefer = prefer_for(body);
         loop {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let mut req = self
@@ -240,7 +259,7 @@ impl FhirClient {
             if let Some(b) = body {
                 req = req
                     .header("content-type", "application/fhir+json")
-                    .header("prefer", "return=representation")
+                    .header("prefer", prefer)
                     .body(serde_json::to_vec(b).unwrap_or_default());
             }
             let (what, last): (Attempt<'_>, String);
