@@ -87,27 +87,7 @@ fn quickstart_template_with_its_parameters_file() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     // Connector name: format('{0}/hi-{1}', workspaceName, basename).
     let c = out.path().join("hi-GEN-UNIQUE-16");
-    let p = json(&params);
-    assert_eq!(
-        json(&c.join("devicecontent.json")),
-        p["parameters"]["deviceMapping"]["value"]
-    );
-    assert_eq!(
-        json(&c.join("fhirmapping.json")),
-        p["parameters"]["destinationMapping"]["value"]
-    );
-    let cfg = config(&c);
-    assert_source(
-        &cfg,
-        "en-GEN-UNIQUE-16.servicebus.windows.net",
-        "devicedata",
-        "$Default",
-    );
-    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some("Create"));
-    assert_eq!(
-        cfg["fhir"]["url"].as_str(),
-        Some("https://hwGENUNIQUE16-fs-GEN-UNIQUE-16.fhir.azurehealthcareapis.com")
-    );
+    assert_quickstart(&c, &params);
     assert!(stdout.contains("still to fill in"), "{stdout}");
     assert!(stdout.contains("<tenant-id>"), "{stdout}");
 }
@@ -327,26 +307,25 @@ fn bicep_quickstart_gives_what_its_arm_template_gives() {
         t.split_once('\n').unwrap().1.to_string()
     };
     assert_eq!(body(&c), body(&a));
-    let pv = json(&params);
-    assert_eq!(
-        json(&c.join("devicecontent.json")),
-        pv["parameters"]["deviceMapping"]["value"]
-    );
-    assert_eq!(
-        json(&c.join("fhirmapping.json")),
-        pv["parameters"]["destinationMapping"]["value"]
-    );
-    let cfg = config(&c);
-    assert_source(
-        &cfg,
-        "en-GEN-UNIQUE-16.servicebus.windows.net",
-        "devicedata",
-        "$Default",
-    );
-    assert_eq!(cfg["fhir"]["resolution"].as_str(), Some("Create"));
-    assert_eq!(
-        cfg["fhir"]["url"].as_str(),
-        Some("https://hwGENUNIQUE16-fs-GEN-UNIQUE-16.fhir.azurehealthcareapis.com")
+    assert_quickstart(&c, &params);
+}
+
+/// The quickstart's connector (ARM or Bicep) against its parameters file's mappings.
+fn assert_quickstart(c: &Path, params: &Path) {
+    let p = json(params);
+    assert_imported(
+        c,
+        (
+            p["parameters"]["deviceMapping"]["value"].clone(),
+            p["parameters"]["destinationMapping"]["value"].clone(),
+        ),
+        (
+            "en-GEN-UNIQUE-16.servicebus.windows.net",
+            "devicedata",
+            "$Default",
+        ),
+        "Create",
+        "https://hwGENUNIQUE16-fs-GEN-UNIQUE-16.fhir.azurehealthcareapis.com",
     );
 }
 
