@@ -6,7 +6,7 @@
 //! whole (a 4xx or 501, or an answer that is not a batch-response). Either way the writer falls
 //! back to single requests for the rest of its life and says so once in the log.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
@@ -36,6 +36,8 @@ pub(crate) struct Exchange {
     config: ExchangeConfig,
     /// Cleared when the server turned out not to take Bundles.
     bundles: AtomicBool,
+    /// The largest Bundle the server has not refused as too large (413): Bundles are cut to it.
+    max_entries: AtomicUsize,
     capabilities: OnceCell<()>,
 }
 
@@ -62,6 +64,7 @@ impl Exchange {
         Exchange {
             client,
             bundles: AtomicBool::new(config.bundles),
+            max_entries: AtomicUsize::new(usize::MAX),
             config,
             capabilities: OnceCell::new(),
         }
@@ -112,7 +115,11 @@ impl Exchange {
         if !self.uses_bundles() {
             return self.singles(entries).await;
         }
-        let size = self.config.bundle_size.max(1);
+        let size = self
+            .config
+            .bundle_size
+            .min(self.max_entries.load(Ordering::Relaxed))
+            .max(1);
         let chunks: Vec<Vec<Entry>> = entries.chunks(size).map(<[Entry]>::to_vec).collect();
         let answers: Vec<Vec<EntryOutcome>> = stream::iter(chunks)
             .map(|chunk| self.one_bundle(chunk))
@@ -128,6 +135,24 @@ impl Exchange {
         }
         match self.client.batch(&chunk).await {
             Ok(outcomes) => outcomes,
+            // Too large for the server: the two halves, each split again if need be, and
+            // Bundles no larger than what was refused from then on.
+            Err(WriteError::Rejected { status: 413, .. }) if chunk.len() > 1 => {
+                let half = chunk.len().div_ceil(2);
+                let before = self.max_entries.fetch_min(half, Ordering::Relaxed);
+                if before > half {
+                    tracing::warn!(
+                        entries = chunk.len(),
+                        now = half,
+                        "The FHIR server refused a Bundle as too large (413); sending smaller Bundles."
+                    );
+                }
+                let mut first = chunk;
+                let second = first.split_off(half);
+                let mut out = Box::pin(self.one_bundle(first)).await;
+                out.extend(Box::pin(self.one_bundle(second)).await);
+                out
+            }
             Err(e @ (WriteError::Rejected { .. } | WriteError::InvalidResponse { .. })) => {
                 tracing::debug!(error = %e, "Bundle refused.");
                 let why = match &e {

@@ -19,7 +19,8 @@
 //! * `*_bundles_match_single_requests_under_entry_faults`: the Bundle path leaves exactly what
 //!   the single-request path leaves, fault-free, with Bundle entries answering 412, 429
 //!   (`Retry-After`) and 500 (the proxy's entry faults: no real server answers single entries
-//!   so on cue), and through a server that refuses Bundles (fallback). The other fault tests
+//!   so on cue), through a server that refuses Bundles over a size (413: split), and through a
+//!   server that refuses Bundles (fallback). The other fault tests
 //!   use the single-request path, whose requests their scripts address one by one.
 //! * `one_hz_heart_rate_needs_at_most_0_02_requests_per_measurement`: an hour of 1 Hz heart rate
 //!   in batches of 300 (the reference's batch size); prints `REQUESTS_PER_MEASUREMENT ...`.
@@ -755,6 +756,21 @@ fn entry_faults() -> EntryScript {
     })
 }
 
+/// A server that takes Bundles of at most `max` entries and answers larger ones 413 (Payload
+/// Too Large), as a server with a request-size limit does.
+fn bundles_at_most(max: usize) -> Script {
+    Box::new(move |s: &Seen<'_>| {
+        if s.method == "POST" && s.entries > max {
+            Fault::Status {
+                code: 413,
+                retry_after: None,
+            }
+        } else {
+            Fault::Pass
+        }
+    })
+}
+
 /// A server that refuses Bundles as a whole (here: 501 to every `POST` of a Bundle, as a
 /// server without batch support answers; the test server itself takes them).
 fn refuse_bundles() -> Script {
@@ -852,6 +868,25 @@ async fn bundles_match_single_requests_under_entry_faults(set: Set) {
     assert!(run.conflicts > 0, "{ctx}: no 412 handled");
     assert!(run.retries > 0, "{ctx}: nothing retried");
     assert!(run.used_bundles, "{ctx}: fell back although Bundles work");
+    same(&ctx, &run, &snapshot(&server).await);
+
+    server.reset().await;
+    let proxy = FaultProxy::start(&server.base, bundles_at_most(2)).await;
+    let run = write_set_with(&set, &proxy.base, true).await;
+    let ctx = format!("{} / Bundles over 2 entries refused as too large", set.name);
+    assert!(
+        proxy.injected().get("413").copied().unwrap_or(0) > 0,
+        "{ctx}: no Bundle was large enough to be refused: {:?}",
+        proxy.injected()
+    );
+    assert!(run.used_bundles, "{ctx}: fell back instead of splitting");
+    eprintln!(
+        "BUNDLES_413 set={} requests={} bundles={} injected={:?}",
+        set.name,
+        run.requests,
+        run.bundles,
+        proxy.injected()
+    );
     same(&ctx, &run, &snapshot(&server).await);
 
     server.reset().await;

@@ -89,6 +89,8 @@ pub struct Seen<'a> {
     pub attempt: u32,
     /// Identifies the exact request, for scripts that fault one request several times.
     pub key: u64,
+    /// The entries of a Bundle it carries (0 for any other request).
+    pub entries: usize,
 }
 
 impl Seen<'_> {
@@ -208,12 +210,21 @@ impl ProxyState {
             *n += 1;
             *n - 1
         };
+        let entries = if req.method == "POST" {
+            serde_json::from_slice::<serde_json::Value>(&req.body)
+                .ok()
+                .and_then(|b| b["entry"].as_array().map(Vec::len))
+                .unwrap_or(0)
+        } else {
+            0
+        };
         let seen = Seen {
             method: &req.method,
             target: &req.target,
             if_match,
             attempt,
             key,
+            entries,
         };
         let fault = (self.script.lock().unwrap())(&seen);
         if fault != Fault::Pass {
