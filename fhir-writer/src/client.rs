@@ -101,6 +101,23 @@ pub struct Versioned {
     pub version: Option<String>,
 }
 
+impl crate::cache::Weight for Versioned {
+    fn weight(&self) -> usize {
+        json_weight(&self.resource) + self.version.as_ref().map_or(0, String::len)
+    }
+}
+
+/// Roughly the heap a JSON value holds: its strings and keys, plus a node's overhead each.
+pub(crate) fn json_weight(v: &Value) -> usize {
+    const NODE: usize = 32;
+    NODE + match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(json_weight).sum(),
+        Value::Object(o) => o.iter().map(|(k, v)| NODE + k.len() + json_weight(v)).sum(),
+        _ => 0,
+    }
+}
+
 /// The FHIR client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct FhirClient {

@@ -58,6 +58,14 @@ pub struct ResolvedIdentity {
     pub encounter_id: Option<String>,
 }
 
+impl crate::cache::Weight for ResolvedIdentity {
+    fn weight(&self) -> usize {
+        96 + self.patient_id.len()
+            + self.device_id.len()
+            + self.encounter_id.as_ref().map_or(0, String::len)
+    }
+}
+
 /// Why an identity could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {

@@ -64,7 +64,7 @@ pub struct WriterConfig {
     pub identity_cache: CacheConfig,
     /// The version cache: the Observations written, with their versions, so that the next
     /// merge into one is written with `If-Match` without reading it first (reference: 5000
-    /// entries, 1 h).
+    /// entries, 1 h; here also at most [`DEFAULT_OBSERVATION_CACHE_BYTES`] of Observations).
     pub observation_cache: CacheConfig,
     /// Write in `batch` Bundles (false: one request per read and write, as for a server that
     /// takes no Bundles; `--no-bundles`).
@@ -82,6 +82,10 @@ pub struct WriterConfig {
 /// Default entries per Bundle: inside the 100–500 that FHIR servers advise, and half of the
 /// 500-entry limit some (Azure Health Data Services) enforce.
 pub const DEFAULT_BUNDLE_SIZE: usize = 250;
+/// Default byte cap of the version cache: 5,000 hourly 1 Hz SampledData Observations at
+/// their fullest are about 100 MB.
+pub const DEFAULT_OBSERVATION_CACHE_BYTES: usize = 256 << 20;
+
 /// Default Bundles in flight.
 pub const DEFAULT_BUNDLE_CONCURRENCY: usize = 4;
 
@@ -95,10 +99,12 @@ impl Default for WriterConfig {
             identity_cache: CacheConfig {
                 capacity: 5000,
                 ttl: Duration::from_secs(2 * 3600),
+                max_bytes: usize::MAX,
             },
             observation_cache: CacheConfig {
                 capacity: 5000,
                 ttl: Duration::from_secs(3600),
+                max_bytes: DEFAULT_OBSERVATION_CACHE_BYTES,
             },
             bundles: true,
             bundle_size: DEFAULT_BUNDLE_SIZE,
