@@ -169,15 +169,15 @@ mod tests {
         for i in 0..200u64 {
             c.insert(i, 90);
             assert!(c.bytes() <= 1000, "{} bytes after {i}", c.bytes());
-            assert_eq!(c.bytes(), 90 * c.len() as usize);
+            assert_eq!(c.bytes(), 90 * c.len());
         }
         assert_eq!(c.get(&199), Some(90), "the newest is kept");
         // Replacing a value counts its new weight only; too heavy a value is not kept.
         c.insert(199, 10);
-        assert_eq!(c.bytes(), 90 * (c.len() as usize - 1) + 10);
+        assert_eq!(c.bytes(), 90 * (c.len() - 1) + 10);
         c.insert(7, 5000);
         assert_eq!(c.get(&7), None);
         c.remove(&199);
-        assert_eq!(c.bytes(), 90 * c.len() as usize);
+        assert_eq!(c.bytes(), 90 * c.len());
     }
 }
