@@ -432,9 +432,6 @@ pub(crate) fn search_in(
 ) -> Result<SearchPage, StoreError> {
     check_type(resource_type)?;
     let (count_sql, page_sql, args) = search_sql(resource_type, query);
-    let total: i64 = conn
-        .prepare_cached(&count_sql)?
-        .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
     let mut resources = Vec::new();
     if query.count > 0 {
         let mut page_args = args.clone();
@@ -452,10 +449,17 @@ pub(crate) fn search_in(
             resources.push(decode(resource_type, &id, &json)?);
         }
     }
-    Ok(SearchPage {
-        total: u64::try_from(total).unwrap_or(0),
-        resources,
-    })
+    // A first page that is not full holds every match: its length is the total, and the
+    // COUNT is not needed (most searches, e.g. by identifier, find one resource or none).
+    let total = if query.offset == 0 && query.count > 0 && resources.len() < query.count {
+        resources.len() as u64
+    } else {
+        let n: i64 = conn
+            .prepare_cached(&count_sql)?
+            .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
+        u64::try_from(n).unwrap_or(0)
+    };
+    Ok(SearchPage { total, resources })
 }
 
 fn check_body(resource_type: &str, resource: &Value) -> Result<(), StoreError> {
