@@ -268,6 +268,18 @@ fn checked_sampled(
     end: DateTime<Utc>,
     period_ms: f64,
 ) -> Result<String, MappingError> {
+    check_slots(template, value_name, start, end, period_ms)?;
+    Ok(sampled::build_sampled_data(values, start, end, period_ms))
+}
+
+/// A SampledData over `[start, end]` at `period_ms` may hold at most [`MAX_SLOTS`] slots.
+fn check_slots(
+    template: &CodeValueFhirTemplate,
+    value_name: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    period_ms: f64,
+) -> Result<(), MappingError> {
     let slots = sampled::slot_count(start, end, period_ms);
     if slots > MAX_SLOTS {
         return Err(MappingError::TooManySamples {
@@ -277,7 +289,7 @@ fn checked_sampled(
             limit: MAX_SLOTS,
         });
     }
-    Ok(sampled::build_sampled_data(values, start, end, period_ms))
+    Ok(())
 }
 
 /// Creates one value element (`value[x]` key and content) from the values of one property.
@@ -514,17 +526,21 @@ fn merge_value(
                 });
             }
             let old = sd.get("data").and_then(Value::as_str).unwrap_or("");
-            let old_values =
-                sampled::sampled_data_to_time_values(old, obs_start, *default_period_ms);
-            let merged = sampled::merge_time_values(&old_values, values);
-            let data = checked_sampled(
+            check_slots(
                 template,
                 value_name,
-                &merged,
                 merge_start,
                 merge_end,
                 *default_period_ms,
             )?;
+            let data = sampled::merge_sampled_data(
+                old,
+                obs_start,
+                values,
+                merge_start,
+                merge_end,
+                *default_period_ms,
+            );
             if old != data {
                 sd.insert("data".into(), data.into());
             }

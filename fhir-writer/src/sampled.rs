@@ -149,6 +149,100 @@ pub fn merge_time_values(existing: &[TimeValue], incoming: &[TimeValue]) -> Vec<
     out
 }
 
+/// The `data` of an existing SampledData (`old`, laid out from `old_start`) merged with
+/// `incoming` (time-sorted) and rebuilt over `[start, end]`: what
+/// `build_sampled_data(&merge_time_values(&sampled_data_to_time_values(old, old_start, p), incoming), start, end, p)`
+/// gives, without a `TimeValue` (and its `String`) per existing sample. An hourly 1 Hz
+/// Observation holds up to 3,600 of them, and a flush merges into thousands of Observations.
+pub fn merge_sampled_data(
+    old: &str,
+    old_start: DateTime<Utc>,
+    incoming: &[TimeValue],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    period_ms: f64,
+) -> String {
+    let n = usize::try_from(slot_count(start, end, period_ms)).unwrap_or(usize::MAX);
+    let period = period_nanos(period_ms);
+    // Per slot: the value and its time (ns from `start`); a later time wins, and on equal
+    // times an incoming value wins over an existing one (the merge's rule), a later incoming
+    // one over an earlier.
+    let mut slots: Vec<Option<(&str, i128)>> = vec![None; n.min(MAX_SLOTS as usize)];
+    let shift = (old_start - start).num_nanoseconds().map(i128::from);
+    let old_period = period_duration(period_ms);
+    if let Some(shift) = shift {
+        for (i, token) in old.split(' ').enumerate() {
+            if token == "E" || token.is_empty() {
+                continue;
+            }
+            // As the decoder does: the slot's start, or stop where it cannot be computed.
+            let Some(offset) = i32::try_from(i)
+                .ok()
+                .and_then(|i| old_period.checked_mul(i))
+                .filter(|d| old_start.checked_add_signed(*d).is_some())
+                .and_then(|d| d.num_nanoseconds())
+                .map(|d| shift + i128::from(d))
+            else {
+                break;
+            };
+            place(&mut slots, token, offset, period, false);
+        }
+    } else {
+        // Too far apart for nanoseconds: by times, as the definition does.
+        return build_sampled_data(
+            &merge_time_values(
+                &sampled_data_to_time_values(old, old_start, period_ms),
+                incoming,
+            ),
+            start,
+            end,
+            period_ms,
+        );
+    }
+    let mut sorted: Vec<&TimeValue> = incoming.iter().collect();
+    sorted.sort_by_key(|v| v.time);
+    for v in sorted {
+        if let Some(offset) = (v.time - start).num_nanoseconds().map(i128::from) {
+            place(&mut slots, &v.value, offset, period, true);
+        }
+    }
+    let mut out = String::with_capacity(slots.len() * 4);
+    for (i, slot) in slots.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(slot.map_or("E", |(v, _)| v));
+    }
+    out
+}
+
+/// Puts `value` at time `offset` (ns from the window start) into its slot, if it falls in one
+/// and wins against what is there.
+fn place<'a>(
+    slots: &mut [Option<(&'a str, i128)>],
+    value: &'a str,
+    offset: i128,
+    period: i128,
+    incoming: bool,
+) {
+    if offset < 0 {
+        return;
+    }
+    let Some(slot) = usize::try_from(offset / period)
+        .ok()
+        .and_then(|i| slots.get_mut(i))
+    else {
+        return;
+    };
+    let wins = match slot {
+        None => true,
+        Some((_, at)) => offset > *at || (incoming && offset == *at),
+    };
+    if wins {
+        *slot = Some((value, offset));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +293,43 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn merge_equals_decode_merge_and_build(
+            period_ms in prop_oneof![Just(1000.0), Just(5000.0), Just(7.5), 0.001f64..100_000.0],
+            old_shift_ms in -20_000i64..20_000,
+            span_ms in 0i64..200_000,
+            old in proptest::collection::vec(prop_oneof![Just(None), (0u32..1000).prop_map(Some)], 0..80),
+            incoming in proptest::collection::vec((-30_000i64..250_000, 0u32..1000), 0..40),
+        ) {
+            let start = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+            let end = start + Duration::milliseconds(span_ms);
+            let old_start = start + Duration::milliseconds(old_shift_ms);
+            prop_assume!(slot_count(start, end, period_ms) <= 200_000);
+            let old: String = old
+                .iter()
+                .map(|v| v.map_or("E".to_string(), |v| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut incoming: Vec<TimeValue> = incoming
+                .iter()
+                .map(|(ms, v)| TimeValue {
+                    time: start + Duration::milliseconds(*ms),
+                    value: v.to_string(),
+                })
+                .collect();
+            incoming.sort_by_key(|v| v.time);
+            let definition = build_sampled_data(
+                &merge_time_values(&sampled_data_to_time_values(&old, old_start, period_ms), &incoming),
+                start,
+                end,
+                period_ms,
+            );
+            prop_assert_eq!(
+                merge_sampled_data(&old, old_start, &incoming, start, end, period_ms),
+                definition
+            );
+        }
+
         #[test]
         fn fast_build_and_decode_equal_the_slot_by_slot_definition(
             period_ms in prop_oneof![Just(1000.0), Just(5000.0), Just(7.5), 0.00001f64..100_000.0],
