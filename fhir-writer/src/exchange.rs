@@ -105,7 +105,7 @@ impl Exchange {
     }
 
     /// Sends `entries` and returns their outcomes in order.
-    pub(crate) async fn send(&self, entries: Vec<Entry>) -> Vec<EntryOutcome> {
+    pub(crate) async fn send(&self, entries: &[Entry]) -> Vec<EntryOutcome> {
         if entries.is_empty() {
             return Vec::new();
         }
@@ -120,20 +120,21 @@ impl Exchange {
             .bundle_size
             .min(self.max_entries.load(Ordering::Relaxed))
             .max(1);
-        let chunks: Vec<Vec<Entry>> = entries.chunks(size).map(<[Entry]>::to_vec).collect();
-        let answers: Vec<Vec<EntryOutcome>> = stream::iter(chunks)
-            .map(|chunk| self.one_bundle(chunk))
+        // By index: a closure taking a reference would make the future not `Send` for every
+        // caller (a known limit of the compiler's inference for such closures).
+        let answers: Vec<Vec<EntryOutcome>> = stream::iter(0..entries.len().div_ceil(size))
+            .map(|i| self.one_bundle(&entries[i * size..((i + 1) * size).min(entries.len())]))
             .buffered(self.config.bundle_concurrency.max(1))
             .collect()
             .await;
         answers.into_iter().flatten().collect()
     }
 
-    async fn one_bundle(&self, chunk: Vec<Entry>) -> Vec<EntryOutcome> {
+    async fn one_bundle(&self, chunk: &[Entry]) -> Vec<EntryOutcome> {
         if !self.uses_bundles() {
             return self.singles(chunk).await;
         }
-        match self.client.batch(&chunk).await {
+        match self.client.batch(chunk).await {
             Ok(outcomes) => outcomes,
             // Too large for the server: the two halves, each split again if need be, and
             // Bundles no larger than what was refused from then on.
@@ -147,8 +148,7 @@ impl Exchange {
                         "The FHIR server refused a Bundle as too large (413); sending smaller Bundles."
                     );
                 }
-                let mut first = chunk;
-                let second = first.split_off(half);
+                let (first, second) = chunk.split_at(half);
                 let mut out = Box::pin(self.one_bundle(first)).await;
                 out.extend(Box::pin(self.one_bundle(second)).await);
                 out
@@ -178,9 +178,9 @@ impl Exchange {
         }
     }
 
-    async fn singles(&self, entries: Vec<Entry>) -> Vec<EntryOutcome> {
-        stream::iter(entries)
-            .map(|e| async move { self.client.single(&e).await })
+    async fn singles(&self, entries: &[Entry]) -> Vec<EntryOutcome> {
+        stream::iter(0..entries.len())
+            .map(|i| self.client.single(&entries[i]))
             .buffered(self.config.request_concurrency.max(1))
             .collect()
             .await

@@ -469,7 +469,7 @@ impl IdentityResolver {
         for e in &encounters {
             entries.push(Entry::search("Encounter", &[("identifier", e)]));
         }
-        let mut answers = exchange.send(entries).await.into_iter();
+        let mut answers = exchange.send(&entries).await.into_iter();
         let mut found_device: BTreeMap<&str, Found> = BTreeMap::new();
         for d in &devices {
             let a = answers.next();
@@ -604,7 +604,7 @@ impl IdentityResolver {
             }
         }
         let ids: Vec<String> = new_patients.keys().cloned().collect();
-        let entries = new_patients
+        let entries: Vec<Entry> = new_patients
             .into_values()
             .map(|resource| Entry::Put {
                 resource,
@@ -613,7 +613,7 @@ impl IdentityResolver {
             .collect();
         let made: BTreeMap<String, bool> = ids
             .into_iter()
-            .zip(exchange.send(entries).await)
+            .zip(exchange.send(&entries).await)
             .map(|(id, o)| (id, matches!(o, EntryOutcome::Done { .. })))
             .collect();
         let mut device_entries = Vec::new();
@@ -647,7 +647,7 @@ impl IdentityResolver {
                 device_plans.push(i);
             }
         }
-        let outcomes = exchange.send(device_entries).await;
+        let outcomes = exchange.send(&device_entries).await;
         for (i, o) in device_plans.into_iter().zip(outcomes) {
             let plan = &mut plans[i];
             if let (

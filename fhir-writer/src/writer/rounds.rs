@@ -242,7 +242,7 @@ impl FhirWriter {
             ));
             reading.push(i);
         }
-        let answers = self.exchange.send(entries).await;
+        let answers = self.exchange.send(&entries).await;
         for (i, a) in reading.into_iter().zip(answers) {
             let j = &mut *jobs[i];
             match a {
@@ -366,14 +366,15 @@ impl FhirWriter {
                 }
             }
         }
+        let answers = self.exchange.send(&entries).await;
+        // What was sent, kept (not copied) for answers without the resource.
         let sent: Vec<(Value, bool)> = entries
-            .iter()
+            .into_iter()
             .map(|e| match e {
-                Entry::Put { resource, if_match } => (resource.clone(), if_match.is_some()),
+                Entry::Put { resource, if_match } => (resource, if_match.is_some()),
                 Entry::Get { .. } => (Value::Null, false),
             })
             .collect();
-        let answers = self.exchange.send(entries).await;
         for ((i, a), (body, update)) in writing.into_iter().zip(answers).zip(sent) {
             let j = &mut *jobs[i];
             let created = j.existing.as_ref().is_some_and(Option::is_none);
@@ -483,7 +484,7 @@ impl FhirWriter {
                 checking.push(i);
             }
         }
-        let answers = self.exchange.send(entries).await;
+        let answers = self.exchange.send(&entries).await;
         for (i, a) in checking.into_iter().zip(answers) {
             let j = &mut *jobs[i];
             let Some(written) = j.check.take() else {
