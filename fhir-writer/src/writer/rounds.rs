@@ -387,9 +387,16 @@ impl FhirWriter {
                     let mut resource = resource
                         .filter(|r| r["resourceType"] == "Observation")
                         .unwrap_or(body);
+                    // The server's version, also over the stale one a sent body carries (a
+                    // minimal answer has no resource: the body sent is what is cached).
                     if let Some(v) = &version {
-                        if resource.pointer("/meta/versionId").is_none() {
+                        if resource.pointer("/meta/versionId").and_then(Value::as_str)
+                            != Some(v.as_str())
+                        {
                             resource["meta"]["versionId"] = Value::String(v.clone());
+                            if let Some(meta) = resource["meta"].as_object_mut() {
+                                meta.remove("lastUpdated");
+                            }
                         }
                     }
                     let written = Versioned { resource, version };
