@@ -62,6 +62,7 @@ mod error;
 mod http;
 mod index;
 pub mod search;
+mod sql;
 mod store;
 
 pub use bundle::Return;
