@@ -190,6 +190,23 @@ pub(crate) async fn read_spool(
                 }
             }
             _ = shutdown.changed() => {}
+            // Caught up and nothing new: let the reader close segments that commits deleted
+            // meanwhile (an open file keeps its space; on a full disk nothing new is appended
+            // to wake it).
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if reader.is_some() => {
+                let s = spool.clone();
+                let r = reader.take();
+                reader = tokio::task::spawn_blocking(move || {
+                    let mut r = r?;
+                    if let Some(sp) = lock(&s).as_ref() {
+                        sp.refresh(&mut r);
+                    }
+                    Some(r)
+                })
+                .await
+                .ok()
+                .flatten();
+            }
         }
     }
 }

@@ -570,6 +570,44 @@ fn the_replay_runs_alongside_appends_and_commits() {
     assert_eq!(replayed[0].1, record(100, 50));
 }
 
+/// Files this process holds open that have been deleted (`/proc/self/fd`, Linux).
+fn open_deleted_files_under(dir: &Path) -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.starts_with(&dir.display().to_string()) && p.ends_with("(deleted)"))
+        .collect()
+}
+
+/// A following reader caught up on the active segment lets go of it once a commit deletes it:
+/// an open file keeps its disk space, and on a full disk (nothing new appended to move the
+/// reader on) that space was never freed (`service::a_full_spool_disk_…` stalled so).
+#[test]
+fn a_reader_closes_a_segment_that_a_commit_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path(), 1 << 30, 1 << 20);
+    let (mut spool, _) = open(&config);
+    append_synced(&mut spool, 0..5, 50);
+    let mut reader = spool.reader(0);
+    let read: Vec<u64> = reader.by_ref().map(|r| r.expect("intact").0).collect();
+    assert_eq!(read, (0..5).collect::<Vec<_>>());
+    // Everything committed: the active segment is deleted.
+    spool.commit(5).expect("commits");
+    assert!(segment_files(dir.path()).is_empty());
+    assert!(
+        !open_deleted_files_under(dir.path()).is_empty(),
+        "the reader holds it still"
+    );
+    spool.refresh(&mut reader);
+    assert_eq!(open_deleted_files_under(dir.path()), Vec::<String>::new());
+    // And reads on from the next segment.
+    append_synced(&mut spool, 5..7, 50);
+    spool.refresh(&mut reader);
+    let read: Vec<u64> = reader.by_ref().map(|r| r.expect("intact").0).collect();
+    assert_eq!(read, vec![5, 6]);
+}
+
 /// A tmpfs mounted for one test, unmounted when dropped.
 struct Tmpfs {
     mount_point: tempfile::TempDir,

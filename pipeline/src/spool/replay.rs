@@ -92,15 +92,20 @@ impl Replay {
             .map(|c| c.segment.first_seq)
             .or(self.opened);
         if let Some(c) = self.current.as_mut() {
-            if let Some(s) = segments.iter().find(|s| s.first_seq == c.segment.first_seq) {
-                if (s.end, s.upper) != (c.segment.end, c.segment.upper) {
-                    c.segment.end = s.end;
-                    c.segment.upper = s.upper;
-                    if let Err(e) = c.reader.seek(SeekFrom::Start(c.pos)) {
-                        warn!(path = %c.segment.path.display(), error = %e, "Spool segment cannot be re-read; reading on with the next one.");
-                        self.current = None;
+            match segments.iter().find(|s| s.first_seq == c.segment.first_seq) {
+                Some(s) => {
+                    if (s.end, s.upper) != (c.segment.end, c.segment.upper) {
+                        c.segment.end = s.end;
+                        c.segment.upper = s.upper;
+                        if let Err(e) = c.reader.seek(SeekFrom::Start(c.pos)) {
+                            warn!(path = %c.segment.path.display(), error = %e, "Spool segment cannot be re-read; reading on with the next one.");
+                            self.current = None;
+                        }
                     }
                 }
+                // Deleted: every record in it is committed (so read). Close it, or its disk
+                // space stays taken while the file is open (on a full disk, for good).
+                None => self.current = None,
             }
         }
         self.segments = segments
