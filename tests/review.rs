@@ -219,3 +219,44 @@ async fn review_freshness_thresholds_are_configurable() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Without sign-in, `iomt review` listens only on loopback: `--listen 0.0.0.0:…` is refused
+/// with a message that says how to configure sign-in; sign-in without an allowed group is
+/// refused too.
+#[test]
+fn review_refuses_a_non_loopback_address_without_sign_in() {
+    let run = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_iomt"));
+        c.args(["review", "--fhir-url", "http://127.0.0.1:9/fhir/R4"])
+            .args(args);
+        for v in [
+            "IOMT_REVIEW_OIDC_ISSUER",
+            "IOMT_REVIEW_OIDC_CLIENT_ID",
+            "IOMT_REVIEW_OIDC_ALLOWED_GROUPS",
+        ] {
+            c.env_remove(v);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--listen", "0.0.0.0:0"]);
+    for want in [
+        "refusing to serve the review page on 0.0.0.0:0 without sign-in",
+        "--listen 127.0.0.1:8090",
+        "--oidc-issuer URL --oidc-client-id ID --oidc-allowed-group GROUP",
+        "IOMT_REVIEW_OIDC_CLIENT_SECRET",
+        "docs/REVIEW.md",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    let err = run(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--oidc-issuer",
+        "http://127.0.0.1:9",
+        "--oidc-client-id",
+        "review",
+    ]);
+    assert!(err.contains("needs --oidc-allowed-group"), "{err}");
+}

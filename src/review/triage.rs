@@ -1,0 +1,536 @@
+//! The triage list and the patient charts.
+//!
+//! The list is served from a snapshot that a background task rebuilds every `refresh` seconds
+//! (and that a request waits for only until the first one is built), so paging, ordering and
+//! filtering 1,000+ patients is in-memory work: the FHIR server is read by a few large searches
+//! (every Patient, every Device, every Observation of the last 24 hours, `_count=1000` pages),
+//! plus one search per patient with no reading in those 24 hours for their last readings.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::{downsample, latest, points_of, start_of, Freshness, Point, Thresholds};
+
+/// The hours a triage row's sparklines cover.
+pub const SPARK_HOURS: i64 = 24;
+/// Points per sparkline.
+pub const SPARK_POINTS: usize = 48;
+
+/// One patient of the snapshot.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Patient logical id.
+    pub id: String,
+    /// First identifier value.
+    pub identifier: Option<String>,
+    /// Name text.
+    pub name: Option<String>,
+    /// `(id, identifier)` of each Device.
+    pub devices: Vec<(String, Option<String>)>,
+    /// `latest()`'s vitals (label → value, time, outOfRange, display, unit, ...).
+    pub vitals: serde_json::Map<String, Value>,
+    /// Last reading per device reference (`Device/<id>`).
+    pub last_seen: BTreeMap<String, DateTime<Utc>>,
+    /// 24-hour sparkline per vital label.
+    pub sparks: BTreeMap<String, Vec<Point>>,
+}
+
+/// A built list.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every patient.
+    pub rows: Vec<Row>,
+    /// When it was built.
+    pub built: Option<DateTime<Utc>>,
+    /// How long building took, milliseconds.
+    pub build_ms: u128,
+    /// The last build's error, if it failed (the previous rows are kept).
+    pub error: Option<String>,
+}
+
+fn name_of(p: &Value) -> Option<String> {
+    let n = &p["name"][0];
+    n["text"].as_str().map(str::to_string).or_else(|| {
+        let given: Vec<&str> = n["given"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let family = n["family"].as_str();
+        if given.is_empty() && family.is_none() {
+            None
+        } else {
+            Some(
+                given
+                    .into_iter()
+                    .chain(family)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        }
+    })
+}
+
+fn subject_id(o: &Value) -> Option<String> {
+    let r = o["subject"]["reference"].as_str()?;
+    let (t, id) = r.rsplit_once('/')?;
+    (t.ends_with("Patient")).then(|| id.to_string())
+}
+
+fn device_patient(d: &Value) -> Option<String> {
+    let r = d["patient"]["reference"].as_str()?;
+    r.rsplit_once('/').map(|(_, id)| id.to_string())
+}
+
+/// Sparklines of one patient's Observations: label → points of the last 24 h, downsampled.
+fn sparks(observations: &[Value], since: DateTime<Utc>) -> BTreeMap<String, Vec<Point>> {
+    let mut out = super::series(observations, usize::MAX);
+    for pts in out.values_mut() {
+        pts.retain(|p| p.t >= since);
+        *pts = downsample(pts, SPARK_POINTS);
+    }
+    out.retain(|_, p| !p.is_empty());
+    out
+}
+
+/// Builds the snapshot from the FHIR server (`one_page`: the same server, its searches reading
+/// only their first page).
+pub async fn build(
+    client: &fhir_writer::FhirClient,
+    one_page: &fhir_writer::FhirClient,
+    thresholds: &Thresholds,
+) -> Result<Snapshot, fhir_writer::WriteError> {
+    let started = std::time::Instant::now();
+    let now = Utc::now();
+    let since = now - chrono::Duration::hours(SPARK_HOURS);
+    let since_s = format!(
+        "ge{}",
+        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let all = [("_count", "1000")];
+    let window = [("date", since_s.as_str()), ("_count", "1000")];
+    let (patients, devices, recent) = tokio::try_join!(
+        client.search("Patient", &all),
+        client.search("Device", &all),
+        client.search("Observation", &window),
+    )?;
+    let mut devices_of: HashMap<String, Vec<(String, Option<String>)>> = HashMap::new();
+    for d in &devices {
+        if let Some(p) = device_patient(d) {
+            devices_of.entry(p).or_default().push((
+                d["id"].as_str().unwrap_or_default().to_string(),
+                d["identifier"][0]["value"].as_str().map(str::to_string),
+            ));
+        }
+    }
+    let mut obs_of: HashMap<String, Vec<Value>> = HashMap::new();
+    for o in recent {
+        if let Some(p) = subject_id(&o) {
+            obs_of.entry(p).or_default().push(o);
+        }
+    }
+    // Patients with nothing in the last 24 h: their last readings, a few searches at a time.
+    let quiet: Vec<String> = patients
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .filter(|id| !obs_of.contains_key(*id))
+        .map(str::to_string)
+        .collect();
+    let older: Vec<(String, Result<Vec<Value>, fhir_writer::WriteError>)> =
+        futures::stream::iter(quiet)
+            .map(|id| async move {
+                let subject = format!("Patient/{id}");
+                let r = one_page
+                    .search(
+                        "Observation",
+                        &[
+                            ("subject", subject.as_str()),
+                            ("_sort", "-date"),
+                            ("_count", "50"),
+                        ],
+                    )
+                    .await;
+                (id, r)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+    for (id, r) in older {
+        let found = r?;
+        if !found.is_empty() {
+            obs_of.insert(id, found);
+        }
+    }
+    let mut rows = Vec::with_capacity(patients.len());
+    for p in &patients {
+        let id = p["id"].as_str().unwrap_or_default().to_string();
+        let obs = obs_of.remove(&id).unwrap_or_default();
+        let summary = latest(&obs, now, thresholds);
+        let mut last_seen = BTreeMap::new();
+        for o in &obs {
+            let (Some(d), Some(start)) = (o["device"]["reference"].as_str(), start_of(o)) else {
+                continue;
+            };
+            let end = o["effectivePeriod"]["end"]
+                .as_str()
+                .and_then(normalizer::value::parse_timestamp)
+                .unwrap_or(start);
+            let d = match d.rsplit_once("Device/") {
+                Some((_, id)) => format!("Device/{id}"),
+                None => d.to_string(),
+            };
+            let e = last_seen.entry(d).or_insert(end);
+            if end > *e {
+                *e = end;
+            }
+        }
+        rows.push(Row {
+            identifier: p["identifier"][0]["value"].as_str().map(str::to_string),
+            name: name_of(p),
+            devices: devices_of.remove(&id).unwrap_or_default(),
+            vitals: summary["vitals"].as_object().cloned().unwrap_or_default(),
+            last_seen,
+            sparks: sparks(&obs, since),
+            id,
+        });
+    }
+    Ok(Snapshot {
+        rows,
+        built: Some(now),
+        build_ms: started.elapsed().as_millis(),
+        error: None,
+    })
+}
+
+/// `out-of-range`, `quiet` (a device gone stale, or devices with no reading) or `ok`, and the
+/// sort rank (0, 1, 2).
+pub fn status(row: &Row, now: DateTime<Utc>, freshness: &Freshness) -> (&'static str, u8) {
+    if row.vitals.values().any(|v| v["outOfRange"] == true) {
+        return ("out-of-range", 0);
+    }
+    let stale = |age: Option<i64>| freshness.class(age) == "stale";
+    let quiet = if row.devices.is_empty() {
+        row.last_seen
+            .values()
+            .any(|t| stale(Some((now - *t).num_seconds())))
+    } else {
+        row.devices.iter().any(|(id, _)| {
+            stale(
+                row.last_seen
+                    .get(&format!("Device/{id}"))
+                    .map(|t| (now - *t).num_seconds().max(0)),
+            )
+        })
+    };
+    if quiet {
+        ("quiet", 1)
+    } else {
+        ("ok", 2)
+    }
+}
+
+/// A row as the page shows it.
+pub fn row_json(row: &Row, now: DateTime<Utc>, freshness: &Freshness) -> Value {
+    let (status, _) = status(row, now, freshness);
+    let age_of = |d: &str| {
+        row.last_seen
+            .get(&format!("Device/{d}"))
+            .map(|t| (now - *t).num_seconds().max(0))
+    };
+    let mut vitals = serde_json::Map::new();
+    for (k, v) in &row.vitals {
+        let mut v = v.clone();
+        if let Some(t) = v["time"]
+            .as_str()
+            .and_then(normalizer::value::parse_timestamp)
+        {
+            v["ageSeconds"] = json!((now - t).num_seconds().max(0));
+        }
+        v["spark"] = json!(row.sparks.get(k).cloned().unwrap_or_default());
+        vitals.insert(k.clone(), v);
+    }
+    let device_ages: BTreeMap<&String, i64> = row
+        .last_seen
+        .iter()
+        .map(|(d, t)| (d, (now - *t).num_seconds().max(0)))
+        .collect();
+    json!({
+        "id": row.id,
+        "identifier": row.identifier,
+        "name": row.name,
+        "status": status,
+        "devices": row.devices.iter().map(|(id, ident)| {
+            let age = age_of(id);
+            json!({
+                "id": id,
+                "identifier": ident,
+                "freshness": freshness.class(age),
+                "ageSeconds": age,
+                "lastSeen": row.last_seen.get(&format!("Device/{id}")),
+            })
+        }).collect::<Vec<_>>(),
+        "vitals": vitals,
+        "deviceAgeSeconds": device_ages,
+    })
+}
+
+/// One page of the triage list: rows in triage order (out-of-range, quiet, the rest), those
+/// whose identifier or name contains `filter` (case-insensitive), `count` from `offset`.
+pub fn page(
+    snapshot: &Snapshot,
+    now: DateTime<Utc>,
+    freshness: &Freshness,
+    filter: Option<&str>,
+    offset: usize,
+    count: usize,
+) -> Value {
+    let filter = filter.map(str::to_lowercase).filter(|f| !f.is_empty());
+    let mut ranked: Vec<(u8, usize, &Row)> = snapshot
+        .rows
+        .iter()
+        .filter(|r| {
+            filter.as_deref().is_none_or(|f| {
+                r.identifier
+                    .as_deref()
+                    .is_some_and(|i| i.to_lowercase().contains(f))
+                    || r.name
+                        .as_deref()
+                        .is_some_and(|n| n.to_lowercase().contains(f))
+            })
+        })
+        .map(|r| {
+            let oor = r
+                .vitals
+                .values()
+                .filter(|v| v["outOfRange"] == true)
+                .count();
+            (status(r, now, freshness).1, oor, r)
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(b.1.cmp(&a.1))
+            .then_with(|| a.2.identifier.cmp(&b.2.identifier))
+            .then_with(|| a.2.id.cmp(&b.2.id))
+    });
+    let counts = ranked.iter().fold([0usize; 3], |mut c, (rank, _, _)| {
+        c[usize::from(*rank)] += 1;
+        c
+    });
+    json!({
+        "total": ranked.len(),
+        "offset": offset,
+        "count": count,
+        "summary": {"outOfRange": counts[0], "quiet": counts[1], "ok": counts[2]},
+        "builtAt": snapshot.built,
+        "buildMs": snapshot.build_ms as u64,
+        "error": snapshot.error,
+        "patients": ranked.iter().skip(offset).take(count).map(|(_, _, r)| row_json(r, now, freshness)).collect::<Vec<_>>(),
+    })
+}
+
+/// The snapshot, shared: rebuilt in the background, read by requests.
+pub type Shared = Arc<tokio::sync::RwLock<Snapshot>>;
+
+/// Rebuilds `shared` every `refresh` until the process ends; `ready` is set after the first
+/// build (successful or not).
+pub async fn refresh_loop(
+    client: fhir_writer::FhirClient,
+    one_page: fhir_writer::FhirClient,
+    thresholds: Thresholds,
+    shared: Shared,
+    ready: tokio::sync::watch::Sender<bool>,
+    refresh: std::time::Duration,
+) {
+    loop {
+        match build(&client, &one_page, &thresholds).await {
+            Ok(s) => {
+                tracing::debug!(
+                    patients = s.rows.len(),
+                    ms = s.build_ms as u64,
+                    "Triage list rebuilt."
+                );
+                *shared.write().await = s;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not rebuild the triage list from the FHIR server.");
+                shared.write().await.error = Some(e.to_string());
+            }
+        }
+        let _ = ready.send(true);
+        tokio::time::sleep(refresh).await;
+    }
+}
+
+/// The patient view's charts: one per Observation kind (a panel's components as lines of one
+/// chart: systolic and diastolic together), each line with its display name, unit, thresholds
+/// and points (a gap where readings stop for longer than three times their usual spacing),
+/// downsampled to `max_points`; high-rate SampledData (period under 1 s) is marked `waveform`
+/// with its period, for the waveform viewer.
+pub fn charts(observations: &[Value], max_points: usize, thresholds: &Thresholds) -> Value {
+    struct Line {
+        display: String,
+        code: Option<String>,
+        unit: Option<String>,
+        points: Vec<Point>,
+    }
+    struct Chart {
+        display: String,
+        unit: Option<String>,
+        period_ms: Option<f64>,
+        lines: BTreeMap<String, Line>,
+    }
+    let mut out: BTreeMap<String, Chart> = BTreeMap::new();
+    for o in observations {
+        let Some(start) = start_of(o) else { continue };
+        let key = super::label_of(o);
+        let chart = out.entry(key.clone()).or_insert_with(|| Chart {
+            display: super::display_of(&o["code"]).unwrap_or_else(|| key.clone()),
+            unit: super::unit_of(o),
+            period_ms: None,
+            lines: BTreeMap::new(),
+        });
+        if let Some(p) = o["valueSampledData"]["period"].as_f64() {
+            if p < 1000.0 {
+                chart.period_ms = Some(p);
+            }
+        }
+        let mut elements = vec![(key.clone(), o)];
+        for c in o["component"].as_array().into_iter().flatten() {
+            elements.push((
+                format!(
+                    "{key}/{}",
+                    c["code"]["text"].as_str().unwrap_or("component")
+                ),
+                c,
+            ));
+        }
+        for (lkey, el) in elements {
+            let pts = points_of(el, start);
+            if pts.is_empty() {
+                continue;
+            }
+            let line = chart.lines.entry(lkey.clone()).or_insert_with(|| Line {
+                display: super::display_of(&el["code"]).unwrap_or_else(|| lkey.clone()),
+                code: super::code_of(&el["code"]),
+                unit: super::unit_of(el),
+                points: Vec::new(),
+            });
+            line.points.extend(pts);
+        }
+    }
+    let charts: Vec<Value> = out
+        .into_iter()
+        .filter(|(_, c)| !c.lines.is_empty())
+        .map(|(key, c)| {
+            let lines: Vec<Value> = c
+                .lines
+                .into_iter()
+                .map(|(lkey, mut l)| {
+                    l.points.sort_by_key(|p| p.t);
+                    let pts = downsample(&with_gaps(&l.points), max_points);
+                    let band = l.code.as_deref().and_then(|c| thresholds.get(c));
+                    json!({
+                        "key": lkey,
+                        "display": l.display,
+                        "code": l.code,
+                        "unit": l.unit.as_deref().map(super::unit_display),
+                        "low": band.map(|b| b.0),
+                        "high": band.map(|b| b.1),
+                        "points": pts,
+                    })
+                })
+                .collect();
+            json!({
+                "key": key,
+                "display": c.display,
+                "unit": c.unit.as_deref().map(super::unit_display),
+                "waveform": c.period_ms.is_some(),
+                "periodMs": c.period_ms,
+                "lines": lines,
+            })
+        })
+        .collect();
+    json!(charts)
+}
+
+/// `points` (sorted) with a gap (`None`) wherever the spacing exceeds three times its median.
+pub fn with_gaps(points: &[Point]) -> Vec<Point> {
+    if points.len() < 3 {
+        return points.to_vec();
+    }
+    let mut deltas: Vec<i64> = points
+        .windows(2)
+        .map(|w| (w[1].t - w[0].t).num_milliseconds())
+        .filter(|d| *d > 0)
+        .collect();
+    if deltas.is_empty() {
+        return points.to_vec();
+    }
+    deltas.sort_unstable();
+    let median = deltas[deltas.len() / 2].max(1);
+    let mut out = Vec::with_capacity(points.len() + 8);
+    for (i, p) in points.iter().enumerate() {
+        if i > 0 {
+            let prev = &points[i - 1];
+            if (p.t - prev.t).num_milliseconds() > 3 * median && prev.v.is_some() {
+                out.push(Point {
+                    t: prev.t + chrono::Duration::milliseconds(median),
+                    v: None,
+                });
+            }
+        }
+        out.push(p.clone());
+    }
+    out
+}
+
+/// The real samples of waveform `key` in `[from, to)`, at most `max`.
+pub fn waveform(
+    observations: &[Value],
+    key: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    max: usize,
+) -> Result<Value, String> {
+    let mut pts = Vec::new();
+    let mut period = None;
+    let mut display = None;
+    let mut unit = None;
+    for o in observations {
+        if super::label_of(o) != key {
+            continue;
+        }
+        let Some(start) = start_of(o) else { continue };
+        period = period.or(o["valueSampledData"]["period"].as_f64());
+        display = display.or_else(|| super::display_of(&o["code"]));
+        unit = unit.or_else(|| super::unit_of(o));
+        pts.extend(
+            points_of(o, start)
+                .into_iter()
+                .filter(|p| p.t >= from && p.t < to),
+        );
+    }
+    if pts.len() > max {
+        return Err(format!(
+            "{} samples in that window, more than {max}: choose a shorter one",
+            pts.len()
+        ));
+    }
+    pts.sort_by_key(|p| p.t);
+    Ok(json!({
+        "key": key,
+        "display": display.unwrap_or_else(|| key.to_string()),
+        "unit": unit.as_deref().map(super::unit_display),
+        "periodMs": period,
+        "from": from,
+        "to": to,
+        "samples": pts.len(),
+        "points": pts,
+    }))
+}
