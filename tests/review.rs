@@ -260,3 +260,71 @@ fn review_refuses_a_non_loopback_address_without_sign_in() {
     ]);
     assert!(err.contains("needs --oidc-allowed-group"), "{err}");
 }
+
+/// The triage list is rebuilt in the background from what changed on the FHIR server
+/// (`_lastUpdated`): a new out-of-range reading moves its patient to the top within a refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_triage_list_picks_up_new_readings() {
+    let server = FhirServer::acquire().await;
+    replay_heart_rate(&server);
+    let port = free_port();
+    let _child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_iomt"))
+            .args(["review", "--fhir-url", &server.base, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--refresh-seconds", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let first = loop {
+        if let Some(p) = get(port, "/api/triage?count=10") {
+            break p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "review did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let p = first["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["identifier"] == "patient-001")
+        .expect("patient-001 listed")
+        .clone();
+    assert_eq!(p["status"], "quiet", "2024 readings: quiet ({p})");
+    let id = p["id"].as_str().unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let obs = serde_json::json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}], "text": "heartrate"},
+        "subject": {"reference": format!("Patient/{id}")}, "effectiveDateTime": now,
+        "valueQuantity": {"value": 171, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}});
+    let r = reqwest::Client::new()
+        .post(format!("{}/Observation", server.base))
+        .header("content-type", "application/fhir+json")
+        .body(obs.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let started = Instant::now();
+    loop {
+        let page = get(port, "/api/triage?count=10").unwrap();
+        let top = &page["patients"][0];
+        if top["id"] == id && top["status"] == "out-of-range" {
+            assert_eq!(top["vitals"]["heartrate"]["value"], 171.0, "{top}");
+            assert_eq!(top["vitals"]["heartrate"]["display"], "Heart rate");
+            assert_eq!(top["vitals"]["heartrate"]["unit"], "/min");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the new reading did not reach the list: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

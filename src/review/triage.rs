@@ -98,27 +98,85 @@ fn sparks(observations: &[Value], since: DateTime<Utc>) -> BTreeMap<String, Vec<
     out
 }
 
+/// Observations kept between rebuilds, so that a rebuild reads only what changed.
+#[derive(Debug, Default)]
+pub struct Cache {
+    /// The last 24 hours' Observations by id, compacted: patient id and resource.
+    window: HashMap<String, (String, Value)>,
+    /// The last readings of patients with nothing in the window (read once per patient; any
+    /// new reading of theirs arrives through the window).
+    older: HashMap<String, Vec<Value>>,
+    /// When the window was last read.
+    fetched: Option<DateTime<Utc>>,
+}
+
+/// Most samples kept of a SampledData series in the cache (the list shows its latest value
+/// and a 48-point sparkline; the patient view reads the server itself).
+const CACHED_SAMPLES: usize = 240;
+
+/// `o` with a long SampledData series thinned to about [`CACHED_SAMPLES`] (every k-th sample,
+/// the period k times longer).
+fn compact(mut o: Value) -> Value {
+    let Some(sd) = o.get_mut("valueSampledData") else {
+        return o;
+    };
+    let data = sd["data"].as_str().unwrap_or_default();
+    let n = data.split_whitespace().count();
+    if n <= CACHED_SAMPLES {
+        return o;
+    }
+    let k = n.div_ceil(CACHED_SAMPLES);
+    let thinned: Vec<&str> = data.split_whitespace().step_by(k).collect();
+    let period = sd["period"].as_f64().unwrap_or(0.0) * k as f64;
+    sd["data"] = json!(thinned.join(" "));
+    sd["period"] = json!(period);
+    o
+}
+
+fn end_of(o: &Value) -> Option<DateTime<Utc>> {
+    o["effectivePeriod"]["end"]
+        .as_str()
+        .and_then(normalizer::value::parse_timestamp)
+        .or_else(|| start_of(o))
+}
+
 /// Builds the snapshot from the FHIR server (`one_page`: the same server, its searches reading
-/// only their first page).
+/// only their first page). The first build reads every Observation of the last 24 hours; later
+/// ones those updated since the previous read (`_lastUpdated`, a minute of overlap), through
+/// `cache`.
 pub async fn build(
     client: &fhir_writer::FhirClient,
     one_page: &fhir_writer::FhirClient,
     thresholds: &Thresholds,
+    cache: &mut Cache,
 ) -> Result<Snapshot, fhir_writer::WriteError> {
     let started = std::time::Instant::now();
     let now = Utc::now();
     let since = now - chrono::Duration::hours(SPARK_HOURS);
-    let since_s = format!(
-        "ge{}",
-        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    );
+    let secs = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let window = match cache.fetched {
+        None => ("date", format!("ge{}", secs(since))),
+        Some(t) => (
+            "_lastUpdated",
+            format!("ge{}", secs(t - chrono::Duration::minutes(1))),
+        ),
+    };
     let all = [("_count", "1000")];
-    let window = [("date", since_s.as_str()), ("_count", "1000")];
-    let (patients, devices, recent) = tokio::try_join!(
+    let window = [(window.0, window.1.as_str()), ("_count", "1000")];
+    let (patients, devices, changed) = tokio::try_join!(
         client.search("Patient", &all),
         client.search("Device", &all),
         client.search("Observation", &window),
     )?;
+    cache.fetched = Some(now);
+    for o in changed {
+        if let (Some(p), Some(id)) = (subject_id(&o), o["id"].as_str()) {
+            cache.window.insert(id.to_string(), (p, compact(o)));
+        }
+    }
+    cache
+        .window
+        .retain(|_, (_, o)| end_of(o).is_some_and(|e| e >= since));
     let mut devices_of: HashMap<String, Vec<(String, Option<String>)>> = HashMap::new();
     for d in &devices {
         if let Some(p) = device_patient(d) {
@@ -129,16 +187,15 @@ pub async fn build(
         }
     }
     let mut obs_of: HashMap<String, Vec<Value>> = HashMap::new();
-    for o in recent {
-        if let Some(p) = subject_id(&o) {
-            obs_of.entry(p).or_default().push(o);
-        }
+    for (p, o) in cache.window.values() {
+        obs_of.entry(p.clone()).or_default().push(o.clone());
     }
+    cache.older.retain(|p, _| !obs_of.contains_key(p));
     // Patients with nothing in the last 24 h: their last readings, a few searches at a time.
     let quiet: Vec<String> = patients
         .iter()
         .filter_map(|p| p["id"].as_str())
-        .filter(|id| !obs_of.contains_key(*id))
+        .filter(|id| !obs_of.contains_key(*id) && !cache.older.contains_key(*id))
         .map(str::to_string)
         .collect();
     let older: Vec<(String, Result<Vec<Value>, fhir_writer::WriteError>)> =
@@ -161,9 +218,13 @@ pub async fn build(
             .collect()
             .await;
     for (id, r) in older {
-        let found = r?;
+        cache
+            .older
+            .insert(id, r?.into_iter().map(compact).collect());
+    }
+    for (id, found) in &cache.older {
         if !found.is_empty() {
-            obs_of.insert(id, found);
+            obs_of.insert(id.clone(), found.clone());
         }
     }
     let mut rows = Vec::with_capacity(patients.len());
@@ -347,8 +408,9 @@ pub async fn refresh_loop(
     ready: tokio::sync::watch::Sender<bool>,
     refresh: std::time::Duration,
 ) {
+    let mut cache = Cache::default();
     loop {
-        match build(&client, &one_page, &thresholds).await {
+        match build(&client, &one_page, &thresholds, &mut cache).await {
             Ok(s) => {
                 tracing::debug!(
                     patients = s.rows.len(),
@@ -533,4 +595,89 @@ pub fn waveform(
         "samples": pts.len(),
         "points": pts,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, oor: bool, seen_secs_ago: i64, now: DateTime<Utc>) -> Row {
+        let mut vitals = serde_json::Map::new();
+        vitals.insert(
+            "heartrate".into(),
+            json!({"value": if oor { 165 } else { 72 }, "outOfRange": oor}),
+        );
+        Row {
+            id: id.into(),
+            identifier: Some(format!("mrn-{id}")),
+            name: None,
+            devices: vec![(format!("d-{id}"), None)],
+            vitals,
+            last_seen: [(
+                format!("Device/d-{id}"),
+                now - chrono::Duration::seconds(seen_secs_ago),
+            )]
+            .into(),
+            sparks: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn triage_order_is_out_of_range_then_quiet_then_the_rest_and_pages() {
+        let now = Utc::now();
+        let snap = Snapshot {
+            rows: vec![
+                row("a", false, 60, now),
+                row("b", false, 7200, now),
+                row("c", true, 60, now),
+                row("d", false, 30, now),
+            ],
+            built: Some(now),
+            ..Default::default()
+        };
+        let f = Freshness::default();
+        let page = super::page(&snap, now, &f, None, 0, 10);
+        let ids: Vec<&str> = page["patients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["c", "b", "a", "d"]);
+        assert_eq!(
+            page["summary"],
+            json!({"outOfRange": 1, "quiet": 1, "ok": 2})
+        );
+        let second = super::page(&snap, now, &f, None, 2, 1);
+        assert_eq!(second["patients"][0]["id"], "a");
+        assert_eq!(second["total"], 4);
+        let filtered = super::page(&snap, now, &f, Some("MRN-D"), 0, 10);
+        assert_eq!(filtered["total"], 1);
+        assert_eq!(filtered["patients"][0]["id"], "d");
+    }
+
+    #[test]
+    fn long_series_are_thinned_in_the_cache_and_gaps_are_marked() {
+        let data: Vec<String> = (0..2500).map(|i| i.to_string()).collect();
+        let o = json!({"valueSampledData": {"period": 4, "data": data.join(" ")}});
+        let c = compact(o);
+        let n = c["valueSampledData"]["data"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .count();
+        assert!(n <= CACHED_SAMPLES, "{n}");
+        assert_eq!(c["valueSampledData"]["period"], 44.0);
+        let t0 = Utc::now();
+        let pts: Vec<Point> = [0, 60, 120, 180, 3600, 3660]
+            .iter()
+            .map(|s| Point {
+                t: t0 + chrono::Duration::seconds(*s),
+                v: Some(1.0),
+            })
+            .collect();
+        let g = with_gaps(&pts);
+        assert_eq!(g.len(), 7);
+        assert_eq!(g[4].v, None, "the hour without readings is a gap");
+    }
 }
