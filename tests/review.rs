@@ -259,6 +259,41 @@ fn review_refuses_a_non_loopback_address_without_sign_in() {
         "review",
     ]);
     assert!(err.contains("needs --oidc-allowed-group"), "{err}");
+    // `iomt demo --bind` likewise: the page needs sign-in, the FHIR store a token.
+    let dir = tempfile::tempdir().unwrap();
+    let demo = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
+            .arg("demo")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("IOMT_REVIEW_OIDC_ISSUER")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = demo(&["--bind", "0.0.0.0"]);
+    assert!(
+        err.contains("refusing to serve the review page on 0.0.0.0:8090 without sign-in")
+            && err.contains("--bind 127.0.0.1"),
+        "{err}"
+    );
+    let err = demo(&[
+        "--bind",
+        "0.0.0.0",
+        "--oidc-issuer",
+        "http://127.0.0.1:9",
+        "--oidc-client-id",
+        "review",
+        "--oidc-allowed-group",
+        "ward",
+    ]);
+    assert!(
+        err.contains("refusing to serve the FHIR store on 0.0.0.0 without a token")
+            && err.contains("--fhir-bearer-token-env VAR"),
+        "{err}"
+    );
 }
 
 /// The triage list is rebuilt in the background from what changed on the FHIR server

@@ -37,6 +37,14 @@ pub struct ReviewArgs {
     /// Seconds between rebuilds of the triage list from the FHIR server.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     refresh_seconds: u64,
+    /// Sign-in.
+    #[command(flatten)]
+    sign_in: SignInArgs,
+}
+
+/// The review page's sign-in options (`iomt review`, `iomt demo`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SignInArgs {
     /// OpenID Connect sign-in: the provider's issuer URL (discovery at
     /// ISSUER/.well-known/openid-configuration). Needed to listen on a non-loopback address.
     #[arg(long, value_name = "URL", env = "IOMT_REVIEW_OIDC_ISSUER")]
@@ -78,7 +86,7 @@ pub struct ReviewArgs {
 }
 
 /// Whether every address `listen` names is a loopback address.
-fn loopback_only(listen: &str) -> Result<bool> {
+pub fn loopback_only(listen: &str) -> Result<bool> {
     use std::net::ToSocketAddrs;
     let addrs: Vec<_> = listen
         .to_socket_addrs()
@@ -87,8 +95,9 @@ fn loopback_only(listen: &str) -> Result<bool> {
     Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
 }
 
-/// The sign-in settings from the arguments (`None`: no sign-in).
-fn sign_in(args: &ReviewArgs) -> Result<Option<review::auth::SignInConfig>> {
+/// The sign-in settings from the arguments (`None`: no sign-in); `listen` is the page's
+/// address (the default public URL).
+pub fn sign_in(args: &SignInArgs, listen: &str) -> Result<Option<review::auth::SignInConfig>> {
     let Some(issuer) = args.oidc_issuer.clone() else {
         if args.oidc_client_id.is_some() || !args.oidc_allowed_group.is_empty() {
             anyhow::bail!("--oidc-client-id and --oidc-allowed-group need --oidc-issuer");
@@ -113,7 +122,7 @@ fn sign_in(args: &ReviewArgs) -> Result<Option<review::auth::SignInConfig>> {
         public_url: args
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", args.listen)),
+            .unwrap_or_else(|| format!("http://{listen}")),
         allowed_groups: args.oidc_allowed_group.clone(),
         groups_claim: args.oidc_groups_claim.clone(),
         scopes: args
@@ -125,6 +134,17 @@ fn sign_in(args: &ReviewArgs) -> Result<Option<review::auth::SignInConfig>> {
     }))
 }
 
+/// Why a page without sign-in is not served on `listen`, and how to configure sign-in.
+pub fn refusal(listen: &str, loopback: &str) -> String {
+    format!(
+        "refusing to serve the review page on {listen} without sign-in: it shows patient data to \
+         anyone who can reach that address. Either listen on a loopback address ({loopback}) or \
+         configure OpenID Connect sign-in: --oidc-issuer URL --oidc-client-id ID \
+         --oidc-allowed-group GROUP [--public-url https://HOST] with the client secret in \
+         IOMT_REVIEW_OIDC_CLIENT_SECRET (docs/REVIEW.md)"
+    )
+}
+
 /// Runs `iomt review` until Ctrl-C.
 pub fn run(args: ReviewArgs) -> Result<ExitCode> {
     // Warnings, and the audit log (who viewed which patient) at info.
@@ -132,17 +152,9 @@ pub fn run(args: ReviewArgs) -> Result<ExitCode> {
         "warn,iomt_review_audit=info",
         std::env::var("IOMT_LOG_FORMAT").as_deref() == Ok("json"),
     );
-    let sign_in = sign_in(&args)?;
+    let sign_in = sign_in(&args.sign_in, &args.listen)?;
     if sign_in.is_none() && !loopback_only(&args.listen)? {
-        anyhow::bail!(
-            "refusing to serve the review page on {} without sign-in: it shows patient data to \
-             anyone who can reach that address. Either listen on a loopback address \
-             (--listen 127.0.0.1:8090) or configure OpenID Connect sign-in: \
-             --oidc-issuer URL --oidc-client-id ID --oidc-allowed-group GROUP \
-             [--public-url https://HOST] with the client secret in IOMT_REVIEW_OIDC_CLIENT_SECRET \
-             (docs/REVIEW.md)",
-            args.listen
-        );
+        anyhow::bail!(refusal(&args.listen, "--listen 127.0.0.1:8090"));
     }
     let (fresh_minutes, stale_minutes) = (args.fresh_minutes, args.stale_minutes);
     if fresh_minutes == 0 || fresh_minutes > stale_minutes {

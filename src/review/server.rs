@@ -28,7 +28,9 @@ struct AppState {
     dead_letters: Option<std::path::PathBuf>,
     freshness: Freshness,
     snapshot: triage::Shared,
-    ready: tokio::sync::watch::Receiver<bool>,
+    built: tokio::sync::watch::Receiver<u64>,
+    wake: Arc<tokio::sync::Notify>,
+    refresh: Duration,
     sign_in: Option<SignIn>,
     csp: HeaderValue,
 }
@@ -264,10 +266,27 @@ async fn me(State(state): St, Extension(user): Extension<User>) -> Response {
 
 /// Waits for the first snapshot (up to 60 s).
 async fn snapshot_ready(state: &AppState) -> bool {
-    let mut ready = state.ready.clone();
-    tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| *r))
+    let mut built = state.built.clone();
+    let first = tokio::time::timeout(Duration::from_secs(60), built.wait_for(|n| *n > 0))
         .await
-        .is_ok_and(|r| r.is_ok())
+        .is_ok_and(|r| r.is_ok());
+    if !first {
+        return false;
+    }
+    // Older than a refresh (the background rebuild is late or asleep): rebuild now, waiting a
+    // few seconds for it; else the snapshot there is.
+    let stale = state
+        .snapshot
+        .read()
+        .await
+        .built
+        .is_none_or(|t| (Utc::now() - t).to_std().unwrap_or_default() > state.refresh);
+    if stale {
+        let n = *built.borrow_and_update();
+        state.wake.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(5), built.wait_for(|m| *m > n)).await;
+    }
+    true
 }
 
 async fn triage_page(State(state): St, Query(q): Query<BTreeMap<String, String>>) -> Response {
@@ -563,13 +582,15 @@ pub async fn serve(
          connect-src 'self'; form-action 'self'{issuer_origin}; frame-ancestors 'none'; base-uri 'none'"
     ))?;
     let snapshot = triage::Shared::default();
-    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let (built_tx, built) = tokio::sync::watch::channel(0u64);
+    let wake = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(triage::refresh_loop(
         client.clone(),
         one_page.clone(),
         options.thresholds.clone(),
         snapshot.clone(),
-        ready_tx,
+        built_tx,
+        wake.clone(),
         options.refresh,
     ));
     let state = Arc::new(AppState {
@@ -580,7 +601,9 @@ pub async fn serve(
         dead_letters: options.dead_letters,
         freshness: options.freshness,
         snapshot,
-        ready,
+        built,
+        wake,
+        refresh: options.refresh,
         sign_in,
         csp,
     });

@@ -398,14 +398,15 @@ pub fn page(
 /// The snapshot, shared: rebuilt in the background, read by requests.
 pub type Shared = Arc<tokio::sync::RwLock<Snapshot>>;
 
-/// Rebuilds `shared` every `refresh` until the process ends; `ready` is set after the first
-/// build (successful or not).
+/// Rebuilds `shared` every `refresh`, or sooner when `wake` is notified, until the process
+/// ends; `built` counts the builds (successful or not).
 pub async fn refresh_loop(
     client: fhir_writer::FhirClient,
     one_page: fhir_writer::FhirClient,
     thresholds: Thresholds,
     shared: Shared,
-    ready: tokio::sync::watch::Sender<bool>,
+    built: tokio::sync::watch::Sender<u64>,
+    wake: Arc<tokio::sync::Notify>,
     refresh: std::time::Duration,
 ) {
     let mut cache = Cache::default();
@@ -424,8 +425,11 @@ pub async fn refresh_loop(
                 shared.write().await.error = Some(e.to_string());
             }
         }
-        let _ = ready.send(true);
-        tokio::time::sleep(refresh).await;
+        built.send_modify(|n| *n += 1);
+        tokio::select! {
+            _ = tokio::time::sleep(refresh) => {}
+            _ = wake.notified() => {}
+        }
     }
 }
 
