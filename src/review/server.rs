@@ -289,7 +289,11 @@ async fn snapshot_ready(state: &AppState) -> bool {
     true
 }
 
-async fn triage_page(State(state): St, Query(q): Query<BTreeMap<String, String>>) -> Response {
+async fn triage_page(
+    State(state): St,
+    Extension(user): Extension<User>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
     if !snapshot_ready(&state).await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -311,6 +315,16 @@ async fn triage_page(State(state): St, Query(q): Query<BTreeMap<String, String>>
         q.get("q").map(String::as_str),
         offset,
         count,
+    );
+    // The list shows many patients' latest vitals: logged too, by how many (no ids, and not
+    // the filter, which may be an identifier).
+    tracing::info!(
+        target: AUDIT_TARGET,
+        user = %user.sub,
+        action = "view-list",
+        offset,
+        patients = page["patients"].as_array().map_or(0, Vec::len),
+        "Patient list viewed."
     );
     Json(page).into_response()
 }

@@ -185,6 +185,14 @@ try {
   check(pressed === 'true' && title2 === title, `a bookmark (${bookmark}) opens the same patient and range`);
   await page2.close();
 
+  // A custom range, also in the URL.
+  await page.fill('#from', '2020-01-01T00:00:00');
+  await page.click('#apply');
+  await page.waitForFunction(() => location.search.includes('from=2020-01-01'));
+  await page.waitForSelector('.chart[data-series="heartrate"]', { timeout: 20000 });
+  const customLabel = await page.locator('#range-label').textContent();
+  check(/2020/.test(customLabel), `a custom range (${new URL(page.url()).search}; "${customLabel}")`);
+
   check(cspErrors.length === 0, `no CSP violation on the page (${cspErrors.length})`);
 
   // Sign out: the page's session and the provider's.
