@@ -290,6 +290,22 @@ fn review_refuses_a_non_loopback_address_without_sign_in() {
         "ward",
     ]);
     assert!(
+        err.contains("sign-in on 0.0.0.0:8090 needs --public-url"),
+        "{err}"
+    );
+    let err = demo(&[
+        "--bind",
+        "0.0.0.0",
+        "--oidc-issuer",
+        "http://127.0.0.1:9",
+        "--oidc-client-id",
+        "review",
+        "--oidc-allowed-group",
+        "ward",
+        "--public-url",
+        "http://demo-host.invalid:8090",
+    ]);
+    assert!(
         err.contains("refusing to serve the FHIR store on 0.0.0.0 without a token")
             && err.contains("--fhir-bearer-token-env VAR"),
         "{err}"

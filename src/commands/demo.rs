@@ -262,19 +262,21 @@ format = "{log_format}"
         if let Some((_, t)) = &store_token {
             review_fhir.auth = fhir_writer::auth::Auth::Bearer(t.clone());
         }
-        let review = tokio::spawn(crate::review::serve(
-            review_listener,
-            review_fhir,
-            crate::review::ReviewOptions {
-                metrics_url: Some(format!("http://127.0.0.1:{}/metrics", args.metrics_port)),
-                thresholds: crate::review::default_thresholds(),
-                dead_letters: Some(dir.join("dead-letters")),
-                sign_in,
-                // Readings arrive every few seconds.
-                refresh: Duration::from_secs(2),
-                ..Default::default()
-            },
-        ));
+        let review_options = crate::review::ReviewOptions {
+            metrics_url: Some(format!("http://127.0.0.1:{}/metrics", args.metrics_port)),
+            thresholds: crate::review::default_thresholds(),
+            dead_letters: Some(dir.join("dead-letters")),
+            sign_in,
+            // Readings arrive every few seconds.
+            refresh: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let review = tokio::spawn(async move {
+            if let Err(e) = crate::review::serve(review_listener, review_fhir, review_options).await
+            {
+                tracing::error!(error = %format!("{e:#}"), "The review page stopped.");
+            }
+        });
         println!(
             "iomt demo is running ({} simulated devices, every kind):",
             args.devices

@@ -113,6 +113,18 @@ pub fn sign_in(args: &SignInArgs, listen: &str) -> Result<Option<review::auth::S
             "--oidc-issuer needs --oidc-allowed-group GROUP: the group or role (claim --oidc-groups-claim, default `groups`) whose members may see patient data"
         );
     }
+    let unspecified = {
+        use std::net::ToSocketAddrs;
+        listen
+            .to_socket_addrs()
+            .map(|mut a| a.any(|a| a.ip().is_unspecified()))
+            .unwrap_or(false)
+    };
+    if args.public_url.is_none() && unspecified {
+        anyhow::bail!(
+            "sign-in on {listen} needs --public-url: the page's URL as browsers reach it (e.g. https://review.example), whose /auth/callback is the redirect URI registered at the provider"
+        );
+    }
     Ok(Some(review::auth::SignInConfig {
         issuer,
         client_id,

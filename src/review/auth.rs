@@ -235,6 +235,16 @@ impl SignIn {
         let mut pending = self.pending.lock().expect("pending sign-ins");
         // Abandoned sign-ins expire after 10 minutes.
         pending.retain(|_, p| p.started.elapsed() < Duration::from_secs(600));
+        // Bounded however many sign-ins are started and abandoned: the oldest goes.
+        if pending.len() >= 10_000 {
+            if let Some(oldest) = pending
+                .iter()
+                .min_by_key(|(_, p)| p.started)
+                .map(|(k, _)| k.clone())
+            {
+                pending.remove(&oldest);
+            }
+        }
         pending.insert(
             state.secret().clone(),
             Pending {

@@ -234,8 +234,11 @@ async function showList(params, quiet) {
     }
   }
   const tb = $('#patients tbody');
+  // A refresh keeps the keyboard focus where it was (the same patient's link).
+  const focused = tb.contains(document.activeElement) ? document.activeElement.getAttribute('href') : null;
   tb.innerHTML = data.patients.map(rowHtml).join('') || `<tr><td colspan="4">No patient matches “${esc(q)}”.</td></tr>`;
   $('#patients').setAttribute('aria-busy', 'false');
+  if (focused) tb.querySelector(`a[href="${CSS.escape(focused)}"]`)?.focus();
   const s = data.summary;
   $('#summary').textContent = `${data.total} patients: ${s.outOfRange} out of range, ${s.quiet} with a device gone quiet, ${s.ok} OK${data.error ? ` (last refresh failed: ${data.error})` : ''}`;
   const last = Math.max(1, Math.ceil(data.total / PAGE_SIZE));
