@@ -221,10 +221,12 @@ async fn review_page_signs_in_triages_and_shows_real_ecg_samples_in_chromium() {
     let provider = testkit::oidc_users::start_with_users(
         vec![client],
         vec![
+            // Her groups in the ID token; his only at the userinfo endpoint: both ways of
+            // reading the claim.
             testkit::oidc_users::user("nurse", "Nora Nurse", &["ward-3", "staff"]),
-            testkit::oidc_users::user("visitor", "Victor Visitor", &["cafeteria"]),
+            testkit::oidc_users::userinfo_only_user("visitor", "Victor Visitor", &["cafeteria"]),
         ],
-        false,
+        true,
     );
 
     let audit_path = dir.path().join("review.log");
@@ -237,7 +239,12 @@ async fn review_page_signs_in_triages_and_shows_real_ecg_samples_in_chromium() {
             "--oidc-client-id",
             "iomt-review",
         ])
-        .args(["--oidc-allowed-group", "ward-3"])
+        .args([
+            "--oidc-allowed-group",
+            "ward-3",
+            "--oidc-scopes",
+            "profile groups",
+        ])
         .env("IOMT_FHIR_BEARER_TOKEN", STORE_TOKEN)
         .env("IOMT_REVIEW_OIDC_CLIENT_SECRET", CLIENT_SECRET)
         .env_remove("RUST_LOG")
@@ -309,9 +316,18 @@ async fn review_page_signs_in_triages_and_shows_real_ecg_samples_in_chromium() {
         !log.contains("Olive") && !log.contains("patient-oor"),
         "the audit log holds a name or identifier:\n{log}"
     );
+    // The refusal is logged; the visitor's groups were read at the userinfo endpoint, the
+    // nurse's from the ID token.
     assert!(
-        log.lines()
-            .any(|l| l.contains("Sign-in refused") && l.contains("user=visitor")),
+        log.lines().any(|l| l.contains("Sign-in refused")
+            && l.contains("user=visitor")
+            && l.contains("claims=\"userinfo\"")),
         "the refusal is logged:\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("Signed in.")
+            && l.contains("user=nurse")
+            && l.contains("claims=\"id_token\"")),
+        "the nurse's sign-in is logged:\n{log}"
     );
 }

@@ -68,11 +68,12 @@ pub struct SignInArgs {
         env = "IOMT_REVIEW_OIDC_GROUPS_CLAIM"
     )]
     oidc_groups_claim: String,
-    /// Scopes asked for besides openid (space-separated).
+    /// Scopes asked for besides openid (space-separated); add the provider's scope for the
+    /// groups claim if it has one (e.g. "profile groups").
     #[arg(
         long,
         value_name = "SCOPES",
-        default_value = "profile groups",
+        default_value = "profile",
         env = "IOMT_REVIEW_OIDC_SCOPES"
     )]
     oidc_scopes: String,

@@ -82,6 +82,8 @@ pub struct User {
     pub name: String,
     /// The user's groups or roles.
     pub groups: Vec<String>,
+    /// Where the groups were read: `id_token` or `userinfo` (empty without sign-in).
+    pub claims_from: &'static str,
 }
 
 struct Session {
@@ -302,6 +304,7 @@ impl SignIn {
         };
         let mut groups = groups_of(raw.get(&self.config.groups_claim));
         let mut name = raw["name"].as_str().map(str::to_string);
+        let mut claims_from = "id_token";
         if groups.is_none() || name.is_none() {
             if let Ok(req) = self
                 .client
@@ -314,6 +317,7 @@ impl SignIn {
                 let extra = &info.additional_claims().claims;
                 if groups.is_none() {
                     groups = groups_of(extra.get(&self.config.groups_claim));
+                    claims_from = "userinfo";
                 }
                 if name.is_none() {
                     name = info
@@ -327,6 +331,7 @@ impl SignIn {
             name: name.unwrap_or_else(|| sub.clone()),
             sub,
             groups: groups.unwrap_or_default(),
+            claims_from,
         };
         if !user
             .groups

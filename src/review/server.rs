@@ -88,6 +88,7 @@ async fn guard(State(state): St, mut req: Request, next: Next) -> Response {
             sub: "anonymous".into(),
             name: String::new(),
             groups: Vec::new(),
+            claims_from: "",
         }),
         Some(si) => {
             auth::cookie_value(req.headers(), auth::SESSION_COOKIE).and_then(|c| si.user(c))
@@ -184,7 +185,7 @@ async fn callback(
             next,
             user,
         }) => {
-            tracing::info!(target: AUDIT_TARGET, user = %user.sub, groups = ?user.groups, "Signed in.");
+            tracing::info!(target: AUDIT_TARGET, user = %user.sub, groups = ?user.groups, claims = user.claims_from, "Signed in.");
             let mut r = Redirect::to(&next).into_response();
             if let Ok(v) = HeaderValue::from_str(&si.cookie(
                 auth::SESSION_COOKIE,
@@ -197,7 +198,7 @@ async fn callback(
             r
         }
         Ok(Callback::Refused(user)) => {
-            tracing::warn!(target: AUDIT_TARGET, user = %user.sub, groups = ?user.groups, "Sign-in refused: in none of the allowed groups.");
+            tracing::warn!(target: AUDIT_TARGET, user = %user.sub, groups = ?user.groups, claims = user.claims_from, "Sign-in refused: in none of the allowed groups.");
             (
                 StatusCode::FORBIDDEN,
                 page_html(

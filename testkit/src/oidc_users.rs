@@ -13,6 +13,12 @@ pub fn user(sub: &str, name: &str, groups: &[&str]) -> Value {
     json!({"sub": sub, "name": name, "groups": groups})
 }
 
+/// [`user`] whose `name` and `groups` are only at the userinfo endpoint, never in the ID token
+/// (also when the provider puts claims in ID tokens).
+pub fn userinfo_only_user(sub: &str, name: &str, groups: &[&str]) -> Value {
+    json!({"sub": sub, "name": name, "groups": groups, "claimsAtUserinfoOnly": true})
+}
+
 /// A confidential web client (`client_secret_basic`) for the authorization code flow,
 /// redirecting to `redirect_uri`.
 pub fn web_client(client_id: &str, secret: &str, redirect_uri: &str) -> Value {
@@ -28,8 +34,8 @@ pub fn web_client(client_id: &str, secret: &str, redirect_uri: &str) -> Value {
 
 /// Starts a provider with `clients` and `users` that signs people in; the scopes `openid`,
 /// `profile` (claim `name`) and `groups` (claim `groups`) are known. With `id_token_claims`
-/// the ID token carries `name` and `groups` too; without, only the userinfo endpoint does
-/// (oidc-provider's default for the code flow).
+/// the ID token carries `name` and `groups` too (but for a [`userinfo_only_user`]); without,
+/// only the userinfo endpoint does (oidc-provider's default for the code flow).
 pub fn start_with_users(
     clients: Vec<Value>,
     users: Vec<Value>,

@@ -12,7 +12,8 @@
 // With "users", the provider also signs people in for the authorization code flow (PKCE
 // required for every client, S256): its accounts are those users (`findAccount`; the claims
 // `sub`, `name` from scope `profile` and `groups` from scope `groups`, in the ID token only
-// with "idTokenClaims": true, always at the userinfo endpoint). The login and consent pages are
+// with "idTokenClaims": true and not for a user with "claimsAtUserinfoOnly": true, always at
+// the userinfo endpoint). The login and consent pages are
 // oidc-provider's own development interactions (`devInteractions`): a form with `login` (a
 // user's `sub`) and `password` (not checked: these are test accounts), then a consent form
 // with a "Continue" button; a browser test fills them in. A login that is no configured user
@@ -83,7 +84,10 @@ server.listen(Number(arg('--port') || 0), '127.0.0.1', () => {
       if (!user) return undefined;
       return {
         accountId: user.sub,
-        async claims() {
+        async claims(use) {
+          // A user with "claimsAtUserinfoOnly" has only `sub` in the ID token, as providers
+          // that release profile and group claims at the userinfo endpoint do.
+          if (use === 'id_token' && user.claimsAtUserinfoOnly) return { sub: user.sub };
           return { sub: user.sub, name: user.name, groups: user.groups || [] };
         },
       };
