@@ -289,6 +289,23 @@ impl SignIn {
         let claims = id_token
             .claims(&self.client.id_token_verifier(), &pending.nonce)
             .map_err(|e| anyhow::anyhow!("ID token: {e}"))?;
+        // The access token is the one the ID token was issued with (when it says).
+        if let Some(expected) = claims.access_token_hash() {
+            let verifier = self.client.id_token_verifier();
+            let actual = openidconnect::AccessTokenHash::from_token(
+                token.access_token(),
+                id_token
+                    .signing_alg()
+                    .map_err(|e| anyhow::anyhow!("ID token: {e}"))?,
+                id_token
+                    .signing_key(&verifier)
+                    .map_err(|e| anyhow::anyhow!("ID token: {e}"))?,
+            )
+            .map_err(|e| anyhow::anyhow!("ID token at_hash: {e}"))?;
+            if actual != *expected {
+                anyhow::bail!("the access token does not match the ID token's at_hash");
+            }
+        }
         let sub = claims.subject().as_str().to_string();
         // The ID token's own claims, verified above (its payload, decoded again for claims
         // whose names are configured).
