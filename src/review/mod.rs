@@ -214,9 +214,13 @@ pub fn downsample(points: &[Point], max: usize) -> Vec<Point> {
 }
 
 /// Series of one patient's Observations: name → points, sorted by time.
-pub fn series(observations: &[Value], max_points: usize) -> BTreeMap<String, Vec<Point>> {
+pub fn series<V: std::borrow::Borrow<Value>>(
+    observations: &[V],
+    max_points: usize,
+) -> BTreeMap<String, Vec<Point>> {
     let mut out: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     for o in observations {
+        let o: &Value = o.borrow();
         let Some(start) = start_of(o) else { continue };
         let name = o["code"]["text"]
             .as_str()
@@ -242,10 +246,15 @@ pub fn series(observations: &[Value], max_points: usize) -> BTreeMap<String, Vec
 }
 
 /// The latest values and out-of-range flags of one patient's Observations.
-pub fn latest(observations: &[Value], now: DateTime<Utc>, thresholds: &Thresholds) -> Value {
+pub fn latest<V: std::borrow::Borrow<Value>>(
+    observations: &[V],
+    now: DateTime<Utc>,
+    thresholds: &Thresholds,
+) -> Value {
     let mut vitals: BTreeMap<String, Value> = BTreeMap::new();
     let mut freshness: BTreeMap<String, i64> = BTreeMap::new();
     for o in observations {
+        let o: &Value = o.borrow();
         let Some(start) = start_of(o) else { continue };
         let name = o["code"]["text"]
             .as_str()

@@ -88,7 +88,7 @@ fn device_patient(d: &Value) -> Option<String> {
 }
 
 /// Sparklines of one patient's Observations: label → points of the last 24 h, downsampled.
-fn sparks(observations: &[Value], since: DateTime<Utc>) -> BTreeMap<String, Vec<Point>> {
+fn sparks(observations: &[&Value], since: DateTime<Utc>) -> BTreeMap<String, Vec<Point>> {
     let mut out = super::series(observations, usize::MAX);
     for pts in out.values_mut() {
         pts.retain(|p| p.t >= since);
@@ -115,13 +115,23 @@ pub struct Cache {
 const CACHED_SAMPLES: usize = 240;
 
 /// `o` with a long SampledData series thinned to about [`CACHED_SAMPLES`] (every k-th sample,
-/// the period k times longer).
+/// the period k times longer). A high-rate series (period under 1 s: a waveform, which the
+/// list shows as such, without a value) keeps only its first and last sample, at their times.
 fn compact(mut o: Value) -> Value {
     let Some(sd) = o.get_mut("valueSampledData") else {
         return o;
     };
     let data = sd["data"].as_str().unwrap_or_default();
     let n = data.split_whitespace().count();
+    let period = sd["period"].as_f64().unwrap_or(0.0);
+    if period < 1000.0 && n > 2 {
+        let mut tokens = data.split_whitespace();
+        let first = tokens.next().unwrap_or("E").to_string();
+        let last = tokens.next_back().unwrap_or("E").to_string();
+        sd["data"] = json!(format!("{first} {last}"));
+        sd["period"] = json!(period * (n - 1) as f64);
+        return o;
+    }
     if n <= CACHED_SAMPLES {
         return o;
     }
@@ -186,16 +196,19 @@ pub async fn build(
             ));
         }
     }
-    let mut obs_of: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut obs_of: HashMap<&str, Vec<&Value>> = HashMap::new();
     for (p, o) in cache.window.values() {
-        obs_of.entry(p.clone()).or_default().push(o.clone());
+        obs_of.entry(p.as_str()).or_default().push(o);
     }
-    cache.older.retain(|p, _| !obs_of.contains_key(p));
+    let in_window: std::collections::HashSet<String> =
+        obs_of.keys().map(|p| p.to_string()).collect();
+    drop(obs_of);
+    cache.older.retain(|p, _| !in_window.contains(p));
     // Patients with nothing in the last 24 h: their last readings, a few searches at a time.
     let quiet: Vec<String> = patients
         .iter()
         .filter_map(|p| p["id"].as_str())
-        .filter(|id| !obs_of.contains_key(*id) && !cache.older.contains_key(*id))
+        .filter(|id| !in_window.contains(*id) && !cache.older.contains_key(*id))
         .map(str::to_string)
         .collect();
     let older: Vec<(String, Result<Vec<Value>, fhir_writer::WriteError>)> =
@@ -222,15 +235,19 @@ pub async fn build(
             .older
             .insert(id, r?.into_iter().map(compact).collect());
     }
+    let mut obs_of: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for (p, o) in cache.window.values() {
+        obs_of.entry(p.as_str()).or_default().push(o);
+    }
     for (id, found) in &cache.older {
         if !found.is_empty() {
-            obs_of.insert(id.clone(), found.clone());
+            obs_of.insert(id.as_str(), found.iter().collect());
         }
     }
     let mut rows = Vec::with_capacity(patients.len());
     for p in &patients {
         let id = p["id"].as_str().unwrap_or_default().to_string();
-        let obs = obs_of.remove(&id).unwrap_or_default();
+        let obs = obs_of.remove(id.as_str()).unwrap_or_default();
         let summary = latest(&obs, now, thresholds);
         let mut last_seen = BTreeMap::new();
         for o in &obs {
@@ -663,7 +680,7 @@ mod tests {
     #[test]
     fn long_series_are_thinned_in_the_cache_and_gaps_are_marked() {
         let data: Vec<String> = (0..2500).map(|i| i.to_string()).collect();
-        let o = json!({"valueSampledData": {"period": 4, "data": data.join(" ")}});
+        let o = json!({"valueSampledData": {"period": 1000, "data": data.join(" ")}});
         let c = compact(o);
         let n = c["valueSampledData"]["data"]
             .as_str()
@@ -671,7 +688,14 @@ mod tests {
             .split(' ')
             .count();
         assert!(n <= CACHED_SAMPLES, "{n}");
-        assert_eq!(c["valueSampledData"]["period"], 44.0);
+        assert_eq!(c["valueSampledData"]["period"], 11000.0);
+        // A waveform keeps its first and last sample, at their times.
+        let start = Utc::now();
+        let o = json!({"valueSampledData": {"period": 4, "data": data.join(" ")}});
+        let pts = points_of(&compact(o), start);
+        assert_eq!(pts.len(), 2);
+        assert_eq!(pts[1].v, Some(2499.0));
+        assert_eq!(pts[1].t, start + chrono::Duration::milliseconds(4 * 2499));
         let t0 = Utc::now();
         let pts: Vec<Point> = [0, 60, 120, 180, 3600, 3660]
             .iter()
