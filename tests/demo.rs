@@ -10,11 +10,17 @@ use serde_json::Value;
 use testkit::free_port;
 
 fn get(port: u16, path: &str) -> Option<Value> {
+    get_with(port, path, "")
+}
+
+/// `get` with more request header lines (`extra`, each ending in CRLF).
+fn get_with(port: u16, path: &str, extra: &str) -> Option<Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{extra}connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .ok()?;
     let mut out = Vec::new();
@@ -142,4 +148,79 @@ fn demo_fills_the_local_store_with_every_kind_within_60_seconds() {
         .collect();
     assert!(noisy.is_empty(), "the demo's log is not quiet:\n{log}");
     assert!(log.contains("Connector running."), "{log}");
+}
+
+/// `iomt demo --fhir-bearer-token-env VAR`: the local FHIR store refuses requests without the
+/// token, and the connector (its `[fhir.auth]` bearer) and the review page (the connector's own
+/// FHIR credentials) still read and write it.
+#[test]
+fn demo_with_a_store_token_still_fills_the_store_and_the_review_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt, fhir, metrics, review) = (free_port(), free_port(), free_port(), free_port());
+    let token = "demo-store-token-for-the-test-0123456789";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iomt"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--mqtt-port",
+            &mqtt.to_string(),
+            "--fhir-port",
+            &fhir.to_string(),
+        ])
+        .args([
+            "--metrics-port",
+            &metrics.to_string(),
+            "--review-port",
+            &review.to_string(),
+        ])
+        .args([
+            "--fhir-bearer-token-env",
+            "IOMT_DEMO_STORE_TOKEN",
+            "--interval",
+            "1",
+        ])
+        .env("IOMT_DEMO_STORE_TOKEN", token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let patients = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no patient on the review page after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        match get(review, "/api/patients") {
+            Some(Value::Array(p))
+                if p.iter()
+                    .any(|p| !p["vitals"].as_object().unwrap().is_empty()) =>
+            {
+                break p
+            }
+            _ => continue,
+        }
+    };
+    assert!(!patients.is_empty());
+    // Without the token the store answers 401 (an OperationOutcome), with it a Bundle.
+    let refused = get(fhir, "/fhir/R4/Observation?_count=1").unwrap();
+    assert_eq!(refused["resourceType"], "OperationOutcome", "{refused}");
+    let bundle = get_with(
+        fhir,
+        "/fhir/R4/Observation?_count=1",
+        &format!("authorization: Bearer {token}\r\n"),
+    )
+    .unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle", "{bundle}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stop = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            stop.elapsed() < Duration::from_secs(30),
+            "demo did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -219,3 +219,163 @@ async fn review_freshness_thresholds_are_configurable() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Without sign-in, `iomt review` listens only on loopback: `--listen 0.0.0.0:…` is refused
+/// with a message that says how to configure sign-in; sign-in without an allowed group is
+/// refused too.
+#[test]
+fn review_refuses_a_non_loopback_address_without_sign_in() {
+    let run = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_iomt"));
+        c.args(["review", "--fhir-url", "http://127.0.0.1:9/fhir/R4"])
+            .args(args);
+        for v in [
+            "IOMT_REVIEW_OIDC_ISSUER",
+            "IOMT_REVIEW_OIDC_CLIENT_ID",
+            "IOMT_REVIEW_OIDC_ALLOWED_GROUPS",
+        ] {
+            c.env_remove(v);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--listen", "0.0.0.0:0"]);
+    for want in [
+        "refusing to serve the review page on 0.0.0.0:0 without sign-in",
+        "--listen 127.0.0.1:8090",
+        "--oidc-issuer URL --oidc-client-id ID --oidc-allowed-group GROUP",
+        "IOMT_REVIEW_OIDC_CLIENT_SECRET",
+        "docs/REVIEW.md",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    let err = run(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--oidc-issuer",
+        "http://127.0.0.1:9",
+        "--oidc-client-id",
+        "review",
+    ]);
+    assert!(err.contains("needs --oidc-allowed-group"), "{err}");
+    // `iomt demo --bind` likewise: the page needs sign-in, the FHIR store a token.
+    let dir = tempfile::tempdir().unwrap();
+    let demo = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_iomt"))
+            .arg("demo")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("IOMT_REVIEW_OIDC_ISSUER")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = demo(&["--bind", "0.0.0.0"]);
+    assert!(
+        err.contains("refusing to serve the review page on 0.0.0.0:8090 without sign-in")
+            && err.contains("--bind 127.0.0.1"),
+        "{err}"
+    );
+    let err = demo(&[
+        "--bind",
+        "0.0.0.0",
+        "--oidc-issuer",
+        "http://127.0.0.1:9",
+        "--oidc-client-id",
+        "review",
+        "--oidc-allowed-group",
+        "ward",
+    ]);
+    assert!(
+        err.contains("sign-in on 0.0.0.0:8090 needs --public-url"),
+        "{err}"
+    );
+    let err = demo(&[
+        "--bind",
+        "0.0.0.0",
+        "--oidc-issuer",
+        "http://127.0.0.1:9",
+        "--oidc-client-id",
+        "review",
+        "--oidc-allowed-group",
+        "ward",
+        "--public-url",
+        "http://demo-host.invalid:8090",
+    ]);
+    assert!(
+        err.contains("refusing to serve the FHIR store on 0.0.0.0 without a token")
+            && err.contains("--fhir-bearer-token-env VAR"),
+        "{err}"
+    );
+}
+
+/// The triage list is rebuilt in the background from what changed on the FHIR server
+/// (`_lastUpdated`): a new out-of-range reading moves its patient to the top within a refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_triage_list_picks_up_new_readings() {
+    let server = FhirServer::acquire().await;
+    replay_heart_rate(&server);
+    let port = free_port();
+    let _child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_iomt"))
+            .args(["review", "--fhir-url", &server.base, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--refresh-seconds", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let first = loop {
+        if let Some(p) = get(port, "/api/triage?count=10") {
+            break p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "review did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let p = first["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["identifier"] == "patient-001")
+        .expect("patient-001 listed")
+        .clone();
+    assert_eq!(p["status"], "quiet", "2024 readings: quiet ({p})");
+    let id = p["id"].as_str().unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let obs = serde_json::json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}], "text": "heartrate"},
+        "subject": {"reference": format!("Patient/{id}")}, "effectiveDateTime": now,
+        "valueQuantity": {"value": 171, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}});
+    let r = reqwest::Client::new()
+        .post(format!("{}/Observation", server.base))
+        .header("content-type", "application/fhir+json")
+        .body(obs.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let started = Instant::now();
+    loop {
+        let page = get(port, "/api/triage?count=10").unwrap();
+        let top = &page["patients"][0];
+        if top["id"] == id && top["status"] == "out-of-range" {
+            assert_eq!(top["vitals"]["heartrate"]["value"], 171.0, "{top}");
+            assert_eq!(top["vitals"]["heartrate"]["display"], "Heart rate");
+            assert_eq!(top["vitals"]["heartrate"]["unit"], "/min");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the new reading did not reach the list: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -38,6 +38,9 @@ pub struct ServeConfig {
     /// How long shutdown waits for requests in flight before closing their connections.
     /// Default 10 s.
     pub shutdown_grace: Duration,
+    /// When set, every request but `GET /metadata` needs `Authorization: Bearer <this>`;
+    /// others are answered 401 with `WWW-Authenticate: Bearer`. Default: none (open).
+    pub bearer_token: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -46,6 +49,7 @@ impl Default for ServeConfig {
             dev_reset: false,
             max_body_bytes: 16 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            bearer_token: None,
         }
     }
 }
@@ -189,9 +193,50 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let reply = route(req, &state).await;
+    let reply = match &state.config.bearer_token {
+        Some(token) if !authorized(&req, &path, token) => {
+            let mut r = Reply::error(
+                StatusCode::UNAUTHORIZED,
+                "login",
+                "this FHIR store needs `Authorization: Bearer <token>` (iomt fhir-store --bearer-token-env)",
+            );
+            r.headers.push((
+                hyper::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"iomt fhir-store\"".into(),
+            ));
+            r
+        }
+        _ => route(req, &state).await,
+    };
     tracing::debug!(%method, %path, status = reply.status.as_u16(), "FHIR store request.");
     Ok(reply.into_response())
+}
+
+/// Whether `req` carries the bearer `token` (compared in constant time), or is the
+/// capability statement, which stays open.
+fn authorized(req: &Request<Incoming>, path: &str, token: &str) -> bool {
+    if req.method() == Method::GET
+        && PREFIXES
+            .iter()
+            .map(|p| format!("{p}/metadata"))
+            .chain(["/metadata".to_string()])
+            .any(|m| m == path)
+    {
+        return true;
+    }
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Percent-decoded, non-empty path segments.

@@ -39,6 +39,17 @@ pub struct DemoArgs {
     /// Log lines as `text` (colour only on a terminal) or `json` (one object per line).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Address the review page and the FHIR store listen on. Anything but loopback needs
+    /// sign-in for the page (--oidc-*) and a token for the store (--fhir-bearer-token-env).
+    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
+    bind: String,
+    /// The FHIR store requires `Authorization: Bearer <token>`, the token from this
+    /// environment variable; the connector and the review page send it.
+    #[arg(long, value_name = "VAR")]
+    fhir_bearer_token_env: Option<String>,
+    /// The review page's sign-in.
+    #[command(flatten)]
+    sign_in: super::review::SignInArgs,
 }
 
 const DEVICE_MAPPING: &str = include_str!("../../templates/simulator/devicecontent.json");
@@ -95,6 +106,26 @@ next_connection_delay_ms = 1
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    let review_addr = format!("{}:{}", args.bind, args.review_port);
+    let sign_in = super::review::sign_in(&args.sign_in, &review_addr)?;
+    let on_network = !super::review::loopback_only(&review_addr)?;
+    if on_network && sign_in.is_none() {
+        anyhow::bail!(super::review::refusal(&review_addr, "--bind 127.0.0.1"));
+    }
+    let store_token = match &args.fhir_bearer_token_env {
+        Some(var) => {
+            let t = std::env::var(var).unwrap_or_default().trim().to_string();
+            if t.len() < 16 {
+                anyhow::bail!("--fhir-bearer-token-env {var}: {var} must hold the FHIR store's token, 16 characters or more (e.g. {var}=$(openssl rand -hex 32))");
+            }
+            Some((var.clone(), t))
+        }
+        None if on_network => anyhow::bail!(
+            "refusing to serve the FHIR store on {} without a token: set one with --fhir-bearer-token-env VAR (the token in environment variable VAR), or --bind 127.0.0.1",
+            args.bind
+        ),
+        None => None,
+    };
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
@@ -113,7 +144,7 @@ fhir_mapping = "fhirmapping.json"
 [fhir]
 url = "{fhir_url}"
 resolution = "Create"
-
+{fhir_auth}
 [source]
 kind = "mqtt"
 host = "127.0.0.1"
@@ -141,6 +172,11 @@ format = "{log_format}"
 "#,
             mqtt = args.mqtt_port,
             metrics = args.metrics_port,
+            fhir_auth = match &store_token {
+                Some((var, _)) =>
+                    format!("auth = {{ kind = \"bearer\", token_env = \"{var}\" }}\n"),
+                None => String::new(),
+            },
             log_format = args.log_format,
         ),
     )?;
@@ -166,13 +202,23 @@ format = "{log_format}"
         // The local FHIR store.
         let store = fhir_store::Store::open(dir.join("fhir-store"))
             .context("opening the local FHIR store")?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.fhir_port))
+        let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.fhir_port))
             .await
-            .with_context(|| format!("binding the FHIR store to port {}", args.fhir_port))?;
+            .with_context(|| {
+                format!("binding the FHIR store to {}:{}", args.bind, args.fhir_port)
+            })?;
         let mut store_stop = store_rx.clone();
-        let store_task = tokio::spawn(fhir_store::serve(listener, store, async move {
-            let _ = store_stop.wait_for(|s| *s).await;
-        }));
+        let store_task = tokio::spawn(fhir_store::serve_with(
+            listener,
+            store,
+            fhir_store::ServeConfig {
+                bearer_token: store_token.as_ref().map(|(_, t)| t.clone()),
+                ..Default::default()
+            },
+            async move {
+                let _ = store_stop.wait_for(|s| *s).await;
+            },
+        ));
 
         // Wait for the broker to take MQTT connections (a full CONNECT and DISCONNECT: a bare
         // TCP probe makes the broker log an error for the connection it closes).
@@ -209,24 +255,33 @@ format = "{log_format}"
         });
 
         // The review page, reading the local store and the connector's metrics.
-        let review_listener = tokio::net::TcpListener::bind(("127.0.0.1", args.review_port))
+        let review_listener = tokio::net::TcpListener::bind(&review_addr)
             .await
-            .with_context(|| format!("binding the review page to port {}", args.review_port))?;
-        let review = tokio::spawn(crate::review::serve(
-            review_listener,
-            fhir_writer::FhirClientConfig::new(fhir_url.clone()),
-            crate::review::ReviewOptions {
-                metrics_url: Some(format!("http://127.0.0.1:{}/metrics", args.metrics_port)),
-                thresholds: crate::review::default_thresholds(),
-                dead_letters: Some(dir.join("dead-letters")),
-                ..Default::default()
-            },
-        ));
+            .with_context(|| format!("binding the review page to {review_addr}"))?;
+        let mut review_fhir = fhir_writer::FhirClientConfig::new(fhir_url.clone());
+        if let Some((_, t)) = &store_token {
+            review_fhir.auth = fhir_writer::auth::Auth::Bearer(t.clone());
+        }
+        let review_options = crate::review::ReviewOptions {
+            metrics_url: Some(format!("http://127.0.0.1:{}/metrics", args.metrics_port)),
+            thresholds: crate::review::default_thresholds(),
+            dead_letters: Some(dir.join("dead-letters")),
+            sign_in,
+            // Readings arrive every few seconds.
+            refresh: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let review = tokio::spawn(async move {
+            if let Err(e) = crate::review::serve(review_listener, review_fhir, review_options).await
+            {
+                tracing::error!(error = %format!("{e:#}"), "The review page stopped.");
+            }
+        });
         println!(
             "iomt demo is running ({} simulated devices, every kind):",
             args.devices
         );
-        println!("  review page:      http://127.0.0.1:{}/", args.review_port);
+        println!("  review page:      http://{review_addr}/");
         println!(
             "  FHIR store (R4):  {fhir_url}   e.g. {fhir_url}/Observation?_sort=-date&_count=10"
         );

@@ -18,6 +18,11 @@ pub struct FhirStoreArgs {
     /// Enable `POST /$reset` (deletes everything; for tests).
     #[arg(long)]
     dev_reset: bool,
+    /// Require `Authorization: Bearer <token>` on every request but `GET /metadata`, the token
+    /// read from this environment variable (e.g. to show the demo on a network; clients such
+    /// as `iomt review` and `iomt run` send it from IOMT_FHIR_BEARER_TOKEN).
+    #[arg(long, value_name = "VAR")]
+    bearer_token_env: Option<String>,
 }
 
 /// Runs `iomt fhir-store`.
@@ -25,6 +30,18 @@ pub fn run(args: FhirStoreArgs) -> Result<ExitCode> {
     super::init_cli_logging();
     let store = fhir_store::Store::open(&args.db)
         .with_context(|| format!("opening {}", args.db.display()))?;
+    let bearer_token = match &args.bearer_token_env {
+        Some(var) => {
+            let t = std::env::var(var).unwrap_or_default();
+            if t.trim().len() < 16 {
+                anyhow::bail!(
+                    "--bearer-token-env {var}: the environment variable {var} must hold the token, 16 characters or more (e.g. {var}=$(openssl rand -hex 32))"
+                );
+            }
+            Some(t.trim().to_string())
+        }
+        None => None,
+    };
     let listen = args.listen;
     super::runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
@@ -36,6 +53,7 @@ pub fn run(args: FhirStoreArgs) -> Result<ExitCode> {
             store,
             fhir_store::ServeConfig {
                 dev_reset: args.dev_reset,
+                bearer_token,
                 ..Default::default()
             },
             async {

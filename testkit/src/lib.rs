@@ -24,6 +24,7 @@
 //! | [`mqtt`] | `mqtt` | Mosquitto, a test CA, publishers |
 //! | [`event_hubs`] | `event-hubs` | the Event Hubs emulator and the Entra ID token endpoint |
 //! | [`oidc`] | `oidc` | a real OAuth 2.0 authorization server (oidc-provider), test keys |
+//! | [`oidc_users`] | `oidc` | that provider signing people in (authorization code, PKCE) |
 //!
 //! A crate's tests enable only the features they use, so that `cargo test -p normalizer` does
 //! not build an AMQP stack. A crate may dev-depend on testkit although testkit depends on it
@@ -59,6 +60,8 @@ pub mod heart_rate;
 pub mod mqtt;
 #[cfg(feature = "oidc")]
 pub mod oidc;
+#[cfg(feature = "oidc")]
+pub mod oidc_users;
 pub mod vitals;
 #[cfg(feature = "writer")]
 pub mod writer;

@@ -44,6 +44,17 @@ impl OidcProvider {
     /// and client-credentials tokens living `token_ttl_secs`. The test FHIR server's
     /// introspection client ([`RESOURCE_SERVER_ID`]) is added.
     pub fn start(clients: Vec<Value>, scopes: &[&str], token_ttl_secs: u64) -> OidcProvider {
+        Self::start_with(clients, scopes, token_ttl_secs, json!({}))
+    }
+
+    /// [`OidcProvider::start`] with more of `server.mjs`'s config (`extra`'s keys, e.g.
+    /// `"users"`: see [`crate::oidc_users`]).
+    pub fn start_with(
+        clients: Vec<Value>,
+        scopes: &[&str],
+        token_ttl_secs: u64,
+        extra: Value,
+    ) -> OidcProvider {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut clients = clients;
         clients.push(json!({
@@ -54,7 +65,11 @@ impl OidcProvider {
             "redirect_uris": [],
         }));
         let config = dir.path().join("config.json");
-        let text = json!({"clients": clients, "scopes": scopes, "accessTokenTtl": token_ttl_secs});
+        let mut text =
+            json!({"clients": clients, "scopes": scopes, "accessTokenTtl": token_ttl_secs});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            text[k] = v.clone();
+        }
         std::fs::write(&config, text.to_string()).expect("write the provider's config");
         let mut child = Command::new("node")
             .arg("server.mjs")

@@ -1,15 +1,29 @@
-//! `iomt review`: a page for remote-monitoring teams, reading any FHIR R4 server. Its JSON API
-//! does the FHIR work and the downsampling server-side, so the page stays light:
+//! `iomt review`: a page for remote-monitoring teams, reading any FHIR R4 server with the
+//! connector's own FHIR credentials. Its JSON API does the FHIR work and the downsampling
+//! server-side, so the page stays light:
 //!
-//! * `GET /api/patients` — every Patient with its Devices, the latest value of each vital and its
-//!   time, a freshness age per device, and out-of-range flags (thresholds by LOINC code);
-//! * `GET /api/patients/{id}/series?points=N` — one series per Observation type (components as
-//!   separate series), SampledData expanded with origin/period (`E` → a gap), downsampled to at
-//!   most N points per series (min/max per bucket, so peaks survive);
+//! * `GET /api/triage?offset=&count=&q=` — one page of the triage list (out-of-range first, then
+//!   devices gone quiet, then the rest; `q` filters by patient identifier or name), from a
+//!   snapshot rebuilt in the background ([`triage`]);
+//! * `GET /api/patients/{id}` — one patient: devices with last-seen times, latest vitals;
+//! * `GET /api/patients/{id}/charts?from=&to=&points=N` — one chart per Observation kind
+//!   (components as lines of one chart), thresholds, gaps, downsampled to N points per line;
+//! * `GET /api/patients/{id}/waveform?key=&from=&to=` — the real samples of a high-rate
+//!   SampledData series in a window (the ECG viewer);
+//! * `GET /api/patients` (every patient, in triage order) and
+//!   `GET /api/patients/{id}/series?points=N` (name → points) — the first version's API;
 //! * `GET /api/health` — the connector's pipeline counters from its `/metrics`.
+//!
+//! With sign-in configured ([`auth`]) every page and API call needs a session; each call that
+//! returns one patient's data writes an audit line (target `iomt_review_audit`, level info:
+//! who, which patient by FHIR id, what). Every answer carries security headers (CSP without
+//! inline script or style, `frame-ancestors 'none'`, `X-Frame-Options: DENY`, `no-store`).
+
+pub mod auth;
+mod server;
+pub mod triage;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -57,7 +71,59 @@ pub struct Point {
     pub v: Option<f64>,
 }
 
-fn code_of(cc: &Value) -> Option<String> {
+/// The Observation's label: `code.text` (the template's type name), the key of its series.
+pub(crate) fn label_of(o: &Value) -> String {
+    o["code"]["text"]
+        .as_str()
+        .unwrap_or("observation")
+        .to_string()
+}
+
+/// Display names for codes whose coding display is a term id rather than words.
+const KNOWN_DISPLAYS: &[(&str, &str)] = &[("131329", "ECG lead I"), ("131330", "ECG lead II")];
+
+/// What a code means, for people: the display of its first coding that is not the service's
+/// own, else its text.
+pub(crate) fn display_of(cc: &Value) -> Option<String> {
+    let codings = cc["coding"].as_array().into_iter().flatten();
+    for c in codings.filter(|c| c["system"] != fhir_writer::SERVICE_SYSTEM) {
+        if let Some((_, d)) = KNOWN_DISPLAYS
+            .iter()
+            .find(|(code, _)| c["code"].as_str() == Some(code))
+        {
+            return Some(d.to_string());
+        }
+        if let Some(d) = c["display"].as_str() {
+            return Some(d.to_string());
+        }
+    }
+    cc["text"].as_str().map(str::to_string)
+}
+
+/// The unit of a value element (`valueQuantity.unit`/`code`, `valueSampledData.origin`).
+pub(crate) fn unit_of(el: &Value) -> Option<String> {
+    let q = if el.get("valueQuantity").is_some() {
+        &el["valueQuantity"]
+    } else {
+        &el["valueSampledData"]["origin"]
+    };
+    q["unit"]
+        .as_str()
+        .or_else(|| q["code"].as_str())
+        .map(str::to_string)
+}
+
+/// A UCUM unit as people write it.
+pub(crate) fn unit_display(u: &str) -> String {
+    match u {
+        "Cel" => "°C".into(),
+        "[degF]" => "°F".into(),
+        "/min" | "{beats}/min" => "/min".into(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn code_of(cc: &Value) -> Option<String> {
     cc["coding"]
         .as_array()?
         .iter()
@@ -66,7 +132,7 @@ fn code_of(cc: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-fn start_of(o: &Value) -> Option<DateTime<Utc>> {
+pub(crate) fn start_of(o: &Value) -> Option<DateTime<Utc>> {
     let s = o["effectiveDateTime"]
         .as_str()
         .or_else(|| o["effectivePeriod"]["start"].as_str())?;
@@ -148,9 +214,13 @@ pub fn downsample(points: &[Point], max: usize) -> Vec<Point> {
 }
 
 /// Series of one patient's Observations: name → points, sorted by time.
-pub fn series(observations: &[Value], max_points: usize) -> BTreeMap<String, Vec<Point>> {
+pub fn series<V: std::borrow::Borrow<Value>>(
+    observations: &[V],
+    max_points: usize,
+) -> BTreeMap<String, Vec<Point>> {
     let mut out: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     for o in observations {
+        let o: &Value = o.borrow();
         let Some(start) = start_of(o) else { continue };
         let name = o["code"]["text"]
             .as_str()
@@ -176,15 +246,21 @@ pub fn series(observations: &[Value], max_points: usize) -> BTreeMap<String, Vec
 }
 
 /// The latest values and out-of-range flags of one patient's Observations.
-pub fn latest(observations: &[Value], now: DateTime<Utc>, thresholds: &Thresholds) -> Value {
+pub fn latest<V: std::borrow::Borrow<Value>>(
+    observations: &[V],
+    now: DateTime<Utc>,
+    thresholds: &Thresholds,
+) -> Value {
     let mut vitals: BTreeMap<String, Value> = BTreeMap::new();
     let mut freshness: BTreeMap<String, i64> = BTreeMap::new();
     for o in observations {
+        let o: &Value = o.borrow();
         let Some(start) = start_of(o) else { continue };
         let name = o["code"]["text"]
             .as_str()
             .unwrap_or("observation")
             .to_string();
+        let period = o["valueSampledData"]["period"].as_f64();
         let mut elements: Vec<(String, Option<String>, &Value)> =
             vec![(name.clone(), code_of(&o["code"]), o)];
         for c in o["component"].as_array().into_iter().flatten() {
@@ -216,7 +292,26 @@ pub fn latest(observations: &[Value], now: DateTime<Utc>, thresholds: &Threshold
                     .as_deref()
                     .and_then(|c| thresholds.get(c))
                     .is_some_and(|(lo, hi)| value < *lo || value > *hi);
-                vitals.insert(label, json!({"value": value, "time": last.t, "outOfRange": out_of_range, "code": code}));
+                let band = code.as_deref().and_then(|c| thresholds.get(c));
+                let cc = if std::ptr::eq(el, o) {
+                    &o["code"]
+                } else {
+                    &el["code"]
+                };
+                vitals.insert(
+                    label.clone(),
+                    json!({
+                        "value": value,
+                        "time": last.t,
+                        "outOfRange": out_of_range,
+                        "code": code,
+                        "display": display_of(cc).unwrap_or(label),
+                        "unit": unit_of(el).as_deref().map(unit_display),
+                        "low": band.map(|b| b.0),
+                        "high": band.map(|b| b.1),
+                        "waveform": period.is_some_and(|p| p < 1000.0) && std::ptr::eq(el, o),
+                    }),
+                );
             }
         }
         if let Some(d) = o["device"]["reference"].as_str() {
@@ -230,14 +325,6 @@ pub fn latest(observations: &[Value], now: DateTime<Utc>, thresholds: &Threshold
         }
     }
     json!({"vitals": vitals, "deviceAgeSeconds": freshness})
-}
-
-struct AppState {
-    client: fhir_writer::FhirClient,
-    metrics_url: Option<String>,
-    thresholds: Thresholds,
-    dead_letters: Option<std::path::PathBuf>,
-    freshness: Freshness,
 }
 
 /// How recent a device's last reading must be to count as fresh, or at least aging; older
@@ -272,7 +359,7 @@ impl Freshness {
 }
 
 /// Where the review page finds things besides the FHIR server.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ReviewOptions {
     /// The connector's `/metrics` URL.
     pub metrics_url: Option<String>,
@@ -282,204 +369,25 @@ pub struct ReviewOptions {
     pub dead_letters: Option<std::path::PathBuf>,
     /// Device freshness classes.
     pub freshness: Freshness,
+    /// Sign-in (none: the page is open, which only a loopback address allows).
+    pub sign_in: Option<auth::SignInConfig>,
+    /// How often the triage list is rebuilt from the FHIR server.
+    pub refresh: std::time::Duration,
 }
 
-async fn patients(state: &AppState) -> Result<Value, fhir_writer::WriteError> {
-    let now = Utc::now();
-    let mut out = Vec::new();
-    for p in state.client.search("Patient", &[("_count", "200")]).await? {
-        let id = p["id"].as_str().unwrap_or_default().to_string();
-        let subject = format!("Patient/{id}");
-        let devices = state
-            .client
-            .search("Device", &[("patient", subject.as_str())])
-            .await?;
-        let obs = state
-            .client
-            .search(
-                "Observation",
-                &[
-                    ("subject", subject.as_str()),
-                    ("_sort", "-date"),
-                    ("_count", "100"),
-                ],
-            )
-            .await?;
-        let summary = latest(&obs, now, &state.thresholds);
-        let age = |d: &Value| {
-            summary["deviceAgeSeconds"][format!("Device/{}", d["id"].as_str().unwrap_or_default())]
-                .as_i64()
-        };
-        out.push(json!({
-            "id": id,
-            "identifier": p["identifier"][0]["value"],
-            "name": p["name"][0]["text"].as_str().or_else(|| p["name"][0]["family"].as_str()),
-            "devices": devices.iter().map(|d| json!({
-                "id": d["id"],
-                "identifier": d["identifier"][0]["value"],
-                "freshness": state.freshness.class(age(d)),
-            })).collect::<Vec<_>>(),
-            "vitals": summary["vitals"],
-            "deviceAgeSeconds": summary["deviceAgeSeconds"],
-        }));
-    }
-    Ok(Value::Array(out))
-}
+pub use server::serve;
 
-async fn health(state: &AppState) -> Value {
-    let Some(url) = &state.metrics_url else {
-        return json!({"available": false});
-    };
-    let Ok(resp) = reqwest::get(url).await else {
-        return json!({"available": false});
-    };
-    let text = resp.text().await.unwrap_or_default();
-    let mut counters = BTreeMap::new();
-    let mut errors = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let v: f64 = value.parse().unwrap_or(0.0);
-        if let Some(labels) = name.strip_prefix("iomt_errors_total{") {
-            let t = labels
-                .split("error_type=\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("Other");
-            *errors.entry(t.to_string()).or_insert(0.0) += v;
-        } else if !name.contains('{') && name.starts_with("iomt_") && name.ends_with("_total") {
-            counters.insert(name.to_string(), v);
-        } else if let Some((base, _)) = name.split_once('{') {
-            if base.ends_with("_total") {
-                *counters.entry(base.to_string()).or_insert(0.0) += v;
-            }
+impl Default for ReviewOptions {
+    fn default() -> Self {
+        ReviewOptions {
+            metrics_url: None,
+            thresholds: default_thresholds(),
+            dead_letters: None,
+            freshness: Freshness::default(),
+            sign_in: None,
+            refresh: std::time::Duration::from_secs(15),
         }
     }
-    json!({"available": true, "counters": counters, "errorsByType": errors})
-}
-
-/// Serves the review page until the process ends.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    fhir: fhir_writer::FhirClientConfig,
-    options: ReviewOptions,
-) -> Result<()> {
-    use axum::extract::{Path, Query};
-    use axum::http::StatusCode;
-    use axum::response::{Html, IntoResponse};
-    use axum::routing::get;
-    use axum::Json;
-    let client = fhir_writer::FhirClient::new(fhir)?;
-    let state = Arc::new(AppState {
-        client,
-        metrics_url: options.metrics_url,
-        thresholds: options.thresholds,
-        dead_letters: options.dead_letters,
-        freshness: options.freshness,
-    });
-    let s4 = state.clone();
-    let s5 = state.clone();
-    let fail = |e: fhir_writer::WriteError| {
-        (
-            StatusCode::BAD_GATEWAY,
-            Json(json!({"error": e.to_string()})),
-        )
-            .into_response()
-    };
-    let s1 = state.clone();
-    let s2 = state.clone();
-    let s3 = state.clone();
-    let app = axum::Router::new()
-        .route("/", get(|| async { Html(include_str!("review.html")) }))
-        .route(
-            "/api/patients",
-            get(move || {
-                let s = s1.clone();
-                async move {
-                    match patients(&s).await {
-                        Ok(v) => Json(v).into_response(),
-                        Err(e) => fail(e),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/api/patients/:id/series",
-            get(
-                move |Path(id): Path<String>, Query(q): Query<BTreeMap<String, String>>| {
-                    let s = s2.clone();
-                    async move {
-                        let max = q
-                            .get("points")
-                            .and_then(|p| p.parse().ok())
-                            .unwrap_or(600usize)
-                            .clamp(10, 5000);
-                        let subject = format!("Patient/{id}");
-                        let mut params: Vec<(&str, String)> =
-                            vec![("subject", subject.clone()), ("_count", "500".into())];
-                        // The chosen range: ?from=...&to=... (FHIR date search).
-                        if let Some(f) = q.get("from") {
-                            params.push(("date", format!("ge{f}")));
-                        }
-                        if let Some(t) = q.get("to") {
-                            params.push(("date", format!("le{t}")));
-                        }
-                        let params: Vec<(&str, &str)> =
-                            params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                        match s.client.search("Observation", &params).await {
-                            Ok(obs) => Json(json!(series(&obs, max))).into_response(),
-                            Err(e) => fail(e),
-                        }
-                    }
-                },
-            ),
-        )
-        .route(
-            "/api/dead-letters",
-            get(move || {
-                let s = s4.clone();
-                async move {
-                    let Some(dir) = &s.dead_letters else {
-                        return Json(json!([])).into_response();
-                    };
-                    match pipeline::deadletter::DeadLetterStore::open(dir).and_then(|d| d.list()) {
-                        Ok(list) => Json(json!(list
-                            .iter()
-                            .rev()
-                            .take(50)
-                            .map(|d| json!({"id": d.id, "time": d.time, "stage": d.stage, "errorType": d.error_type, "message": d.message}))
-                            .collect::<Vec<_>>()))
-                        .into_response(),
-                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/api/dead-letters/:id",
-            get(move |Path(id): Path<String>| {
-                let s = s5.clone();
-                async move {
-                    let Some(dir) = &s.dead_letters else {
-                        return StatusCode::NOT_FOUND.into_response();
-                    };
-                    match pipeline::deadletter::DeadLetterStore::open(dir).and_then(|d| d.get(&id)) {
-                        Ok(dl) => Json(json!(dl)).into_response(),
-                        Err(_) => StatusCode::NOT_FOUND.into_response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/api/health",
-            get(move || {
-                let s = s3.clone();
-                async move { Json(health(&s).await) }
-            }),
-        );
-    axum::serve(listener, app).await?;
-    Ok(())
 }
 
 #[cfg(test)]
