@@ -14,7 +14,7 @@ pub struct CacheConfig {
     pub capacity: usize,
     /// How long an entry stays valid after it was written.
     pub ttl: Duration,
-    /// Most bytes the values may hold, by their [`Weight`] (`usize::MAX`: no byte cap).
+    /// Most bytes the values may hold, by their `Weight` (`usize::MAX`: no byte cap).
     pub max_bytes: usize,
 }
 
@@ -44,7 +44,7 @@ impl<K: Eq + Hash + Clone, V: Clone + Weight> TtlCache<K, V> {
         }
     }
 
-    /// Bytes the values hold now, by their [`Weight`].
+    /// Bytes the values hold now, by their `Weight`.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }

@@ -64,7 +64,7 @@ pub struct WriterConfig {
     pub identity_cache: CacheConfig,
     /// The version cache: the Observations written, with their versions, so that the next
     /// merge into one is written with `If-Match` without reading it first (reference: 5000
-    /// entries, 1 h; here also at most [`DEFAULT_OBSERVATION_CACHE_BYTES`] of Observations).
+    /// entries, 1 h; here also at most `DEFAULT_OBSERVATION_CACHE_BYTES` (256 MiB) of Observations).
     pub observation_cache: CacheConfig,
     /// Write in `batch` Bundles (false: one request per read and write, as for a server that
     /// takes no Bundles; `--no-bundles`).
