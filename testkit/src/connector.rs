@@ -1,5 +1,11 @@
 //! The connector as a child process (`iomt run`), as the service tests drive it: ready
 //! check, metrics, logs, SIGTERM and SIGKILL, peak memory. Killed when dropped.
+//!
+//! The end of a test that runs one or several instances (a consumer group, a shared
+//! subscription) is the same everywhere: wait until the server holds the expected state and
+//! every instance is [idle](ConnectorProcess::is_idle), check that nothing was dead-lettered
+//! or failed, stop them and compare once more. [`wait_until_written`], [`assert_clean`] and
+//! [`stop_and_compare`] are those steps, for a slice of instances.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -34,6 +40,27 @@ impl ConnectorProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Nothing received and not yet committed, nothing waiting in the group stage, and
+    /// something was received.
+    pub fn is_idle(&self) -> bool {
+        let text = self.metrics_text();
+        metric(&text, "iomt_events_incoming_total") > 0.0
+            && metric(&text, "iomt_events_in_flight") == 0.0
+            && metric(&text, "iomt_pending_measurements") == 0.0
+    }
+
+    /// Waits (`within` at most) until the metric reaches `at_least`.
+    #[cfg(feature = "fhir")]
+    pub async fn wait_metric(&self, name: &str, at_least: f64, within: Duration) {
+        wait_total(&[self], name, at_least, within).await;
+    }
+
+    /// SIGTERM; asserts that it exits with success (its log in the message otherwise).
+    pub fn stop(&mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "{status:?}:\n{}", self.log_text());
     }
 
     /// The log so far.
@@ -135,4 +162,84 @@ pub fn metric(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The logs of `instances`, one after the other.
+pub fn logs(instances: &[&ConnectorProcess]) -> String {
+    instances
+        .iter()
+        .map(|c| c.log_text())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// A metric summed over `instances`.
+pub fn total(instances: &[&ConnectorProcess], name: &str) -> f64 {
+    instances.iter().map(|c| c.metric(name)).sum()
+}
+
+/// Asserts that no instance dead-lettered an event or counted an error.
+pub fn assert_clean(instances: &[&ConnectorProcess]) {
+    for name in ["iomt_dead_letters_total", "iomt_errors_total"] {
+        assert_eq!(total(instances, name), 0.0, "{name}:\n{}", logs(instances));
+    }
+}
+
+/// Waits (`within` at most) until a metric summed over `instances` reaches `at_least`.
+#[cfg(feature = "fhir")]
+pub async fn wait_total(
+    instances: &[&ConnectorProcess],
+    name: &str,
+    at_least: f64,
+    within: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let now = total(instances, name);
+        if now >= at_least {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{name} stayed at {now} (waited for {at_least}):\n{}",
+            logs(instances)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (`within` at most) until the FHIR server at `base` holds `expected`, resource by
+/// resource, and every instance is [idle](ConnectorProcess::is_idle).
+#[cfg(feature = "fhir")]
+pub async fn wait_until_written(
+    base: &str,
+    expected: &crate::fhir::FhirState,
+    within: Duration,
+    instances: &[&ConnectorProcess],
+) -> crate::fhir::Comparison {
+    crate::fhir::wait_for_state(
+        base,
+        expected,
+        within,
+        || instances.iter().all(|c| c.is_idle()),
+        || logs(instances),
+    )
+    .await
+}
+
+/// [Stops](ConnectorProcess::stop) every instance, then asserts that the server at `base`
+/// still holds `expected` (nothing was written after it matched): the comparison, for its
+/// figures.
+#[cfg(feature = "fhir")]
+pub async fn stop_and_compare(
+    instances: &mut [&mut ConnectorProcess],
+    base: &str,
+    expected: &crate::fhir::FhirState,
+) -> crate::fhir::Comparison {
+    for c in instances.iter_mut() {
+        c.stop();
+    }
+    let cmp = crate::fhir::Comparison::of(expected, &crate::fhir::FhirState::fetch(base).await);
+    cmp.assert_same(&format!("after {} instance(s) stopped", instances.len()));
+    cmp
 }

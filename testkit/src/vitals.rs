@@ -145,3 +145,18 @@ pub fn replay(iomt: impl AsRef<Path>, base: &str, readings: &[Reading]) -> Value
     );
     report
 }
+
+/// The reference state of the service tests: `readings` written by one [`replay`] into the
+/// emptied `server`, read back; the server is emptied again for the run under test.
+#[cfg(feature = "fhir")]
+pub async fn one_replay_of(
+    iomt: impl AsRef<Path>,
+    server: &crate::fhir::FhirServer,
+    readings: &[Reading],
+) -> crate::fhir::FhirState {
+    replay(iomt, &server.base, readings);
+    let expected = crate::fhir::FhirState::fetch(&server.base).await;
+    server.reset().await;
+    assert!(expected.count("Observation") > 0 && expected.duplicates() == 0);
+    expected
+}
