@@ -282,7 +282,7 @@ async fn every_template_set_writes_the_same_resources_as_on_the_test_fhir_server
 
 /// Two independent writers (own clients and caches, like two processes) merge interleaved
 /// batches into one hourly SampledData Observation on the store, concurrently, with `If-Match`
-/// (as `fhir-writer/tests/faults.rs` does against the test FHIR server). Writer B's update
+/// (as `fhir-writer/tests/faults/` does against the test FHIR server). Writer B's update
 /// leaves writer A's cached version stale, so A's first concurrent update gets a real 412 from
 /// the store; in the end every sample is in the Observation exactly once, at its slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! Fixtures the FHIR writer's tests share (`fhir-writer/tests/faults.rs`, and the local store's
+//! Fixtures the FHIR writer's tests share (`fhir-writer/tests/faults/`, and the local store's
 //! `fhir-store/tests/writer.rs`): loading mappings, normalizing `events.json`-style events into
 //! tagged measurements, and an hour of 1 Hz heart rate into hourly SampledData.
 
@@ -104,10 +104,33 @@ pub fn one_hz_hour() -> Vec<(usize, Measurement)> {
     ms
 }
 
-/// Writes the batches in order; every one must write without errors.
+/// Writes the batches in order; every one must be written. A failure the writer marks
+/// retryable (a conflict that outlasted its re-merges while another writer kept winning, the
+/// server unavailable) is written again, as the service does with a batch it could not finish,
+/// up to [`RETRY_ROUNDS`] times; any other error fails the test.
 pub async fn write_batches(w: &FhirWriter, batches: Vec<Vec<(usize, Measurement)>>) {
     for batch in batches {
-        let r = w.write_batch(batch, None).await;
-        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let mut pending = batch;
+        for round in 0.. {
+            let r = w.write_batch(pending.clone(), None).await;
+            if r.errors.is_empty() {
+                break;
+            }
+            assert!(
+                round < RETRY_ROUNDS && r.errors.iter().all(|e| e.retryable),
+                "round {round}: {:?}",
+                r.errors
+            );
+            eprintln!("write_batches: round {round}, retrying {:?}", r.errors);
+            let failed: std::collections::HashSet<usize> = r
+                .errors
+                .iter()
+                .flat_map(|e| e.events.iter().copied())
+                .collect();
+            pending.retain(|(tag, _)| failed.contains(tag));
+        }
     }
 }
+
+/// How many times [`write_batches`] writes a batch's retryable failures again.
+pub const RETRY_ROUNDS: usize = 3;

@@ -1,5 +1,5 @@
 //! An HTTP/1.1 proxy in front of the real test FHIR server that injects faults, for the FHIR
-//! writer's fault tests (`fhir-writer/tests/faults.rs`).
+//! writer's fault tests (`fhir-writer/tests/faults/`).
 //!
 //! It is a fake used only for fault injection: no real server answers 429, 503 or 412, drops a
 //! connection, or holds one request while another goes through, on cue. Every request it passes
