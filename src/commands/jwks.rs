@@ -2,7 +2,6 @@
 //! authorization server (or publish at the client's `jwks_uri`). Reads the private key, prints
 //! only its public part.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,10 +28,5 @@ pub fn run(args: JwksArgs) -> Result<ExitCode> {
     let key = fhir_writer::auth::smart::SigningKey::from_pem(&pem, &args.alg, &args.kid)
         .with_context(|| args.key.display().to_string())?;
     let jwks = key.jwks().map_err(anyhow::Error::msg)?;
-    writeln!(
-        std::io::stdout().lock(),
-        "{}",
-        serde_json::to_string_pretty(&jwks)?
-    )?;
-    Ok(ExitCode::SUCCESS)
+    super::print_json(&jwks)
 }

@@ -3,7 +3,6 @@
 //! `{"measurements", "groups", "observations", "errors", "dropped"}`. The local twin of the
 //! MedTech mapping debugger; `--watch` re-maps on every change ([`super::watch`]).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -84,10 +83,5 @@ fn map(
         "errors": errors,
         "dropped": n.dropped,
     });
-    writeln!(
-        std::io::stdout().lock(),
-        "{}",
-        serde_json::to_string_pretty(&out)?
-    )?;
-    Ok(ExitCode::SUCCESS)
+    super::print_json(&out)
 }

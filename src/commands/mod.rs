@@ -28,7 +28,20 @@ pub mod templates;
 pub mod validate;
 pub mod watch;
 
+use std::process::ExitCode;
+
 use anyhow::Result;
+
+/// Prints a command's JSON report on stdout (pretty, one trailing newline); success.
+pub fn print_json(report: &impl serde::Serialize) -> Result<ExitCode> {
+    use std::io::Write as _;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(report)?
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// The tokio runtime every async command runs on: multi-threaded, I/O and time enabled.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -3,7 +3,6 @@
 //! [`normalize_events`] is the first stage of `map` and `map --watch` too, and
 //! [`measurement_json`] prints measurements for `map` and `replay`.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -64,12 +63,7 @@ pub fn run(args: NormalizeArgs) -> Result<ExitCode> {
     };
     let n = normalize_events(&normalizer, &events, args.document)?;
     let report = json!({"measurements": measurement_json(&n.measurements)?, "errors": n.errors, "dropped": n.dropped});
-    writeln!(
-        std::io::stdout().lock(),
-        "{}",
-        serde_json::to_string_pretty(&report)?
-    )?;
-    Ok(ExitCode::SUCCESS)
+    super::print_json(&report)
 }
 
 /// Every event normalized; measurements carry their event index.

@@ -3,7 +3,6 @@
 //! the `map` report with `observations` being what was written, plus counts.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -97,12 +96,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         writer.client().token_stats(),
         started,
     )?;
-    writeln!(
-        std::io::stdout().lock(),
-        "{}",
-        serde_json::to_string_pretty(&out)?
-    )?;
-    Ok(ExitCode::SUCCESS)
+    super::print_json(&out)
 }
 
 /// The printed report: the pipeline's records in event order, counts and the client's
