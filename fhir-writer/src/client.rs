@@ -462,24 +462,8 @@ impl FhirClient {
                 });
             }
             let bundle = as_bundle(&url, a.body, "search")?;
-            for e in bundle["entry"].as_array().into_iter().flatten() {
-                let mode = e
-                    .pointer("/search/mode")
-                    .and_then(Value::as_str)
-                    .unwrap_or("match");
-                if mode == "match" {
-                    if let Some(r) = e.get("resource") {
-                        out.push(r.clone());
-                    }
-                }
-            }
-            let next = bundle["link"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|l| l["relation"] == "next")
-                .and_then(|l| l["url"].as_str())
-                .map(str::to_string);
+            let (matches, next) = searchset_matches(&bundle);
+            out.extend(matches);
             match next {
                 Some(n) => {
                     url = n;
