@@ -171,8 +171,6 @@ pub async fn publish(
     rate: f64,
     _readings: u64,
 ) -> Result<()> {
-    use rumqttc::v5::mqttbytes::v5::PublishProperties;
-    use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     let mut opts = MqttOptions::new(format!("iomt-simulator-{}", std::process::id()), host, port);
     opts.set_keep_alive(Duration::from_secs(30));
@@ -182,25 +180,7 @@ pub async fn publish(
     let sender = tokio::spawn(async move {
         let pace = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
         for e in events {
-            let mut props = PublishProperties::default();
-            for (k, v) in &e.properties {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                props.user_properties.push((k.clone(), v));
-            }
-            if client
-                .publish_with_properties(
-                    e.topic.clone(),
-                    QoS::AtLeastOnce,
-                    false,
-                    e.body.clone(),
-                    props,
-                )
-                .await
-                .is_err()
-            {
+            if publish_event(&client, &e).await.is_err() {
                 break;
             }
             if let Some(p) = pace {
@@ -239,8 +219,6 @@ pub async fn publish_realtime(
     sim: Simulator,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    use rumqttc::v5::mqttbytes::v5::PublishProperties;
-    use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, MqttOptions};
     let mut opts = MqttOptions::new("iomt-demo-simulator", "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
@@ -263,25 +241,7 @@ pub async fn publish_realtime(
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let mut props = PublishProperties::default();
-        for (k, v) in &e.properties {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            props.user_properties.push((k.clone(), v));
-        }
-        if client
-            .publish_with_properties(
-                e.topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                e.body.clone(),
-                props,
-            )
-            .await
-            .is_err()
-        {
+        if publish_event(&client, &e).await.is_err() {
             break;
         }
         sent += 1;
@@ -341,4 +301,29 @@ pub async fn publish_event_hubs(
     let _ = tokio::time::timeout(Duration::from_secs(10), producer.close()).await;
     eprintln!("published {n} events");
     Ok(())
+}
+
+/// Publishes one simulated event at QoS 1 over MQTT 5, its properties as user properties
+/// (strings as they are, other values as JSON).
+async fn publish_event(
+    client: &rumqttc::v5::AsyncClient,
+    e: &simulators::SimEvent,
+) -> Result<(), rumqttc::v5::ClientError> {
+    let mut props = rumqttc::v5::mqttbytes::v5::PublishProperties::default();
+    for (k, v) in &e.properties {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        props.user_properties.push((k.clone(), v));
+    }
+    client
+        .publish_with_properties(
+            e.topic.clone(),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            e.body.clone(),
+            props,
+        )
+        .await
 }
