@@ -14,6 +14,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// See `Cargo.toml` (why this allocator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use commands::{
     bench, dead_letters, demo, fhir_store, import, jwks, map, normalize, replay, run, simulate,
     validate,

@@ -104,6 +104,17 @@ impl Exchange {
             .await;
     }
 
+    /// Most entries per Bundle now (the configured size, or less after a 413); `None` when
+    /// entries go as single requests.
+    pub(crate) fn bundle_size(&self) -> Option<usize> {
+        self.uses_bundles().then(|| {
+            self.config
+                .bundle_size
+                .min(self.max_entries.load(Ordering::Relaxed))
+                .max(1)
+        })
+    }
+
     /// Sends `entries` and returns their outcomes in order.
     pub(crate) async fn send(&self, entries: &[Entry]) -> Vec<EntryOutcome> {
         if entries.is_empty() {
@@ -115,11 +126,7 @@ impl Exchange {
         if !self.uses_bundles() {
             return self.singles(entries).await;
         }
-        let size = self
-            .config
-            .bundle_size
-            .min(self.max_entries.load(Ordering::Relaxed))
-            .max(1);
+        let size = self.bundle_size().unwrap_or(1);
         // By index: a closure taking a reference would make the future not `Send` for every
         // caller (a known limit of the compiler's inference for such closures).
         let answers: Vec<Vec<EntryOutcome>> = stream::iter(0..entries.len().div_ceil(size))

@@ -6,10 +6,13 @@
 //! the conflict retries and the retry policy's deadline.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
 use grouper::ObservationGroup;
 use serde_json::Value;
 
@@ -111,7 +114,11 @@ impl<'a, T> Job<'a, T> {
 impl FhirWriter {
     /// Runs the rounds until every job has a result. Two jobs for the same Observation (rare:
     /// the same identifier from two groups of one batch) go in successive waves.
-    pub(super) async fn run_jobs<T>(&self, jobs: &mut [Job<'_, T>], issued: Option<DateTime<Utc>>) {
+    pub(super) async fn run_jobs<T: Send + Sync>(
+        &self,
+        jobs: &mut [Job<'_, T>],
+        issued: Option<DateTime<Utc>>,
+    ) {
         let mut wave_of: Vec<usize> = Vec::with_capacity(jobs.len());
         let mut count: HashMap<&str, usize> = HashMap::new();
         for j in jobs.iter() {
@@ -127,13 +134,40 @@ impl FhirWriter {
                 .filter(|(_, w)| **w == wave)
                 .map(|(j, _)| j)
                 .collect();
-            // Every round settles or advances each pending job (a conflict or a transient
-            // failure is bounded by the retry counts and the retry deadline).
-            while in_wave.iter().any(|j| j.pending()) {
-                let delay = self.round(&mut in_wave, issued).await;
-                if delay > Duration::ZERO {
-                    tokio::time::sleep(delay).await;
-                }
+            // In lanes of one Bundle each, `bundle_concurrency` lanes at a time: while the
+            // server works on one lane's Bundle, the next lane's Observations are built and
+            // merged, so the writer's CPU and the server's overlap (one lane after the other,
+            // a flush cost the sum of both). Without Bundles: one lane, as many requests in
+            // flight as `max_concurrency` allows.
+            let (lane, lanes) = match self.exchange.bundle_size() {
+                Some(size) => (size, self.config.bundle_concurrency.max(1)),
+                None => (in_wave.len().max(1), 1),
+            };
+            // Boxed as `Send` here, in a loop rather than a closure: the compiler cannot prove
+            // a closure-made future over borrowed jobs `Send` for every caller.
+            let mut parts: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = Vec::new();
+            for part in in_wave.chunks_mut(lane) {
+                parts.push(Box::pin(self.lane(part, issued)));
+            }
+            stream::iter(parts)
+                .buffer_unordered(lanes)
+                .collect::<Vec<()>>()
+                .await;
+        }
+    }
+
+    /// Runs the rounds of one lane until each of its jobs has a result: every round settles
+    /// or advances each pending job (a conflict or a transient failure is bounded by the retry
+    /// counts and the retry deadline).
+    async fn lane<T: Send + Sync>(
+        &self,
+        jobs: &mut [&mut Job<'_, T>],
+        issued: Option<DateTime<Utc>>,
+    ) {
+        while jobs.iter().any(|j| j.pending()) {
+            let delay = self.round(jobs, issued).await;
+            if delay > Duration::ZERO {
+                tokio::time::sleep(delay).await;
             }
         }
     }
