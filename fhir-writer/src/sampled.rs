@@ -171,21 +171,24 @@ pub fn merge_sampled_data(
     let shift = (old_start - start).num_nanoseconds().map(i128::from);
     let old_period = period_duration(period_ms);
     if let Some(shift) = shift {
+        // As the decoder does: each token at its slot's start, stopping at the first slot
+        // whose start cannot be computed (past an `i32` index, `i64` nanoseconds, or the
+        // latest representable time). That bound is worked out once, so the loop (an hourly
+        // 1 Hz window is 3,600 tokens per merge) is integer arithmetic only.
+        let old_period_ns = i128::from(old_period.num_nanoseconds().unwrap_or(i64::MAX)).max(1);
+        let room = (DateTime::<Utc>::MAX_UTC - old_start)
+            .num_nanoseconds()
+            .unwrap_or(i64::MAX);
+        let last = (i128::from(room) / old_period_ns).min(i128::from(i32::MAX));
         for (i, token) in old.split(' ').enumerate() {
             if token == "E" || token.is_empty() {
                 continue;
             }
-            // As the decoder does: the slot's start, or stop where it cannot be computed.
-            let Some(offset) = i32::try_from(i)
-                .ok()
-                .and_then(|i| old_period.checked_mul(i))
-                .filter(|d| old_start.checked_add_signed(*d).is_some())
-                .and_then(|d| d.num_nanoseconds())
-                .map(|d| shift + i128::from(d))
-            else {
+            let i = i as i128;
+            if i > last {
                 break;
-            };
-            place(&mut slots, token, offset, period, false);
+            }
+            place(&mut slots, token, shift + i * old_period_ns, period, false);
         }
     } else {
         // Too far apart for nanoseconds: by times, as the definition does.
@@ -290,6 +293,36 @@ mod tests {
             time += period;
         }
         out
+    }
+
+    /// The merge's precomputed bound stops where the decoder stops: at the last slot whose
+    /// start is representable.
+    #[test]
+    fn merge_near_the_latest_time_stops_where_the_decoder_does() {
+        let max = DateTime::<Utc>::MAX_UTC;
+        for back_ms in [0i64, 1, 999, 1000, 2500, 4000] {
+            let old_start = max - Duration::milliseconds(back_ms);
+            let start = old_start - Duration::milliseconds(1500);
+            let old = "1 2 E 4 5 6";
+            let incoming = [TimeValue {
+                time: start,
+                value: "9".into(),
+            }];
+            let definition = build_sampled_data(
+                &merge_time_values(
+                    &sampled_data_to_time_values(old, old_start, 1000.0),
+                    &incoming,
+                ),
+                start,
+                max,
+                1000.0,
+            );
+            assert_eq!(
+                merge_sampled_data(old, old_start, &incoming, start, max, 1000.0),
+                definition,
+                "{back_ms} ms before the latest time"
+            );
+        }
     }
 
     proptest! {

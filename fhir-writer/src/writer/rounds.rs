@@ -345,7 +345,8 @@ impl FhirWriter {
             if !j.pending() || j.check.is_some() {
                 continue;
             }
-            let Some(existing) = j.existing.clone() else {
+            // Borrowed, not cloned: an hourly SampledData Observation is tens of kilobytes.
+            let Some(existing) = j.existing.as_ref() else {
                 continue;
             };
             let outcome = match to_observation(
@@ -363,7 +364,7 @@ impl FhirWriter {
             };
             match outcome {
                 Outcome::Unchanged => {
-                    let Some(e) = existing else {
+                    let Some(e) = j.existing.take().flatten() else {
                         j.fail(WriteFailure::Mapping(MappingError::NotSupported {
                             template: j.template.type_name.clone(),
                             reason: "nothing to write and no existing Observation".into(),
@@ -391,7 +392,11 @@ impl FhirWriter {
                     if self.config.stamp_profiles {
                         crate::vital_signs::stamp(&mut obs);
                     }
-                    let v = existing.as_ref().and_then(|e| e.version.clone());
+                    let v = j
+                        .existing
+                        .as_ref()
+                        .and_then(|e| e.as_ref())
+                        .and_then(|e| e.version.clone());
                     entries.push(Entry::Put {
                         resource: obs,
                         if_match: v,
