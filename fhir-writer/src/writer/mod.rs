@@ -22,6 +22,9 @@
 //! history (one round for all): if another writer created it between our read and our `PUT`,
 //! its samples are merged back.
 //!
+//! Steps 2 to 4 run in lanes of one Bundle each, `bundle_concurrency` lanes at a time, so the
+//! writer builds one lane's Observations while the server takes another's.
+//!
 //! This module plans a batch (groups, templates, identities) and reports on it; [`rounds`]
 //! runs steps 2 to 4 and the history check.
 
