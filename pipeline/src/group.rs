@@ -21,8 +21,9 @@ use crate::shared::Shared;
 /// One flush: the measurements of the released windows, with their events' sequence numbers.
 pub(crate) type Flush = Vec<(u64, Measurement)>;
 
-/// Windows due within this long of each other go out in one flush (a window waits at most
-/// this much past its flush interval; the grouper's spread keeps each flush small).
+/// Windows due within this long of each other go out in one flush: when the oldest is due, the
+/// ones due in the next `coalesce` go with it, a little early (no window waits past its flush
+/// interval for its neighbours; the grouper's spread keeps each flush small).
 fn coalesce(flush_interval: Duration) -> Duration {
     (flush_interval / 8).clamp(Duration::from_millis(10), Duration::from_millis(500))
 }
@@ -54,8 +55,8 @@ pub(crate) async fn run(
     let mut open = true;
     while open {
         let now = Instant::now();
-        // Due: the oldest window's deadline (pushed back a little so neighbours go together).
-        let due_at = g.next_deadline().map(|d| Instant::from_std(d) + coalesce);
+        // Due: the oldest window's deadline.
+        let due_at = g.next_deadline().map(Instant::from_std);
         let due = g.is_over_cap() || due_at.is_some_and(|d| d <= now);
         let sleep = async {
             match due_at {
@@ -67,7 +68,8 @@ pub(crate) async fn run(
             biased;
             permit = tx.reserve(), if due => {
                 let Ok(permit) = permit else { return };
-                let flush = g.expire(Instant::now().into_std());
+                // With it, the windows due within `coalesce` (neighbours go together).
+                let flush = g.expire((Instant::now() + coalesce).into_std());
                 shared.metrics.flushes.fetch_add(1, Ordering::Relaxed);
                 permit.send(flush);
             }
