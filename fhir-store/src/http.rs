@@ -504,20 +504,7 @@ async fn route(req: Request<Incoming>, state: &Arc<State>) -> Reply {
             let (t, id) = (t.to_string(), id.to_string());
             let tt = t.clone();
             match blocking(state, move |s| s.history(&tt, &id)).await {
-                Ok(versions) => {
-                    let entries: Vec<Value> = versions
-                        .into_iter()
-                        .map(|r| {
-                            let v = r.pointer("/meta/versionId").and_then(Value::as_str).unwrap_or_default().to_string();
-                            let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                            json!({"fullUrl": format!("{base}/{t}/{id}/_history/{v}"), "resource": r})
-                        })
-                        .collect();
-                    Reply::json(
-                        StatusCode::OK,
-                        json!({"resourceType": "Bundle", "type": "history", "total": entries.len(), "entry": entries}),
-                    )
-                }
+                Ok(versions) => Reply::json(StatusCode::OK, history_bundle(&base, &t, versions)),
                 Err(r) => r,
             }
         }
@@ -592,17 +579,47 @@ pub(crate) fn searchset(
         .resources
         .into_iter()
         .map(|r| {
-            let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            json!({"fullUrl": format!("{base}/{t}/{id}"), "resource": r, "search": {"mode": "match"}})
+            let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
+            let full_url = format!("{base}/{t}/{id}");
+            object([
+                ("fullUrl", Value::String(full_url)),
+                ("resource", r),
+                ("search", json!({"mode": "match"})),
+            ])
         })
         .collect();
-    json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": page.total,
-        "link": links,
-        "entry": entries,
-    })
+    object([
+        ("resourceType", json!("Bundle")),
+        ("type", json!("searchset")),
+        ("total", json!(page.total)),
+        ("link", Value::Array(links)),
+        ("entry", Value::Array(entries)),
+    ])
+}
+
+/// A `history` Bundle of `versions` (newest first) of one resource.
+pub(crate) fn history_bundle(base: &str, t: &str, versions: Vec<Value>) -> Value {
+    let entries: Vec<Value> = versions
+        .into_iter()
+        .map(|r| {
+            let v = r.pointer("/meta/versionId").and_then(Value::as_str).unwrap_or_default();
+            let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
+            let full_url = format!("{base}/{t}/{id}/_history/{v}");
+            object([("fullUrl", Value::String(full_url)), ("resource", r)])
+        })
+        .collect();
+    object([
+        ("resourceType", json!("Bundle")),
+        ("type", json!("history")),
+        ("total", json!(entries.len())),
+        ("entry", Value::Array(entries)),
+    ])
+}
+
+/// A JSON object of `members`, moved in. (`json!` would copy every interpolated `Value`: it
+/// serialises them into new ones, which for a searchset or a Bundle's answer is every resource.)
+pub(crate) fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
+    Value::Object(members.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 fn capability_statement() -> Value {

@@ -7,7 +7,9 @@
 //! across hundreds of resources. Entries of one Bundle never depend on each other (the writer
 //! sends Patients before the Devices that reference them, in separate Bundles).
 
-use serde_json::{json, Value};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::Value;
 
 /// One request, sent as a Bundle entry or, where the server takes no Bundles, on its own.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,18 +75,37 @@ impl Entry {
         format!("{} {rt}", self.method())
     }
 
-    /// The entry as it goes into a Bundle.
-    pub fn to_json(&self) -> Value {
-        match self {
-            Entry::Get { url } => json!({"request": {"method": "GET", "url": url}}),
-            Entry::Put { resource, if_match } => {
-                let mut request = json!({"method": "PUT", "url": self.url()});
-                if let Some(v) = if_match {
-                    request["ifMatch"] = json!(format!("W/\"{v}\""));
-                }
-                json!({"resource": resource, "request": request})
-            }
+}
+
+/// An entry's `request` as it goes into a Bundle.
+#[derive(Serialize)]
+struct Request {
+    method: &'static str,
+    url: String,
+    #[serde(rename = "ifMatch", skip_serializing_if = "Option::is_none")]
+    if_match: Option<String>,
+}
+
+/// The entry as it goes into a Bundle (`request`, and the `resource` of a `PUT`), serialised
+/// from the entry itself: the resource is not copied into a new `Value` first.
+impl Serialize for Entry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let request = Request {
+            method: self.method(),
+            url: self.url(),
+            if_match: match self {
+                Entry::Put {
+                    if_match: Some(v), ..
+                } => Some(format!("W/\"{v}\"")),
+                _ => None,
+            },
+        };
+        let mut map = serializer.serialize_map(None)?;
+        if let Entry::Put { resource, .. } = self {
+            map.serialize_entry("resource", resource)?;
         }
+        map.serialize_entry("request", &request)?;
+        map.end()
     }
 }
 
@@ -103,13 +124,31 @@ pub(crate) fn percent_encode(s: &str) -> String {
     out
 }
 
-/// A `batch` Bundle of `entries`.
-pub fn batch_bundle(entries: &[Entry]) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "batch",
-        "entry": entries.iter().map(Entry::to_json).collect::<Vec<_>>(),
-    })
+/// A `batch` Bundle of `entries`, serialised as it is sent (`serde_json::to_vec`) straight from
+/// the entries.
+pub struct BatchBundle<'a>(pub &'a [Entry]);
+
+impl Serialize for BatchBundle<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("resourceType", "Bundle")?;
+        map.serialize_entry("type", "batch")?;
+        map.serialize_entry("entry", self.0)?;
+        map.end()
+    }
+}
+
+impl BatchBundle<'_> {
+    /// The `Prefer` header it is sent with: a Bundle of writes only asks for minimal answers
+    /// (its entries' status, location and etag; the writer keeps what it sent), one with reads
+    /// for the resources.
+    pub fn prefer(&self) -> &'static str {
+        if self.0.iter().all(|e| matches!(e, Entry::Put { .. })) {
+            "return=minimal"
+        } else {
+            "return=representation"
+        }
+    }
 }
 
 /// What one entry (or one single request) came to.
@@ -299,6 +338,7 @@ pub fn outcome_text(body: &Option<Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn entries_as_bundle_json() {
@@ -312,13 +352,16 @@ mod tests {
             resource: json!({"resourceType": "Observation", "id": "abc"}),
             if_match: Some("7".into()),
         };
-        let b = batch_bundle(&[search, put]);
+        let entries = [search, put];
+        let b = serde_json::to_value(BatchBundle(&entries)).unwrap();
         assert_eq!(b["type"], "batch");
         assert_eq!(b["entry"][0]["request"]["method"], "GET");
         assert!(b["entry"][0].get("resource").is_none());
         assert_eq!(b["entry"][1]["request"]["url"], "Observation/abc");
         assert_eq!(b["entry"][1]["request"]["ifMatch"], "W/\"7\"");
         assert_eq!(b["entry"][1]["resource"]["id"], "abc");
+        assert_eq!(BatchBundle(&entries).prefer(), "return=representation");
+        assert_eq!(BatchBundle(&entries[1..]).prefer(), "return=minimal");
     }
 
     #[test]

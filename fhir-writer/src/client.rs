@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::auth::{Auth, TokenSource};
-use crate::bundle::{batch_bundle, outcome_text, parse_batch_response, Entry, EntryOutcome};
+use crate::bundle::{outcome_text, BatchBundle, parse_batch_response, Entry, EntryOutcome};
 use crate::error::WriteError;
 use crate::retry::{Attempt, Decision, GiveUp, RetryPolicy};
 
@@ -167,24 +167,6 @@ fn as_bundle(url: &str, body: Option<Value>, what: &str) -> Result<Value, WriteE
     Ok(bundle)
 }
 
-/// The `Prefer` header for a request body: a Bundle of writes only asks for minimal answers (its
-/// entries' status, location and etag; the writer keeps what it sent), anything else for the
-/// resource as the server has it.
-fn prefer_for(body: Option<&Value>) -> &'static str {
-    let writes_only = body.is_some_and(|b| {
-        b["resourceType"] == "Bundle"
-            && b["entry"].as_array().is_some_and(|es| {
-                es.iter()
-                    .all(|e| e.pointer("/request/method").and_then(Value::as_str) != Some("GET"))
-            })
-    });
-    if writes_only {
-        "return=minimal"
-    } else {
-        "return=representation"
-    }
-}
-
 fn jitter() -> f64 {
     rand::random::<f64>()
 }
@@ -235,25 +217,26 @@ impl FhirClient {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Answer, WriteError> {
+        let encoded = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        let body = encoded.as_deref().map(|b| (b, "return=representation"));
         self.send_timed(method, url, query, body, if_match, None)
             .await
     }
 
-    /// [`Self::send`] with a timeout of its own instead of the client's (a Bundle does the
-    /// work of many requests).
+    /// [`Self::send`] with a body already encoded (and the `Prefer` header it goes with), and a
+    /// timeout of its own instead of the client's (a Bundle does the work of many requests).
     async fn send_timed(
         &self,
         method: Method,
         url: &str,
         query: &[(&str, &str)],
-        body: Option<&Value>,
+        body: Option<(&[u8], &'static str)>,
         if_match: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<Answer, WriteError> {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         let mut reauthenticated = false;
-        let prefer = prefer_for(body);
         loop {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let mut req = self
@@ -273,11 +256,11 @@ impl FhirClient {
             if let Some(v) = if_match {
                 req = req.header("if-match", format!("W/\"{v}\""));
             }
-            if let Some(b) = body {
+            if let Some((b, prefer)) = body {
                 req = req
                     .header("content-type", "application/fhir+json")
                     .header("prefer", prefer)
-                    .body(serde_json::to_vec(b).unwrap_or_default());
+                    .body(b.to_vec());
             }
             let (what, last): (Attempt<'_>, String);
             let retry_after_owned: Option<String>;
@@ -555,7 +538,8 @@ impl FhirClient {
     /// server does not process it as a batch (the writer then falls back to single requests),
     /// [`WriteError::GaveUp`] when the server stayed unavailable.
     pub async fn batch(&self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, WriteError> {
-        let bundle = batch_bundle(entries);
+        let bundle = BatchBundle(entries);
+        let encoded = serde_json::to_vec(&bundle).unwrap_or_default();
         let url = self.base.clone();
         self.stats.bundle_sent(entries.len());
         // A Bundle does the work of its entries: the request timeout once per 10 entries,
@@ -566,7 +550,14 @@ impl FhirClient {
             .saturating_mul(per)
             .min(Duration::from_secs(600));
         let a = match self
-            .send_timed(Method::POST, &url, &[], Some(&bundle), None, Some(timeout))
+            .send_timed(
+                Method::POST,
+                &url,
+                &[],
+                Some((&encoded, bundle.prefer())),
+                None,
+                Some(timeout),
+            )
             .await
         {
             Ok(a) => a,
