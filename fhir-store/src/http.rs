@@ -602,7 +602,10 @@ pub(crate) fn history_bundle(base: &str, t: &str, versions: Vec<Value>) -> Value
     let entries: Vec<Value> = versions
         .into_iter()
         .map(|r| {
-            let v = r.pointer("/meta/versionId").and_then(Value::as_str).unwrap_or_default();
+            let v = r
+                .pointer("/meta/versionId")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
             let full_url = format!("{base}/{t}/{id}/_history/{v}");
             object([("fullUrl", Value::String(full_url)), ("resource", r)])
@@ -619,7 +622,12 @@ pub(crate) fn history_bundle(base: &str, t: &str, versions: Vec<Value>) -> Value
 /// A JSON object of `members`, moved in. (`json!` would copy every interpolated `Value`: it
 /// serialises them into new ones, which for a searchset or a Bundle's answer is every resource.)
 pub(crate) fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
-    Value::Object(members.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    Value::Object(
+        members
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
 fn capability_statement() -> Value {

@@ -74,7 +74,6 @@ impl Entry {
         let rt = url.split(['/', '?']).next().unwrap_or("");
         format!("{} {rt}", self.method())
     }
-
 }
 
 /// An entry's `request` as it goes into a Bundle.

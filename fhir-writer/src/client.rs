@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::auth::{Auth, TokenSource};
-use crate::bundle::{outcome_text, BatchBundle, parse_batch_response, Entry, EntryOutcome};
+use crate::bundle::{outcome_text, parse_batch_response, BatchBundle, Entry, EntryOutcome};
 use crate::error::WriteError;
 use crate::retry::{Attempt, Decision, GiveUp, RetryPolicy};
 
