@@ -16,11 +16,16 @@ use crate::search::{is_id, is_resource_type, SearchQuery};
 use crate::sql::search_sql;
 use crate::StoreError;
 
-// The side tables are clustered on their search key (no rowid table beside an index): a
-// resource's token and reference rows cost two B-tree inserts each instead of three or four.
-// A token search by system alone (`identifier=system|`) walks the parameter's range of the key.
-// Databases made before this keep their tables (rowid tables with the same indexes): the
-// statements are the same for both.
+// The side tables are clustered on their search key (no rowid table beside an index), and
+// have no index by resource: a resource's token and reference rows cost one B-tree insert each.
+// (An index on (type, id) put every row at a random place of a second tree, since ids are
+// hashes: a Bundle of creates then dirtied a page of it per row, a quarter of the store's work.)
+// An update removes the rows of the stored version it no longer has by their key, the stored
+// version's rows being `index::entries` of its JSON. A token search by system alone
+// (`identifier=system|`) walks the parameter's range of the key.
+// Databases made before this keep their tables and their indexes by resource (`tokens_resource`,
+// `refs_resource`), whose rows an update then replaces by resource, as it always did: their
+// rows may come from an older `entries`.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS history (
     type TEXT NOT NULL,
@@ -50,7 +55,6 @@ CREATE TABLE IF NOT EXISTS tokens (
     value TEXT NOT NULL,
     PRIMARY KEY (type, param, value, system, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tokens_resource ON tokens (type, id);
 CREATE TABLE IF NOT EXISTS refs (
     type TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -59,7 +63,6 @@ CREATE TABLE IF NOT EXISTS refs (
     target_id TEXT NOT NULL,
     PRIMARY KEY (type, param, target_id, target_type, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS refs_resource ON refs (type, id);
 "#;
 
 /// A FHIR resource store on an embedded SQLite database. Cheap to clone (shared handle).
@@ -572,10 +575,8 @@ fn write_version(
             date_start,
             date_end
         ])?;
-        let same_rows = stored_index
-            .as_ref()
-            .is_some_and(|old| old.tokens == idx.tokens && old.references == idx.references);
-        if same_rows {
+        let old = stored_index.unwrap_or_default();
+        if old.tokens == idx.tokens && old.references == idx.references {
             return Ok(Written {
                 resource,
                 version: version.to_string(),
@@ -583,10 +584,29 @@ fn write_version(
                 changed: true,
             });
         }
-        tx.prepare_cached("DELETE FROM tokens WHERE type = ?1 AND id = ?2")?
-            .execute(params![resource_type, id])?;
-        tx.prepare_cached("DELETE FROM refs WHERE type = ?1 AND id = ?2")?
-            .execute(params![resource_type, id])?;
+        if has_rows_by_resource(tx)? {
+            tx.prepare_cached("DELETE FROM tokens WHERE type = ?1 AND id = ?2")?
+                .execute(params![resource_type, id])?;
+            tx.prepare_cached("DELETE FROM refs WHERE type = ?1 AND id = ?2")?
+                .execute(params![resource_type, id])?;
+        } else {
+            let mut del = tx.prepare_cached(
+                "DELETE FROM tokens WHERE type = ?1 AND param = ?2 AND value = ?3 AND system = ?4 AND id = ?5",
+            )?;
+            for (param, system, value) in old.tokens.iter().filter(|t| !idx.tokens.contains(t)) {
+                del.execute(params![resource_type, param, value, system, id])?;
+            }
+            let mut del = tx.prepare_cached(
+                "DELETE FROM refs WHERE type = ?1 AND param = ?2 AND target_id = ?3 AND target_type = ?4 AND id = ?5",
+            )?;
+            for (param, target_type, target_id) in old
+                .references
+                .iter()
+                .filter(|r| !idx.references.contains(r))
+            {
+                del.execute(params![resource_type, param, target_id, target_type, id])?;
+            }
+        }
     } else {
         tx.prepare_cached(
             "INSERT INTO current (type, id, version, last_updated_ms, date_start, date_end)
@@ -623,6 +643,16 @@ fn write_version(
     })
 }
 
+/// Whether the database has the indexes of token and reference rows by resource of the schema
+/// before this one (see `SCHEMA`): their rows are then replaced by resource.
+fn has_rows_by_resource(tx: &Connection) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name IN ('tokens_resource', 'refs_resource')",
+        )?
+        .exists([])?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,7 +662,34 @@ mod tests {
     /// them (a new identifier, a new subject) replaces them.
     #[test]
     fn updates_keep_or_replace_the_index_rows() {
+        updates_keep_or_replace_rows(false);
+        // A database of the schema before (indexes by resource): rows replaced by resource.
+        updates_keep_or_replace_rows(true);
+    }
+
+    fn updates_keep_or_replace_rows(by_resource: bool) {
         let store = Store::open_in_memory().unwrap();
+        if by_resource {
+            store
+                .lock()
+                .execute_batch(
+                    "CREATE INDEX tokens_resource ON tokens (type, id);
+                     CREATE INDEX refs_resource ON refs (type, id);",
+                )
+                .unwrap();
+        }
+        let rows = || -> (i64, i64) {
+            let conn = store.lock();
+            let count = |t: &str| {
+                conn.query_row(
+                    &format!("SELECT count(*) FROM {t} WHERE id = 'o1'"),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+            };
+            (count("tokens"), count("refs"))
+        };
         let find = |params: &[(&str, &str)]| {
             let params: Vec<(String, String)> = params
                 .iter()
@@ -664,6 +721,8 @@ mod tests {
         assert_eq!(find(&[("identifier", "urn:s|b")]), 1);
         assert_eq!(find(&[("subject", "Patient/p1")]), 0);
         assert_eq!(find(&[("subject", "Patient/p2")]), 1);
+        // One identifier; subject and patient: no row of the first version left.
+        assert_eq!(rows(), (1, 2));
         assert_eq!(
             store.read("Observation", "o1").unwrap()["valueQuantity"]["value"],
             2
