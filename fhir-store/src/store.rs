@@ -33,10 +33,10 @@ CREATE TABLE IF NOT EXISTS history (
     version INTEGER NOT NULL,
     last_updated TEXT NOT NULL,
     json TEXT NOT NULL,
-    PRIMARY KEY (type, id, version)
-) WITHOUT ROWID;
+    UNIQUE (type, id, version)
+);
 CREATE TABLE IF NOT EXISTS current (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     type TEXT NOT NULL,
     id TEXT NOT NULL,
     version INTEGER NOT NULL,
