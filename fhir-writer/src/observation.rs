@@ -74,8 +74,17 @@ pub fn identifier_value<T>(identity: &ObservationIdentity, group: &ObservationGr
 
 /// The logical id for an identifier: lowercase hex SHA-256 of `"{system}_{value}"`.
 pub fn logical_id(system: &str, value: &str) -> String {
-    let digest = Sha256::digest(format!("{system}_{value}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hasher = Sha256::new();
+    hasher.update(system.as_bytes());
+    hasher.update(b"_");
+    hasher.update(value.as_bytes());
+    let mut id = String::with_capacity(64);
+    for b in hasher.finalize() {
+        id.push(HEX[usize::from(b >> 4)] as char);
+        id.push(HEX[usize::from(b & 15)] as char);
+    }
+    id
 }
 
 /// Splits a measurement group into the observation groups of `template`.

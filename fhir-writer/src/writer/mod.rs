@@ -65,7 +65,8 @@ pub struct WriterConfig {
     pub max_conflict_retries: u32,
     /// Identity cache (reference: 5000 entries, 2 h).
     pub identity_cache: CacheConfig,
-    /// The version cache: the Observations written, with their versions, so that the next
+    /// The version cache: the SampledData Observations written, with their versions (not the
+    /// point-in-time ones, each holding one reading: see `rounds.rs`), so that the next
     /// merge into one is written with `If-Match` without reading it first (reference: 5000
     /// entries, 1 h; here also at most `DEFAULT_OBSERVATION_CACHE_BYTES` (256 MiB) of Observations).
     pub observation_cache: CacheConfig,

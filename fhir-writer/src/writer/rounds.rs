@@ -241,6 +241,19 @@ impl FhirWriter {
         self.transient(job, what, &detail)
     }
 
+    /// Keeps `written` in the version cache, unless it is a point-in-time Observation (a
+    /// Quantity, String or CodeableConcept reading). Such an Observation holds one reading, so
+    /// the only merge into it is a replay of that reading; caching them would evict the
+    /// SampledData Observations that every flush merges into (a thousand SpO2 devices at 1 Hz
+    /// would turn a 5,000-entry cache over every five seconds), and would copy every one of
+    /// them. A replayed reading costs one search entry instead.
+    fn remember<T>(&self, job: &Job<'_, T>, written: &Versioned) {
+        if !job.template.is_point_in_time() {
+            self.observations
+                .insert(job.identifier.clone(), written.clone());
+        }
+    }
+
     /// One round: reads, then writes, then history checks, for the pending jobs. Returns how
     /// long to wait before the next round (0: at once).
     async fn round<T>(
@@ -372,7 +385,7 @@ impl FhirWriter {
                         continue;
                     };
                     self.stats.unchanged.fetch_add(1, Ordering::Relaxed);
-                    self.observations.insert(j.identifier.clone(), e.clone());
+                    self.remember(j, &e);
                     j.result = Some(Ok(Written::Unchanged(e.resource)));
                 }
                 Outcome::Create(mut obs) => {
@@ -439,8 +452,7 @@ impl FhirWriter {
                         }
                     }
                     let written = Versioned { resource, version };
-                    self.observations
-                        .insert(j.identifier.clone(), written.clone());
+                    self.remember(j, &written);
                     j.transient = 0;
                     j.transient_since = None;
                     if created && status != 201 && j.repairs > 0 && !j.template.is_point_in_time() {
