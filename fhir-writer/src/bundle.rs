@@ -113,14 +113,25 @@ impl Serialize for Entry {
 pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
+        if is_unreserved(b) {
+            out.push(b as char)
+        } else {
+            out.push_str(&format!("%{b:02X}"))
         }
     }
     out
+}
+
+/// The length of `s` once [`percent_encode`]d.
+pub(crate) fn percent_encoded_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| if is_unreserved(b) { 1 } else { 3 })
+        .sum()
+}
+
+/// RFC 3986's unreserved characters, the only ones left as they are.
+fn is_unreserved(b: u8) -> bool {
+    matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~')
 }
 
 /// A `batch` Bundle of `entries`, serialised as it is sent (`serde_json::to_vec`) straight from

@@ -445,7 +445,7 @@ impl FhirClient {
                 });
             }
             let bundle = as_bundle(&url, a.body, "search")?;
-            let (matches, next) = searchset_matches(&bundle);
+            let (matches, next) = searchset_matches(bundle);
             out.extend(matches);
             match next {
                 Some(n) => {
@@ -646,7 +646,7 @@ impl FhirClient {
         for _ in 0..self.max_search_pages {
             let a = self.send(Method::GET, &url, &[], None, None).await?;
             let bundle = as_bundle(&url, a.body, "search")?;
-            let (matches, next) = searchset_matches(&bundle);
+            let (matches, next) = searchset_matches(bundle);
             out.extend(matches);
             match next {
                 Some(n) => url = n,
@@ -657,20 +657,8 @@ impl FhirClient {
     }
 }
 
-/// The `match` resources of a searchset Bundle and its `next` link.
-pub fn searchset_matches(bundle: &Value) -> (Vec<Value>, Option<String>) {
-    let mut out = Vec::new();
-    for e in bundle["entry"].as_array().into_iter().flatten() {
-        let mode = e
-            .pointer("/search/mode")
-            .and_then(Value::as_str)
-            .unwrap_or("match");
-        if mode == "match" {
-            if let Some(r) = e.get("resource") {
-                out.push(r.clone());
-            }
-        }
-    }
+/// The `match` resources of a searchset Bundle and its `next` link (moved out of it).
+pub fn searchset_matches(mut bundle: Value) -> (Vec<Value>, Option<String>) {
     let next = bundle["link"]
         .as_array()
         .into_iter()
@@ -678,6 +666,20 @@ pub fn searchset_matches(bundle: &Value) -> (Vec<Value>, Option<String>) {
         .find(|l| l["relation"] == "next")
         .and_then(|l| l["url"].as_str())
         .map(str::to_string);
+    let mut out = Vec::new();
+    if let Some(Value::Array(entries)) = bundle.get_mut("entry").map(Value::take) {
+        for mut e in entries {
+            let mode = e
+                .pointer("/search/mode")
+                .and_then(Value::as_str)
+                .unwrap_or("match");
+            if mode == "match" {
+                if let Some(r) = e.get_mut("resource") {
+                    out.push(r.take());
+                }
+            }
+        }
+    }
     (out, next)
 }
 

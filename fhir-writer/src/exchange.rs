@@ -36,6 +36,8 @@ pub(crate) struct Exchange {
     config: ExchangeConfig,
     /// Cleared when the server turned out not to take Bundles.
     bundles: AtomicBool,
+    /// Whether the server has answered a Bundle with a `batch-response`.
+    answered: AtomicBool,
     /// The largest Bundle the server has not refused as too large (413): Bundles are cut to it.
     max_entries: AtomicUsize,
     capabilities: OnceCell<()>,
@@ -64,6 +66,7 @@ impl Exchange {
         Exchange {
             client,
             bundles: AtomicBool::new(config.bundles),
+            answered: AtomicBool::new(false),
             max_entries: AtomicUsize::new(usize::MAX),
             config,
             capabilities: OnceCell::new(),
@@ -77,6 +80,12 @@ impl Exchange {
     /// Whether Bundles are (still) in use.
     pub(crate) fn uses_bundles(&self) -> bool {
         self.bundles.load(Ordering::Relaxed)
+    }
+
+    /// Whether Bundles are in use and the server has answered one: entries that only a Bundle
+    /// should carry (a search for many identifiers) are safe to send.
+    pub(crate) fn bundles_answered(&self) -> bool {
+        self.uses_bundles() && self.answered.load(Ordering::Relaxed)
     }
 
     fn fall_back(&self, why: &str) {
@@ -142,7 +151,10 @@ impl Exchange {
             return self.singles(chunk).await;
         }
         match self.client.batch(chunk).await {
-            Ok(outcomes) => outcomes,
+            Ok(outcomes) => {
+                self.answered.store(true, Ordering::Relaxed);
+                outcomes
+            }
             // Too large for the server: the two halves, each split again if need be, and
             // Bundles no larger than what was refused from then on.
             Err(WriteError::Rejected { status: 413, .. }) if chunk.len() > 1 => {

@@ -706,7 +706,7 @@ impl IdentityResolver {
             Some(other) => return Err(unavailable(format!("{other:?}"))),
             None => return Err(unavailable("no answer".into())),
         };
-        let (mut matches, next) = searchset_matches(&bundle);
+        let (mut matches, next) = searchset_matches(bundle);
         if let Some(next) = next {
             matches.extend(self.client.search_from(&next).await?);
         }

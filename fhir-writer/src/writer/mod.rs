@@ -7,7 +7,7 @@
 //! 1. **Identities**: the Device/Patient/Encounter searches of every new key in one round, then
 //!    the missing Patients and Devices created in one round each (Create mode).
 //! 2. **Reads** of the Observations the version cache does not hold: a search by identifier
-//!    each (exact matches only, as the reference).
+//!    each, or in Bundles one for up to 100 identifiers (exact matches only, as the reference).
 //! 3. **Writes**: build or merge ([`to_observation`](crate::to_observation)); an unchanged
 //!    merge writes nothing; a create is a `PUT` to the reference's deterministic id, an update
 //!    a `PUT` with `If-Match` on the version the merge started from (from the read, or from the

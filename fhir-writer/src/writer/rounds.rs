@@ -17,8 +17,8 @@ use grouper::ObservationGroup;
 use serde_json::Value;
 
 use super::FhirWriter;
-use crate::bundle::{Entry, EntryOutcome};
-use crate::client::{has_exact_identifier, searchset_matches, Versioned};
+use crate::bundle::{percent_encoded_len, Entry, EntryOutcome};
+use crate::client::{searchset_matches, Versioned};
 use crate::error::WriteError;
 use crate::observation::{
     identifier_value, logical_id, lost_samples, to_observation, ObservationIdentity, Outcome,
@@ -267,12 +267,12 @@ impl FhirWriter {
         read.max(write)
     }
 
-    /// Reads the Observations the version cache does not hold: a search by identifier each,
-    /// exact matches only. Returns the delay the unavailable ones ask for.
+    /// Reads the Observations the version cache does not hold: a search by identifier each, or
+    /// in Bundles one search for several identifiers ([`identifier_searches`]), exact matches
+    /// only. Returns the delay the unavailable ones ask for.
     async fn read<T>(&self, jobs: &mut [&mut Job<'_, T>]) -> Duration {
         let mut delay = Duration::ZERO;
         let mut reading = Vec::new();
-        let mut entries = Vec::new();
         for (i, j) in jobs.iter_mut().enumerate() {
             if !j.pending() || j.existing.is_some() || j.check.is_some() {
                 continue;
@@ -283,61 +283,69 @@ impl FhirWriter {
                     continue;
                 }
             }
-            entries.push(Entry::search(
-                "Observation",
-                &[("identifier", &format!("{SERVICE_SYSTEM}|{}", j.identifier))],
-            ));
             reading.push(i);
         }
+        let (groups, entries) = identifier_searches(
+            &reading,
+            |i| jobs[i].identifier.as_str(),
+            self.exchange.bundles_answered(),
+        );
         let answers = self.exchange.send(&entries).await;
-        for (i, a) in reading.into_iter().zip(answers) {
-            let j = &mut *jobs[i];
+        for (group, a) in groups.into_iter().zip(answers) {
             match a {
                 EntryOutcome::Done {
                     resource: Some(bundle),
                     ..
                 } => {
-                    let (mut matches, next) = searchset_matches(&bundle);
+                    let (mut matches, next) = searchset_matches(bundle);
                     if let Some(next) = next {
                         match self.client().search_from(&next).await {
                             Ok(more) => matches.extend(more),
                             Err(e) => {
-                                j.fail(WriteFailure::Request(e));
+                                for &i in &group {
+                                    jobs[i].fail(WriteFailure::Request(same_error(&e)));
+                                }
                                 continue;
                             }
                         }
                     }
-                    let mut found: Vec<Versioned> = matches
-                        .into_iter()
-                        .filter(|r| has_exact_identifier(r, Some(SERVICE_SYSTEM), &j.identifier))
-                        .map(|resource| Versioned {
-                            version: resource
-                                .pointer("/meta/versionId")
-                                .and_then(Value::as_str)
-                                .map(str::to_string),
-                            resource,
-                        })
-                        .collect();
-                    match found.len() {
-                        0 | 1 => j.existing = Some(found.pop()),
-                        n => j.fail(WriteFailure::Multiple(n, j.identifier.clone())),
+                    let values: Vec<&str> =
+                        group.iter().map(|&i| jobs[i].identifier.as_str()).collect();
+                    let mut found = split_matches(matches, &values);
+                    for (&i, found) in group.iter().zip(&mut found) {
+                        let j = &mut *jobs[i];
+                        match found.len() {
+                            0 | 1 => j.existing = Some(found.pop()),
+                            n => j.fail(WriteFailure::Multiple(n, j.identifier.clone())),
+                        }
                     }
                 }
                 u @ EntryOutcome::Unavailable { .. } => {
-                    delay = delay.max(self.unavailable(j, &u));
+                    for &i in &group {
+                        delay = delay.max(self.unavailable(jobs[i], &u));
+                    }
                 }
                 EntryOutcome::Refused { status, outcome } => {
-                    j.fail(WriteFailure::Request(WriteError::Rejected {
-                        method: "GET".into(),
-                        url: "Observation?identifier=...".into(),
-                        status,
-                        outcome,
-                    }))
+                    for &i in &group {
+                        jobs[i].fail(WriteFailure::Request(WriteError::Rejected {
+                            method: "GET".into(),
+                            url: "Observation?identifier=...".into(),
+                            status,
+                            outcome: outcome.clone(),
+                        }))
+                    }
                 }
-                other => j.fail(WriteFailure::Request(WriteError::InvalidResponse {
-                    url: "Observation?identifier=...".into(),
-                    detail: format!("unexpected answer to a search: HTTP {}", other.status()),
-                })),
+                other => {
+                    for &i in &group {
+                        jobs[i].fail(WriteFailure::Request(WriteError::InvalidResponse {
+                            url: "Observation?identifier=...".into(),
+                            detail: format!(
+                                "unexpected answer to a search: HTTP {}",
+                                other.status()
+                            ),
+                        }))
+                    }
+                }
             }
         }
         delay
@@ -585,6 +593,156 @@ impl FhirWriter {
 
 /// The version a create replaced, from the Observation's history (newest first): the one just
 /// before ours. `None` when ours is the first (the usual case) or is not in the page.
+/// Most identifiers in one search, and most characters of its URL: a Bundle entry's URL has no
+/// line limit, but should the server stop taking Bundles the entry goes as a single `GET`, which
+/// servers and proxies take up to 8 KB or so.
+const MAX_IDENTIFIERS_PER_SEARCH: usize = 100;
+const MAX_SEARCH_URL: usize = 4000;
+
+/// The search entries for the jobs `reading` (by index; `identifier` gives a job's identifier
+/// value), and which jobs each entry reads.
+///
+/// Single requests, and Bundles until the server has answered one (its refusal would turn the
+/// entries into single `GET`s), get one `identifier={system}|{value}` search per job, as the
+/// reference. In Bundles a search carries many values, `identifier={v1},{v2},...` (FHIR's `,`
+/// is *or*): one entry for up to [`MAX_IDENTIFIERS_PER_SEARCH`] Observations instead of one each,
+/// so the server runs one query and answers one searchset (10,000 new readings: about 250
+/// search entries instead of 10,000). The system is left out to keep the URL short; the
+/// matches are then kept by exact system and value ([`split_matches`]) as for one search. A
+/// value with a character that FHIR escapes in a search (`,` `|` `$` `\`) is searched alone.
+fn identifier_searches<'a>(
+    reading: &[usize],
+    identifier: impl Fn(usize) -> &'a str,
+    combine: bool,
+) -> (Vec<Vec<usize>>, Vec<Entry>) {
+    let mut groups = Vec::new();
+    let mut entries = Vec::new();
+    let mut values: Vec<usize> = Vec::new();
+    let mut url_len = 0;
+    let flush =
+        |values: &mut Vec<usize>, groups: &mut Vec<Vec<usize>>, entries: &mut Vec<Entry>| {
+            match values.len() {
+                0 => return,
+                1 => entries.push(Entry::search(
+                    "Observation",
+                    &[(
+                        "identifier",
+                        &format!("{SERVICE_SYSTEM}|{}", identifier(values[0])),
+                    )],
+                )),
+                n => {
+                    let list: Vec<&str> = values.iter().map(|&i| identifier(i)).collect();
+                    entries.push(Entry::search(
+                        "Observation",
+                        &[
+                            ("identifier", &list.join(",")),
+                            ("_count", &(2 * n).to_string()),
+                        ],
+                    ))
+                }
+            }
+            groups.push(std::mem::take(values));
+        };
+    for &i in reading {
+        let value = identifier(i);
+        if !combine || value.contains([',', '|', '$', '\\']) {
+            flush(&mut vec![i], &mut groups, &mut entries);
+            continue;
+        }
+        // Its length percent-encoded, with the `,` (`%2C`) before it.
+        let len = 3 + percent_encoded_len(value);
+        if values.len() == MAX_IDENTIFIERS_PER_SEARCH || url_len + len > MAX_SEARCH_URL {
+            flush(&mut values, &mut groups, &mut entries);
+            url_len = 0;
+        }
+        values.push(i);
+        url_len += len;
+    }
+    flush(&mut values, &mut groups, &mut entries);
+    (groups, entries)
+}
+
+/// The matches of a search for the identifier `values` (ours, [`SERVICE_SYSTEM`]), by value:
+/// each resource goes to every value it carries exactly, system and value.
+fn split_matches(matches: Vec<Value>, values: &[&str]) -> Vec<Vec<Versioned>> {
+    let at: HashMap<&str, usize> = values.iter().enumerate().map(|(k, v)| (*v, k)).collect();
+    let mut found: Vec<Vec<Versioned>> = values.iter().map(|_| Vec::new()).collect();
+    for resource in matches {
+        let mut hits: Vec<usize> = resource["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["system"].as_str() == Some(SERVICE_SYSTEM))
+            .filter_map(|i| at.get(i["value"].as_str()?).copied())
+            .collect();
+        hits.sort_unstable();
+        hits.dedup();
+        let version = resource
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let versioned = Versioned { resource, version };
+        if let Some((&last, rest)) = hits.split_last() {
+            for &k in rest {
+                found[k].push(versioned.clone());
+            }
+            found[last].push(versioned);
+        }
+    }
+    found
+}
+
+/// `e` again, for each job of a search that failed (a token error, which holds no copyable
+/// cause, as the unavailability it is).
+fn same_error(e: &WriteError) -> WriteError {
+    match e {
+        WriteError::Rejected {
+            method,
+            url,
+            status,
+            outcome,
+        } => WriteError::Rejected {
+            method: method.clone(),
+            url: url.clone(),
+            status: *status,
+            outcome: outcome.clone(),
+        },
+        WriteError::Conflict {
+            method,
+            url,
+            status,
+        } => WriteError::Conflict {
+            method: method.clone(),
+            url: url.clone(),
+            status: *status,
+        },
+        WriteError::GaveUp {
+            method,
+            url,
+            attempts,
+            elapsed,
+            last,
+        } => WriteError::GaveUp {
+            method: method.clone(),
+            url: url.clone(),
+            attempts: *attempts,
+            elapsed: *elapsed,
+            last: last.clone(),
+        },
+        WriteError::Auth(a) => WriteError::GaveUp {
+            method: "GET".into(),
+            url: "Observation?identifier=...".into(),
+            attempts: 1,
+            elapsed: Duration::ZERO,
+            last: a.to_string(),
+        },
+        WriteError::InvalidResponse { url, detail } => WriteError::InvalidResponse {
+            url: url.clone(),
+            detail: detail.clone(),
+        },
+    }
+}
+
 fn replaced_version(history: &Value, ours: Option<&str>) -> Option<Versioned> {
     let ours = ours?;
     let versions: Vec<&Value> = history["entry"]
@@ -602,4 +760,73 @@ fn replaced_version(history: &Value, ours: Option<&str>) -> Option<Versioned> {
             .and_then(Value::as_str)
             .map(str::to_string),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn url(e: &Entry) -> &str {
+        match e {
+            Entry::Get { url } => url,
+            Entry::Put { .. } => panic!("a search is a GET"),
+        }
+    }
+
+    /// Single requests (and Bundles before the server answered one) get one search per
+    /// Observation with the system; in Bundles up to 100 values share one, and a value with a
+    /// character FHIR escapes goes alone.
+    #[test]
+    fn identifier_searches_combine_only_in_bundles() {
+        let ids: Vec<String> = (0..250).map(|i| format!("p.d{i}.HeartRate.x")).collect();
+        let mut with_comma = ids.clone();
+        with_comma[3] = "p,q.d.HeartRate.x".into();
+        let reading: Vec<usize> = (0..250).collect();
+
+        let (groups, entries) = identifier_searches(&reading, |i| &ids[i], false);
+        assert_eq!(entries.len(), 250);
+        assert_eq!(groups[7], vec![7]);
+        assert!(url(&entries[0]).starts_with("Observation?identifier=https%3A%2F%2Fazure"));
+
+        let (groups, entries) = identifier_searches(&reading, |i| &with_comma[i], true);
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1, 100, 100, 49]
+        );
+        assert_eq!(groups[0], vec![3]);
+        assert_eq!(groups[1][..4], [0, 1, 2, 4]);
+        assert!(
+            url(&entries[0]).contains("https%3A%2F%2Fazure"),
+            "alone, with the system"
+        );
+        let u = url(&entries[1]);
+        assert!(u.starts_with("Observation?identifier=p.d0.HeartRate.x%2Cp.d1.HeartRate.x%2C"));
+        assert!(u.ends_with("&_count=200") && u.len() <= MAX_SEARCH_URL + 100);
+
+        // Long values: the URL budget ends an entry before 100 values.
+        let long: Vec<String> = (0..50).map(|i| format!("{i}{}", "x".repeat(300))).collect();
+        let (groups, _) = identifier_searches(&reading[..50], |i| &long[i], true);
+        assert!(groups.len() > 1 && groups.iter().all(|g| g.len() * 300 <= MAX_SEARCH_URL));
+    }
+
+    /// Each match goes to the values it carries under our system, exactly; others are dropped.
+    #[test]
+    fn matches_split_by_exact_identifier() {
+        let obs = |values: &[&str], system: &str| {
+            json!({"resourceType": "Observation", "meta": {"versionId": "3"},
+                   "identifier": values.iter().map(|v| json!({"system": system, "value": v})).collect::<Vec<_>>()})
+        };
+        let found = split_matches(
+            vec![
+                obs(&["a"], SERVICE_SYSTEM),
+                obs(&["b"], "urn:other"),
+                obs(&["c", "a"], SERVICE_SYSTEM),
+                obs(&["A"], SERVICE_SYSTEM),
+            ],
+            &["a", "b", "c"],
+        );
+        assert_eq!(found.iter().map(Vec::len).collect::<Vec<_>>(), [2, 0, 1]);
+        assert_eq!(found[0][0].version.as_deref(), Some("3"));
+    }
 }
