@@ -64,16 +64,17 @@ impl Store {
         base: &str,
         now: DateTime<Utc>,
     ) -> Result<Value, StoreError> {
-        self.bundle_with(bundle, base, now, Return::Representation)
+        self.bundle_with(bundle.clone(), base, now, Return::Representation)
     }
 
     /// [`Store::bundle`] answering writes as `ret` asks: with `Prefer: return=minimal` a write
     /// entry's response holds its status, `location`, `etag` and `lastModified` but not the
     /// resource (a writer that keeps what it sent saves the server the encoding and itself the
     /// decoding of every resource it wrote). Reads and searches always carry their resources.
+    /// The Bundle is taken by value: each entry's resource is moved into the store, not copied.
     pub fn bundle_with(
         &self,
-        bundle: &Value,
+        mut bundle: Value,
         base: &str,
         now: DateTime<Utc>,
         ret: Return,
@@ -93,15 +94,14 @@ impl Store {
                 )))
             }
         };
-        let empty = Vec::new();
-        let entries = match bundle.get("entry") {
-            None => &empty,
+        let entries = match bundle.get_mut("entry").map(Value::take) {
+            None => Vec::new(),
             Some(Value::Array(a)) => a,
             Some(_) => return Err(StoreError::Invalid("Bundle.entry is not an array".into())),
         };
         let answers = self.in_transaction(|tx| {
             let mut out = Vec::with_capacity(entries.len());
-            for (index, entry) in entries.iter().enumerate() {
+            for (index, entry) in entries.into_iter().enumerate() {
                 match kind {
                     Kind::Transaction => match run_entry(tx, entry, base, now) {
                         Ok(a) => out.push(a),
@@ -248,10 +248,12 @@ fn split_url(url: &str) -> (String, String) {
 
 fn run_entry(
     tx: &Connection,
-    entry: &Value,
+    mut entry: Value,
     base: &str,
     now: DateTime<Utc>,
 ) -> Result<Answered, StoreError> {
+    // Moved out (a Bundle of writes is mostly its resources); the entry's other members stay.
+    let resource = entry.as_object_mut().and_then(|e| e.remove("resource"));
     let request = entry
         .get("request")
         .ok_or_else(|| StoreError::Invalid("the entry has no request".into()))?;
@@ -266,11 +268,8 @@ fn run_entry(
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
-    let resource = || {
-        entry
-            .get("resource")
-            .cloned()
-            .ok_or_else(|| StoreError::Invalid(format!("the {method} entry has no resource")))
+    let resource = move || {
+        resource.ok_or_else(|| StoreError::Invalid(format!("the {method} entry has no resource")))
     };
     match (method, seg.as_slice()) {
         ("GET", [t]) => {

@@ -428,7 +428,7 @@ async fn route(req: Request<Incoming>, state: &Arc<State>) -> Reply {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            match blocking(state, move |s| s.bundle_with(&body, &base, Utc::now(), ret)).await {
+            match blocking(state, move |s| s.bundle_with(body, &base, Utc::now(), ret)).await {
                 Ok(response) => Reply::json(StatusCode::OK, response),
                 Err(r) => r,
             }

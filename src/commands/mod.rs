@@ -35,11 +35,12 @@ use anyhow::Result;
 /// Prints a command's JSON report on stdout (pretty, one trailing newline); success.
 pub fn print_json(report: &impl serde::Serialize) -> Result<ExitCode> {
     use std::io::Write as _;
-    writeln!(
-        std::io::stdout().lock(),
-        "{}",
-        serde_json::to_string_pretty(report)?
-    )?;
+    // Encoded straight into a buffered stdout: a replay's report (every Observation) runs to
+    // tens of MB, which a String first would hold twice.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, report)?;
+    writeln!(out)?;
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -112,11 +112,16 @@ fn report(
 ) -> Result<Value> {
     // Workers finish chunks in any order; the report is in event order.
     report.measurements.sort_by_key(|(seq, _)| *seq);
-    let measurements: Vec<(usize, normalizer::Measurement)> = report
-        .measurements
-        .iter()
-        .map(|(seq, m)| (*seq as usize, m.clone()))
-        .collect();
+    let normalized = {
+        let mut with: Vec<u64> = report.measurements.iter().map(|(s, _)| *s).collect();
+        with.dedup();
+        with.len()
+    };
+    let measurements: Vec<(usize, normalizer::Measurement)> =
+        std::mem::take(&mut report.measurements)
+            .into_iter()
+            .map(|(seq, m)| (seq as usize, m))
+            .collect();
     let mut errors: Vec<(u64, Value)> = Vec::new();
     for (seq, e) in &report.normalize_errors {
         let mut v = serde_json::to_value(e)?;
@@ -132,11 +137,6 @@ fn report(
     }
     errors.sort_by_key(|(seq, _)| *seq);
     let mut errors: Vec<Value> = errors.into_iter().map(|(_, v)| v).collect();
-    let normalized = {
-        let mut with: Vec<u64> = report.measurements.iter().map(|(s, _)| *s).collect();
-        with.dedup();
-        with.len()
-    };
     let report_write = report.write;
     for e in &report_write.errors {
         let mut v = serde_json::to_value(e)?;
