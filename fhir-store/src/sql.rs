@@ -8,7 +8,17 @@ use crate::search::{DateField, DatePrefix, Filter, SearchQuery, SortField, Token
 /// The SQL of a search: the count, the page (its last two arguments are LIMIT and OFFSET, not
 /// included), and the arguments of the conditions.
 pub(crate) fn search_sql(resource_type: &str, query: &SearchQuery) -> (String, String, Vec<Sql>) {
-    let mut conditions = vec!["c.type = ?".to_string()];
+    // With a token or reference condition (`c.seq IN (...)`, resources found by their side
+    // rows' keys), `c.type` must not be used for an index: SQLite otherwise may walk every
+    // resource of the type by `current_updated` and test each against the list (10,000
+    // Observations read for one identifier) instead of looking the listed rows up by rowid.
+    // The unary `+` keeps the condition and takes it out of index selection.
+    let by_rows = query
+        .filters
+        .iter()
+        .any(|f| matches!(f, Filter::Token { .. } | Filter::Reference { .. }));
+    let type_term = if by_rows { "+c.type = ?" } else { "c.type = ?" };
+    let mut conditions = vec![type_term.to_string()];
     let mut args: Vec<Sql> = vec![Sql::Text(resource_type.to_string())];
     for f in &query.filters {
         conditions.push(filter_sql(resource_type, f, &mut args));
@@ -30,7 +40,7 @@ pub(crate) fn search_sql(resource_type: &str, query: &SearchQuery) -> (String, S
     let count_sql = format!("SELECT COUNT(*) FROM current c WHERE {where_sql}");
     let page_sql = format!(
         "SELECT c.id, h.json FROM current c JOIN history h
-           ON h.type = c.type AND h.id = c.id AND h.version = c.version
+           ON h.seq = c.seq AND h.version = c.version
          WHERE {where_sql} ORDER BY {} LIMIT ? OFFSET ?",
         order.join(", ")
     );
@@ -67,11 +77,11 @@ fn filter_sql(resource_type: &str, filter: &Filter, args: &mut Vec<Sql>) -> Stri
                     }
                 }
                 alts.push(format!(
-                    "SELECT t.id FROM tokens t WHERE {}",
+                    "SELECT t.seq FROM tokens t WHERE {}",
                     conds.join(" AND ")
                 ));
             }
-            format!("c.id IN ({})", alts.join(" UNION "))
+            format!("c.seq IN ({})", alts.join(" UNION "))
         }
         Filter::Reference { param, any_of } => {
             let mut alts = Vec::new();
@@ -85,11 +95,11 @@ fn filter_sql(resource_type: &str, filter: &Filter, args: &mut Vec<Sql>) -> Stri
                     args.push(text(t));
                 }
                 alts.push(format!(
-                    "SELECT r.id FROM refs r WHERE {}",
+                    "SELECT r.seq FROM refs r WHERE {}",
                     conds.join(" AND ")
                 ));
             }
-            format!("c.id IN ({})", alts.join(" UNION "))
+            format!("c.seq IN ({})", alts.join(" UNION "))
         }
         Filter::Date { field, any_of } => {
             let (s, e) = match field {

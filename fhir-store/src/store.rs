@@ -16,25 +16,21 @@ use crate::search::{is_id, is_resource_type, SearchQuery};
 use crate::sql::search_sql;
 use crate::StoreError;
 
-// The side tables are clustered on their search key (no rowid table beside an index), and
-// have no index by resource: a resource's token and reference rows cost one B-tree insert each.
-// (An index on (type, id) put every row at a random place of a second tree, since ids are
-// hashes: a Bundle of creates then dirtied a page of it per row, a quarter of the store's work.)
-// An update removes the rows of the stored version it no longer has by their key, the stored
-// version's rows being `index::entries` of its JSON. A token search by system alone
-// (`identifier=system|`) walks the parameter's range of the key.
-// Databases made before this keep their tables and their indexes by resource (`tokens_resource`,
-// `refs_resource`), whose rows an update then replaces by resource, as it always did: their
-// rows may come from an older `entries`.
+// Every row of a resource is keyed by its `current.seq` (the rowid of its `current` row, given in
+// order of creation), not by its id: ids are hashes (the reference's SHA-256 ids), so a key
+// holding the id put each new resource's version and index rows at random places of their
+// B-trees, and a Bundle of 250 creates dirtied (and wrote to the WAL) a page of every such tree
+// per entry, about 20 KB per Observation. Keyed by `seq`, a new resource's rows are appended
+// at the end of their key's range; only `current`'s `(type, id)` index takes a random insert.
+//
+// The side tables are clustered on their search key (no rowid table beside an index) and have
+// no index by resource: an update removes the rows of the stored version it no longer has by
+// their key, the stored version's rows being `index::entries` of its JSON. A token search by
+// system alone (`identifier=system|`) walks the parameter's range of the key.
+//
+// `user_version` 2 is this layout; a database of an earlier one (rows keyed by type and id) is
+// migrated when it is opened (see `migrate`).
 const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS history (
-    type TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    last_updated TEXT NOT NULL,
-    json TEXT NOT NULL,
-    UNIQUE (type, id, version)
-);
 CREATE TABLE IF NOT EXISTS current (
     seq INTEGER PRIMARY KEY,
     type TEXT NOT NULL,
@@ -47,23 +43,105 @@ CREATE TABLE IF NOT EXISTS current (
 );
 CREATE INDEX IF NOT EXISTS current_date ON current (type, date_start);
 CREATE INDEX IF NOT EXISTS current_updated ON current (type, last_updated_ms);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    json TEXT NOT NULL,
+    UNIQUE (seq, version)
+);
 CREATE TABLE IF NOT EXISTS tokens (
     type TEXT NOT NULL,
-    id TEXT NOT NULL,
     param TEXT NOT NULL,
-    system TEXT NOT NULL,
     value TEXT NOT NULL,
-    PRIMARY KEY (type, param, value, system, id)
+    system TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (type, param, value, system, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refs (
     type TEXT NOT NULL,
-    id TEXT NOT NULL,
     param TEXT NOT NULL,
-    target_type TEXT NOT NULL,
     target_id TEXT NOT NULL,
-    PRIMARY KEY (type, param, target_id, target_type, id)
+    target_type TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (type, param, target_id, target_type, seq)
 ) WITHOUT ROWID;
+PRAGMA user_version = 2;
 "#;
+
+/// The layout of `SCHEMA`.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Moves a database of the layout before `SCHEMA` (history, tokens and refs keyed by type and
+/// id; every earlier version of this store wrote that layout, with or without indexes by
+/// resource) to `SCHEMA`, in one transaction: the old tables renamed, the new ones filled from
+/// them through `current`, the old ones dropped. Nothing else changes (ids, versions, JSON).
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let old_layout = conn
+        .prepare("SELECT 1 FROM pragma_table_info('tokens') WHERE name = 'id'")?
+        .exists([])?;
+    if !old_layout {
+        return Ok(());
+    }
+    let resources: i64 = conn.query_row("SELECT count(*) FROM current", [], |r| r.get(0))?;
+    tracing::info!(
+        resources,
+        "FHIR store: moving the database to this version's layout (rows keyed by resource sequence); once."
+    );
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    if let Err(e) = conn.execute_batch(&format!(
+        "
+         ALTER TABLE history RENAME TO history_before_v2;
+         ALTER TABLE tokens RENAME TO tokens_before_v2;
+         ALTER TABLE refs RENAME TO refs_before_v2;
+         {SCHEMA}
+         INSERT INTO history (seq, version, last_updated, json)
+           SELECT c.seq, h.version, h.last_updated, h.json
+             FROM history_before_v2 h JOIN current c ON c.type = h.type AND c.id = h.id
+             ORDER BY c.seq, h.version;
+         DROP TABLE history_before_v2;
+         DROP TABLE tokens_before_v2;
+         DROP TABLE refs_before_v2;"
+    )) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
+    // The index rows are computed again from each current version (an older store may have
+    // indexed other elements), as a write computes them.
+    let rebuilt = (|| -> Result<(), StoreError> {
+        let mut current = conn.prepare(
+            "SELECT c.seq, c.type, c.id, h.json FROM current c JOIN history h
+               ON h.seq = c.seq AND h.version = c.version",
+        )?;
+        let mut rows = current.query([])?;
+        let mut tok = conn.prepare(
+            "INSERT OR IGNORE INTO tokens (type, param, value, system, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut rf = conn.prepare(
+            "INSERT OR IGNORE INTO refs (type, param, target_id, target_type, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        while let Some(row) = rows.next()? {
+            let (seq, t, id, json): (i64, String, String, String) =
+                (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+            let idx = entries(&t, &decode(&t, &id, &json)?);
+            for (param, system, value) in &idx.tokens {
+                tok.execute(params![t, param, value, system, seq])?;
+            }
+            for (param, target_type, target_id) in &idx.references {
+                rf.execute(params![t, param, target_id, target_type, seq])?;
+            }
+        }
+        Ok(())
+    })();
+    match rebuilt {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    Ok(())
+}
 
 /// A FHIR resource store on an embedded SQLite database. Cheap to clone (shared handle).
 ///
@@ -217,6 +295,15 @@ impl Store {
                  PRAGMA mmap_size = 268435456; PRAGMA wal_autocheckpoint = 16000",
             )?;
         }
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Invalid(format!(
+                "the database was written by a newer version of this store (layout {version}; this one reads {SCHEMA_VERSION})"
+            )));
+        }
+        if version < SCHEMA_VERSION {
+            migrate(&conn)?;
+        }
         conn.execute_batch(SCHEMA)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -324,7 +411,7 @@ pub(crate) fn read_in(
     let json: Option<String> = conn
         .query_row(
             "SELECT h.json FROM current c JOIN history h
-                   ON h.type = c.type AND h.id = c.id AND h.version = c.version
+                   ON h.seq = c.seq AND h.version = c.version
                  WHERE c.type = ?1 AND c.id = ?2",
             params![resource_type, id],
             |r| r.get(0),
@@ -358,7 +445,8 @@ pub(crate) fn vread_in(
     };
     let json: Option<String> = conn
         .query_row(
-            "SELECT json FROM history WHERE type = ?1 AND id = ?2 AND version = ?3",
+            "SELECT h.json FROM current c JOIN history h ON h.seq = c.seq
+                 WHERE c.type = ?1 AND c.id = ?2 AND h.version = ?3",
             params![resource_type, id, v],
             |r| r.get(0),
         )
@@ -378,7 +466,8 @@ pub(crate) fn history_in(
     check_type(resource_type)?;
     check_id(id)?;
     let mut stmt = conn.prepare_cached(
-        "SELECT json FROM history WHERE type = ?1 AND id = ?2 ORDER BY version DESC",
+        "SELECT h.json FROM current c JOIN history h ON h.seq = c.seq
+          WHERE c.type = ?1 AND c.id = ?2 ORDER BY h.version DESC",
     )?;
     let rows = stmt
         .query_map(params![resource_type, id], |r| r.get::<_, String>(0))?
@@ -501,28 +590,30 @@ fn write_version(
     expected: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Written, StoreError> {
-    let current: Option<(i64, String)> = tx
+    let current: Option<(i64, String, i64)> = tx
         .prepare_cached(
-            "SELECT c.version, h.json FROM current c JOIN history h
-               ON h.type = c.type AND h.id = c.id AND h.version = c.version
+            "SELECT c.version, h.json, c.seq FROM current c JOIN history h
+               ON h.seq = c.seq AND h.version = c.version
              WHERE c.type = ?1 AND c.id = ?2",
         )?
-        .query_row(params![resource_type, id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![resource_type, id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
     if let Some(expected) = expected {
-        if current.as_ref().map(|(v, _)| v.to_string()) != Some(expected.clone()) {
+        if current.as_ref().map(|(v, _, _)| v.to_string()) != Some(expected.clone()) {
             return Err(StoreError::VersionConflict {
                 resource_type: resource_type.to_string(),
                 id: id.to_string(),
                 expected,
-                current: current.map(|(v, _)| v.to_string()),
+                current: current.map(|(v, _, _)| v.to_string()),
             });
         }
     }
     // The stored version's index rows, when the new version would write the same ones (an
     // Observation update usually changes its value and period, not its codes and references).
     let mut stored_index = None;
-    if let Some((version, json)) = &current {
+    if let Some((version, json, _)) = &current {
         let stored = decode(resource_type, id, json)?;
         if same_content(&stored, &resource) {
             return Ok(Written {
@@ -534,7 +625,7 @@ fn write_version(
         }
         stored_index = Some(entries(resource_type, &stored));
     }
-    let version = current.as_ref().map_or(1, |(v, _)| v + 1);
+    let version = current.as_ref().map_or(1, |(v, _, _)| v + 1);
     let last_updated = rfc3339_ms(now);
     {
         let Some(obj) = resource.as_object_mut() else {
@@ -553,86 +644,85 @@ fn write_version(
         .map_err(|e| StoreError::Invalid(format!("cannot encode the resource: {e}")))?;
     // From here on only the database can fail (a `batch` Bundle relies on it: an entry that
     // failed otherwise has written nothing).
-    tx.prepare_cached(
-        "INSERT INTO history (type, id, version, last_updated, json) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![resource_type, id, version, last_updated, json])?;
     let idx = entries(resource_type, &resource);
     let (date_start, date_end) = match idx.date {
         Some((a, b)) => (Some(a), Some(b)),
         None => (None, None),
     };
-    if current.is_some() {
-        tx.prepare_cached(
-            "UPDATE current SET version = ?3, last_updated_ms = ?4, date_start = ?5, date_end = ?6
-             WHERE type = ?1 AND id = ?2",
-        )?
-        .execute(params![
-            resource_type,
-            id,
-            version,
-            now.timestamp_millis(),
-            date_start,
-            date_end
-        ])?;
-        let old = stored_index.unwrap_or_default();
-        if old.tokens == idx.tokens && old.references == idx.references {
-            return Ok(Written {
-                resource,
-                version: version.to_string(),
-                created: false,
-                changed: true,
-            });
+    let seq = match &current {
+        Some((_, _, seq)) => {
+            tx.prepare_cached(
+                "UPDATE current SET version = ?2, last_updated_ms = ?3, date_start = ?4, date_end = ?5
+                 WHERE seq = ?1",
+            )?
+            .execute(params![
+                seq,
+                version,
+                now.timestamp_millis(),
+                date_start,
+                date_end
+            ])?;
+            *seq
         }
-        if has_rows_by_resource(tx)? {
-            tx.prepare_cached("DELETE FROM tokens WHERE type = ?1 AND id = ?2")?
-                .execute(params![resource_type, id])?;
-            tx.prepare_cached("DELETE FROM refs WHERE type = ?1 AND id = ?2")?
-                .execute(params![resource_type, id])?;
-        } else {
-            let mut del = tx.prepare_cached(
-                "DELETE FROM tokens WHERE type = ?1 AND param = ?2 AND value = ?3 AND system = ?4 AND id = ?5",
-            )?;
-            for (param, system, value) in old.tokens.iter().filter(|t| !idx.tokens.contains(t)) {
-                del.execute(params![resource_type, param, value, system, id])?;
-            }
-            let mut del = tx.prepare_cached(
-                "DELETE FROM refs WHERE type = ?1 AND param = ?2 AND target_id = ?3 AND target_type = ?4 AND id = ?5",
-            )?;
-            for (param, target_type, target_id) in old
-                .references
-                .iter()
-                .filter(|r| !idx.references.contains(r))
-            {
-                del.execute(params![resource_type, param, target_id, target_type, id])?;
-            }
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO current (type, id, version, last_updated_ms, date_start, date_end)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                resource_type,
+                id,
+                version,
+                now.timestamp_millis(),
+                date_start,
+                date_end
+            ])?;
+            tx.last_insert_rowid()
         }
-    } else {
-        tx.prepare_cached(
-            "INSERT INTO current (type, id, version, last_updated_ms, date_start, date_end)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            resource_type,
-            id,
-            version,
-            now.timestamp_millis(),
-            date_start,
-            date_end
-        ])?;
+    };
+    tx.prepare_cached(
+        "INSERT INTO history (seq, version, last_updated, json) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![seq, version, last_updated, json])?;
+    // The rows of the stored version the new one does not have go; the new version's rows
+    // it did not have come (INSERT OR IGNORE keeps the ones both have).
+    let old = stored_index.unwrap_or_default();
+    if current.is_some() && old.tokens == idx.tokens && old.references == idx.references {
+        return Ok(Written {
+            resource,
+            version: version.to_string(),
+            created: false,
+            changed: true,
+        });
     }
     {
-        let mut ins = tx.prepare_cached(
-            "INSERT OR IGNORE INTO tokens (type, id, param, system, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+        let mut del = tx.prepare_cached(
+            "DELETE FROM tokens WHERE type = ?1 AND param = ?2 AND value = ?3 AND system = ?4 AND seq = ?5",
         )?;
-        for (param, system, value) in &idx.tokens {
-            ins.execute(params![resource_type, id, param, system, value])?;
+        for (param, system, value) in old.tokens.iter().filter(|t| !idx.tokens.contains(t)) {
+            del.execute(params![resource_type, param, value, system, seq])?;
+        }
+        let mut del = tx.prepare_cached(
+            "DELETE FROM refs WHERE type = ?1 AND param = ?2 AND target_id = ?3 AND target_type = ?4 AND seq = ?5",
+        )?;
+        for (param, target_type, target_id) in old
+            .references
+            .iter()
+            .filter(|r| !idx.references.contains(r))
+        {
+            del.execute(params![resource_type, param, target_id, target_type, seq])?;
         }
         let mut ins = tx.prepare_cached(
-            "INSERT OR IGNORE INTO refs (type, id, param, target_type, target_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO tokens (type, param, value, system, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (param, system, value) in &idx.tokens {
+            ins.execute(params![resource_type, param, value, system, seq])?;
+        }
+        let mut ins = tx.prepare_cached(
+            "INSERT OR IGNORE INTO refs (type, param, target_id, target_type, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for (param, target_type, target_id) in &idx.references {
-            ins.execute(params![resource_type, id, param, target_type, target_id])?;
+            ins.execute(params![resource_type, param, target_id, target_type, seq])?;
         }
     }
     Ok(Written {
@@ -641,16 +731,6 @@ fn write_version(
         created: current.is_none(),
         changed: true,
     })
-}
-
-/// Whether the database has the indexes of token and reference rows by resource of the schema
-/// before this one (see `SCHEMA`): their rows are then replaced by resource.
-fn has_rows_by_resource(tx: &Connection) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name IN ('tokens_resource', 'refs_resource')",
-        )?
-        .exists([])?)
 }
 
 #[cfg(test)]
@@ -662,27 +742,14 @@ mod tests {
     /// them (a new identifier, a new subject) replaces them.
     #[test]
     fn updates_keep_or_replace_the_index_rows() {
-        updates_keep_or_replace_rows(false);
-        // A database of the schema before (indexes by resource): rows replaced by resource.
-        updates_keep_or_replace_rows(true);
-    }
-
-    fn updates_keep_or_replace_rows(by_resource: bool) {
         let store = Store::open_in_memory().unwrap();
-        if by_resource {
-            store
-                .lock()
-                .execute_batch(
-                    "CREATE INDEX tokens_resource ON tokens (type, id);
-                     CREATE INDEX refs_resource ON refs (type, id);",
-                )
-                .unwrap();
-        }
         let rows = || -> (i64, i64) {
             let conn = store.lock();
             let count = |t: &str| {
                 conn.query_row(
-                    &format!("SELECT count(*) FROM {t} WHERE id = 'o1'"),
+                    &format!(
+                        "SELECT count(*) FROM {t} WHERE seq = (SELECT seq FROM current WHERE id = 'o1')"
+                    ),
                     [],
                     |r| r.get(0),
                 )
@@ -729,6 +796,103 @@ mod tests {
         );
     }
 
+    /// A database of the layout every earlier version wrote (rows keyed by type and id, indexes
+    /// by resource) opens in this one: moved to the new layout once, every version, search and
+    /// update as before, and an index row no current version yields (an older indexer's) gone.
+    #[test]
+    fn databases_of_the_earlier_layout_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                r#"
+                CREATE TABLE history (type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+                    last_updated TEXT NOT NULL, json TEXT NOT NULL,
+                    PRIMARY KEY (type, id, version)) WITHOUT ROWID;
+                CREATE TABLE current (seq INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL,
+                    id TEXT NOT NULL, version INTEGER NOT NULL, last_updated_ms INTEGER NOT NULL,
+                    date_start INTEGER, date_end INTEGER, UNIQUE (type, id));
+                CREATE INDEX current_date ON current (type, date_start);
+                CREATE INDEX current_updated ON current (type, last_updated_ms);
+                CREATE TABLE tokens (type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
+                    system TEXT NOT NULL, value TEXT NOT NULL);
+                CREATE INDEX tokens_value ON tokens (type, param, value, system);
+                CREATE INDEX tokens_system ON tokens (type, param, system);
+                CREATE INDEX tokens_resource ON tokens (type, id);
+                CREATE TABLE refs (type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
+                    target_type TEXT NOT NULL, target_id TEXT NOT NULL);
+                CREATE INDEX refs_target ON refs (type, param, target_id, target_type);
+                CREATE INDEX refs_resource ON refs (type, id);
+                INSERT INTO history VALUES
+                  ('Patient', 'p1', 1, '2026-01-01T00:00:00.000Z',
+                   '{"resourceType":"Patient","id":"p1","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00.000Z"},"identifier":[{"value":"pat-1"}]}'),
+                  ('Observation', 'o1', 1, '2026-01-01T00:00:00.000Z',
+                   '{"resourceType":"Observation","id":"o1","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00.000Z"},"status":"final","identifier":[{"system":"urn:s","value":"a"}],"subject":{"reference":"Patient/p1"},"valueQuantity":{"value":1}}'),
+                  ('Observation', 'o1', 2, '2026-01-02T00:00:00.000Z',
+                   '{"resourceType":"Observation","id":"o1","meta":{"versionId":"2","lastUpdated":"2026-01-02T00:00:00.000Z"},"status":"amended","identifier":[{"system":"urn:s","value":"a"}],"subject":{"reference":"Patient/p1"},"valueQuantity":{"value":2}}');
+                INSERT INTO current (type, id, version, last_updated_ms) VALUES
+                  ('Patient', 'p1', 1, 1767225600000), ('Observation', 'o1', 2, 1767312000000);
+                INSERT INTO tokens VALUES
+                  ('Patient', 'p1', 'identifier', '', 'pat-1'),
+                  ('Observation', 'o1', 'identifier', 'urn:s', 'a'),
+                  ('Observation', 'o1', 'identifier', 'urn:s', 'stale');
+                INSERT INTO refs VALUES ('Observation', 'o1', 'subject', 'Patient', 'p1');
+                "#,
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let find = |params: &[(&str, &str)]| {
+            let params: Vec<(String, String)> = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let q = SearchQuery::parse(&params).unwrap();
+            store.search("Observation", &q).unwrap()
+        };
+        let o1 = store.read("Observation", "o1").unwrap();
+        assert_eq!(o1["meta"]["versionId"], "2");
+        assert_eq!(o1["valueQuantity"]["value"], 2);
+        assert_eq!(store.history("Observation", "o1").unwrap().len(), 2);
+        assert_eq!(
+            store.vread("Observation", "o1", "1").unwrap()["valueQuantity"]["value"],
+            1
+        );
+        assert_eq!(find(&[("identifier", "urn:s|a")]).total, 1);
+        assert_eq!(find(&[("identifier", "urn:s|stale")]).total, 0);
+        assert_eq!(find(&[("subject", "Patient/p1")]).total, 1);
+        {
+            let conn = store.lock();
+            let v: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, SCHEMA_VERSION);
+            let old: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name LIKE '%before_v2' OR name IN ('tokens_resource', 'tokens_value')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(old, 0);
+        }
+        let mut next = o1.clone();
+        next["valueQuantity"]["value"] = json!(3);
+        let w = store
+            .update("Observation", "o1", next, Some("2"), Utc::now())
+            .unwrap();
+        assert_eq!((w.version.as_str(), w.changed), ("3", true));
+        drop(store);
+        // Opened again: nothing to move, the same state.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.history("Observation", "o1").unwrap().len(), 3);
+        assert_eq!(
+            store.read("Patient", "p1").unwrap()["identifier"][0]["value"],
+            "pat-1"
+        );
+    }
+
     /// Searches by identifier, reference and id go through the side tables' indexes: no step
     /// of the plan scans a table.
     #[test]
@@ -765,6 +929,18 @@ mod tests {
                     .collect::<Result<_, _>>()
                     .unwrap();
                 assert!(plan.iter().any(|step| step.contains("USING")), "{plan:?}");
+                // Resources found by token or reference rows are looked up by their rowid,
+                // not found by walking the type's resources through another index.
+                if params
+                    .iter()
+                    .any(|(k, _)| *k != "_id" && !k.starts_with('_'))
+                {
+                    assert!(
+                        plan.iter()
+                            .any(|step| step.starts_with("SEARCH c USING INTEGER PRIMARY KEY")),
+                        "{params:?}: {plan:#?}"
+                    );
+                }
                 assert!(
                     plan.iter().all(|step| !step.starts_with("SCAN")),
                     "{params:?}: {plan:#?}"
