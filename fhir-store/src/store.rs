@@ -21,7 +21,8 @@ use crate::StoreError;
 // holding the id put each new resource's version and index rows at random places of their
 // B-trees, and a Bundle of 250 creates dirtied (and wrote to the WAL) a page of every such tree
 // per entry, about 20 KB per Observation. Keyed by `seq`, a new resource's rows are appended
-// at the end of their key's range; only `current`'s `(type, id)` index takes a random insert.
+// at the end of their key's range; only `current`'s indexes by `(type, id)` and by date take
+// inserts spread over their trees.
 //
 // The side tables are clustered on their search key (no rowid table beside an index) and have
 // no index by resource: an update removes the rows of the stored version it no longer has by
