@@ -70,6 +70,13 @@ CREATE TABLE IF NOT EXISTS refs (
 PRAGMA user_version = 2;
 "#;
 
+/// A token row of a resource (kept when the row exists).
+const INSERT_TOKEN: &str =
+    "INSERT OR IGNORE INTO tokens (type, param, value, system, seq) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// A reference row of a resource (kept when the row exists).
+const INSERT_REF: &str =
+    "INSERT OR IGNORE INTO refs (type, param, target_id, target_type, seq) VALUES (?1, ?2, ?3, ?4, ?5)";
+
 /// The layout of `SCHEMA`.
 const SCHEMA_VERSION: i64 = 2;
 
@@ -115,12 +122,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
                ON h.seq = c.seq AND h.version = c.version",
         )?;
         let mut rows = current.query([])?;
-        let mut tok = conn.prepare(
-            "INSERT OR IGNORE INTO tokens (type, param, value, system, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut rf = conn.prepare(
-            "INSERT OR IGNORE INTO refs (type, param, target_id, target_type, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+        let mut tok = conn.prepare(INSERT_TOKEN)?;
+        let mut rf = conn.prepare(INSERT_REF)?;
         while let Some(row) = rows.next()? {
             let (seq, t, id, json): (i64, String, String, String) =
                 (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
@@ -713,15 +716,11 @@ fn write_version(
         {
             del.execute(params![resource_type, param, target_id, target_type, seq])?;
         }
-        let mut ins = tx.prepare_cached(
-            "INSERT OR IGNORE INTO tokens (type, param, value, system, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+        let mut ins = tx.prepare_cached(INSERT_TOKEN)?;
         for (param, system, value) in &idx.tokens {
             ins.execute(params![resource_type, param, value, system, seq])?;
         }
-        let mut ins = tx.prepare_cached(
-            "INSERT OR IGNORE INTO refs (type, param, target_id, target_type, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+        let mut ins = tx.prepare_cached(INSERT_REF)?;
         for (param, target_type, target_id) in &idx.references {
             ins.execute(params![resource_type, param, target_id, target_type, seq])?;
         }
